@@ -1,0 +1,369 @@
+-- xprov 0.1.0: extension foundation and the durable, ordered operation queue
+\echo Use "CREATE EXTENSION xprov" to load this file. \quit
+
+/*
+ * Layout (see README "How the queue works"):
+ *
+ *   op          insert-only operation log; never updated or deleted on the hot path
+ *   lane        one small row per subject (connector, object class, subject); it holds
+ *               the subject's cursor into the log (next_seq), its lease and retry state.
+ *               Only this table churns, and it stays as small as the set of subjects.
+ *   op_result   append-only final outcome of each finished operation
+ *   op_failure  append-only history of failed attempts
+ *   idempotency keys of unfinished operations
+ *
+ * An operation's status is derived (view xprov.operations), never stored on the log.
+ */
+
+CREATE TABLE xprov.connector (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	name		text NOT NULL CHECK (name <> ''),
+	kind		text NOT NULL CHECK (kind IN ('scim2', 'rest', 'noop', 'external')),
+	base_url	text,
+	config		jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(config) = 'object'),
+	enabled		boolean NOT NULL DEFAULT true,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (tenant_id, name)
+);
+
+CREATE SEQUENCE xprov.op_seq AS bigint CACHE 64;
+
+CREATE TABLE xprov.lane (
+	lane_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL REFERENCES xprov.connector (id),
+	object_class text NOT NULL,
+	subject		text NOT NULL,			-- 'i:' || identity_id, or 't:' || target_uid
+	claimant	"char" NOT NULL,		-- 'e': xprov.dequeue, 'w': background worker
+	state		"char" NOT NULL,		-- r ready, l leased, i idle, d dead (blocks the subject)
+	next_seq	bigint NOT NULL,		-- head of the subject's FIFO in xprov.op
+	priority	integer NOT NULL,		-- priority of the head operation
+	run_at		timestamptz NOT NULL,	-- earliest start of the head operation
+	attempts	integer NOT NULL DEFAULT 0, -- attempts of the head since it became head or was retried
+	attempt_base integer NOT NULL DEFAULT 0, -- attempts made before the last xprov.retry()
+	leased_at	timestamptz,
+	lease_expires timestamptz,
+	last_error	text,
+	UNIQUE (connector_id, object_class, subject)
+) WITH (fillfactor = 70,
+		autovacuum_vacuum_scale_factor = 0,
+		autovacuum_vacuum_threshold = 2000,
+		autovacuum_vacuum_cost_delay = 0,
+		autovacuum_analyze_scale_factor = 0.05);
+
+-- The claim index.  Claims walk it with a keyset cursor (src/claim_cursor.c) so that
+-- entries consumed by earlier claims are never rescanned, even when a long transaction
+-- keeps them from being vacuumed.  Priority is negated so that one ascending row
+-- comparison covers "higher priority first, then oldest".
+CREATE INDEX lane_ready ON xprov.lane
+	(claimant, (-(priority::bigint)), run_at, lane_id) WHERE state = 'r';
+CREATE INDEX lane_leased ON xprov.lane (lease_expires) WHERE state = 'l';
+CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';
+
+CREATE TABLE xprov.op (
+	id			uuid PRIMARY KEY,
+	seq			bigint NOT NULL,
+	lane_id		bigint NOT NULL,
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	identity_id	uuid,
+	target_uid	text,
+	operation_type text NOT NULL,
+	object_class text NOT NULL,
+	attributes	jsonb NOT NULL,
+	priority	integer NOT NULL,
+	not_before	timestamptz,
+	idempotency_key text,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (lane_id, seq)
+);
+
+CREATE TABLE xprov.op_result (
+	op_id		uuid PRIMARY KEY,
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	status		"char" NOT NULL,		-- c completed, s skipped, x cancelled
+	attempts	integer NOT NULL,
+	started_at	timestamptz,
+	finished_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
+	target_uid	text,
+	result		jsonb,
+	reason		text
+);
+CREATE INDEX op_result_connector ON xprov.op_result (connector_id, status);
+
+CREATE TABLE xprov.op_failure (
+	op_id		uuid NOT NULL,
+	attempt		integer NOT NULL,
+	started_at	timestamptz,
+	finished_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
+	outcome		"char" NOT NULL,		-- f failed (retried later), d dead-lettered, e lease expired
+	http_status	integer,
+	error		text
+);
+CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
+
+CREATE TABLE xprov.idempotency (
+	tenant_id	uuid NOT NULL,
+	key			text NOT NULL,
+	op_id		uuid NOT NULL,
+	PRIMARY KEY (tenant_id, key)
+);
+
+-- Connectors ---------------------------------------------------------------
+
+CREATE FUNCTION xprov.mask_secrets(config jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE WHEN jsonb_typeof(config -> 'auth') = 'object' THEN
+		jsonb_set(config, '{auth}',
+			(SELECT jsonb_object_agg(k, CASE WHEN k IN ('type', 'header', 'username', 'header_name')
+											 THEN v ELSE '"********"'::jsonb END)
+			   FROM jsonb_each(config -> 'auth') AS e(k, v)))
+	ELSE config END
+$$;
+
+CREATE FUNCTION xprov.add_connector(tenant_id uuid, name text, kind text, base_url text,
+									config jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	new_id uuid;
+BEGIN
+	IF tenant_id IS NULL OR name IS NULL OR kind IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, name and kind must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Pass the owning tenant, a connector name and one of scim2, rest, noop, external.';
+	END IF;
+	IF kind NOT IN ('scim2', 'rest', 'noop', 'external') THEN
+		RAISE EXCEPTION 'unknown connector kind "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use one of scim2, rest, noop, external.';
+	END IF;
+	IF btrim(name) = '' THEN
+		RAISE EXCEPTION 'connector name must not be empty'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind IN ('scim2', 'rest') AND (base_url IS NULL OR base_url !~* '^https?://[^/]+') THEN
+		RAISE EXCEPTION 'connector kind % needs an http or https base_url', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('base_url was %L.', base_url),
+				  HINT = 'Pass the target''s base URL, for example https://scim.example.com/scim/v2.';
+	END IF;
+	IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
+		RAISE EXCEPTION 'connector config must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass ''{}'' for no settings.';
+	END IF;
+	INSERT INTO xprov.connector AS c (tenant_id, name, kind, base_url, config)
+	VALUES (add_connector.tenant_id, add_connector.name, add_connector.kind,
+			add_connector.base_url, add_connector.config)
+	RETURNING c.id INTO new_id;
+	RETURN new_id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'connector "%" already exists for this tenant', add_connector.name
+			USING ERRCODE = 'unique_violation',
+				  HINT = 'Choose another name or use the existing connector.';
+END
+$$;
+
+CREATE VIEW xprov.connectors AS
+	SELECT c.id, c.tenant_id, c.name, c.kind, c.base_url,
+		   xprov.mask_secrets(c.config) AS config, c.enabled, c.created_at
+	  FROM xprov.connector c;
+
+CREATE FUNCTION xprov.set_connector_enabled(connector_id uuid, enabled boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	IF enabled IS NULL THEN
+		RAISE EXCEPTION 'enabled must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	UPDATE xprov.connector c SET enabled = set_connector_enabled.enabled
+	 WHERE c.id = set_connector_enabled.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'List connectors with SELECT * FROM xprov.connectors.';
+	END IF;
+END
+$$;
+
+-- Queue ----------------------------------------------------------------------
+
+CREATE TYPE xprov.queued_operation AS (
+	id				uuid,
+	tenant_id		uuid,
+	connector_id	uuid,
+	identity_id		uuid,
+	target_uid		text,
+	operation_type	text,
+	object_class	text,
+	attributes		jsonb,
+	priority		integer,
+	retry_count		integer,
+	next_retry_at	timestamptz,
+	not_before		timestamptz,
+	idempotency_key	text,
+	created_at		timestamptz,
+	lease_expires_at timestamptz
+);
+
+CREATE FUNCTION xprov.enqueue(tenant_id uuid, connector_id uuid, identity_id uuid,
+							  operation_type text, object_class text, attributes jsonb,
+							  target_uid text DEFAULT NULL, priority integer DEFAULT 0,
+							  not_before timestamptz DEFAULT NULL,
+							  idempotency_key text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'xprov_enqueue'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.enqueue_batch(ops jsonb)
+RETURNS SETOF uuid
+AS 'MODULE_PATHNAME', 'xprov_enqueue_batch'
+LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION xprov.dequeue(batch integer DEFAULT 10, lease interval DEFAULT '5 minutes')
+RETURNS SETOF xprov.queued_operation
+AS 'MODULE_PATHNAME', 'xprov_dequeue'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.complete(operation_id uuid, target_uid text DEFAULT NULL,
+							   result jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_complete'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.complete_batch(operation_ids uuid[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'xprov_complete_batch'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.fail(operation_id uuid, error text, permanent boolean DEFAULT false,
+						   retry_after interval DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_fail'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.retry(operation_id uuid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_retry'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.skip(operation_id uuid, reason text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_skip'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.cancel(operation_id uuid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_cancel'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.build_info()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'xprov_build_info'
+LANGUAGE C STABLE;
+
+-- Views ----------------------------------------------------------------------
+
+CREATE VIEW xprov.operations AS
+	SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid,
+		   o.operation_type, o.object_class, o.attributes, o.priority,
+		   CASE WHEN r.op_id IS NOT NULL THEN greatest(r.attempts - 1, 0)
+				WHEN head THEN l.attempt_base + l.attempts - (l.state = 'l')::int
+				ELSE 0 END AS retry_count,
+		   CASE WHEN r.op_id IS NULL AND head AND l.state = 'r' THEN l.run_at
+				WHEN r.op_id IS NULL AND head AND l.state = 'l' THEN l.lease_expires
+		   END AS next_retry_at,
+		   o.not_before, o.idempotency_key,
+		   CASE r.status
+				WHEN 'c' THEN 'completed'
+				WHEN 's' THEN 'skipped'
+				WHEN 'x' THEN 'cancelled'
+				ELSE CASE WHEN NOT head THEN 'pending'
+						  WHEN l.state = 'l' THEN 'in_progress'
+						  WHEN l.state = 'd' THEN 'dead_letter'
+						  WHEN l.state = 'r' AND l.attempts > 0 THEN 'failed'
+						  ELSE 'pending' END
+		   END AS status,
+		   CASE WHEN r.op_id IS NOT NULL THEN r.attempts
+				WHEN head THEN l.attempt_base + l.attempts
+				ELSE 0 END AS attempts,
+		   CASE WHEN r.op_id IS NULL AND head AND l.state = 'r' THEN l.run_at
+				WHEN r.op_id IS NULL AND head AND l.state = 'l' THEN l.lease_expires
+				WHEN r.op_id IS NULL AND NOT head THEN o.not_before
+		   END AS next_attempt_at,
+		   CASE WHEN r.op_id IS NOT NULL THEN r.reason
+				WHEN head THEN l.last_error END AS last_error,
+		   o.created_at, r.finished_at, r.result, r.target_uid AS result_target_uid
+	  FROM xprov.op o
+	  JOIN xprov.lane l ON l.lane_id = o.lane_id
+	  LEFT JOIN xprov.op_result r ON r.op_id = o.id
+	 CROSS JOIN LATERAL (SELECT l.next_seq = o.seq AND l.state <> 'i' AS head) h;
+
+CREATE VIEW xprov.operation_attempts AS
+	SELECT f.op_id AS operation_id, o.tenant_id, o.connector_id, f.attempt, f.started_at,
+		   f.finished_at,
+		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
+						  WHEN 'e' THEN 'lease_expired' END AS outcome,
+		   f.http_status, f.error, f.finished_at - f.started_at AS duration
+	  FROM xprov.op_failure f
+	  JOIN xprov.op o ON o.id = f.op_id
+	UNION ALL
+	SELECT r.op_id, r.tenant_id, r.connector_id, r.attempts, r.started_at, r.finished_at,
+		   'completed', NULL::integer, NULL::text, r.finished_at - r.started_at
+	  FROM xprov.op_result r
+	 WHERE r.status = 'c' AND r.attempts > 0;
+
+CREATE VIEW xprov.dead_letters AS
+	SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid,
+		   o.operation_type, o.object_class, o.attributes,
+		   l.attempt_base + l.attempts AS attempts, l.last_error, o.created_at,
+		   (SELECT max(f.finished_at) FROM xprov.op_failure f WHERE f.op_id = o.id) AS failed_at
+	  FROM xprov.lane l
+	  JOIN xprov.op o ON o.lane_id = l.lane_id AND o.seq = l.next_seq
+	 WHERE l.state = 'd';
+
+CREATE FUNCTION xprov.stats(tenant_id uuid DEFAULT NULL, connector_id uuid DEFAULT NULL)
+RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, dead_letter bigint,
+			   completed bigint, skipped bigint, cancelled bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	WITH lanes AS (
+		SELECT l.lane_id, l.next_seq, l.state, l.attempts
+		  FROM xprov.lane l
+		 WHERE l.state <> 'i'
+		   AND ($1 IS NULL OR l.tenant_id = $1)
+		   AND ($2 IS NULL OR l.connector_id = $2)
+	), unfinished AS (
+		SELECT count(*) AS n
+		  FROM lanes l
+		  JOIN xprov.op o ON o.lane_id = l.lane_id AND o.seq >= l.next_seq
+		 WHERE NOT EXISTS (SELECT 1 FROM xprov.op_result r WHERE r.op_id = o.id)
+	), heads AS (
+		SELECT count(*) FILTER (WHERE state = 'l') AS in_progress,
+			   count(*) FILTER (WHERE state = 'r' AND attempts > 0) AS failed,
+			   count(*) FILTER (WHERE state = 'd') AS dead_letter
+		  FROM lanes
+	), finished AS (
+		SELECT count(*) FILTER (WHERE r.status = 'c') AS completed,
+			   count(*) FILTER (WHERE r.status = 's') AS skipped,
+			   count(*) FILTER (WHERE r.status = 'x') AS cancelled
+		  FROM xprov.op_result r
+		 WHERE ($1 IS NULL OR r.tenant_id = $1)
+		   AND ($2 IS NULL OR r.connector_id = $2)
+	)
+	SELECT u.n - h.in_progress - h.failed - h.dead_letter, h.in_progress, h.failed,
+		   h.dead_letter, f.completed, f.skipped, f.cancelled
+	  FROM unfinished u, heads h, finished f
+$$;

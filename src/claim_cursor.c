@@ -1,0 +1,247 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim_cursor.c
+ *	  Shared claim cursors and the commit-time rewind hints that keep them
+ *	  exact.  See claim_cursor.h for the idea.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#include "claim_cursor.h"
+#include "xprov.h"
+
+#define MAX_CURSORS 32
+
+typedef struct CursorSlot
+{
+	Oid			dboid;			/* InvalidOid: slot unused */
+	char		claimant;
+	bool		valid;			/* false: next claim starts at the beginning */
+	ClaimKey	key;			/* last key handed out */
+	bool		has_rewind;
+	ClaimKey	rewind;			/* smallest key made ready since last claim */
+	TimestampTz reset_at;		/* last time a claim started from the beginning */
+	TimestampTz future_due;		/* earliest run_at of a reported not-yet-due key */
+} CursorSlot;
+
+typedef struct CursorShared
+{
+	slock_t		mutex;
+	CursorSlot	slots[MAX_CURSORS];
+} CursorShared;
+
+/* Per-backend keys made ready by the current transaction, per claimant. */
+typedef struct PendingRewind
+{
+	bool		has;
+	ClaimKey	key;
+} PendingRewind;
+
+static CursorShared *cursor_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static PendingRewind pending[2];
+static bool xact_callback_registered = false;
+
+static int
+claim_key_cmp(const ClaimKey *a, const ClaimKey *b)
+{
+	if (a->rank != b->rank)
+		return a->rank < b->rank ? -1 : 1;
+	if (a->run_at != b->run_at)
+		return a->run_at < b->run_at ? -1 : 1;
+	if (a->lane_id != b->lane_id)
+		return a->lane_id < b->lane_id ? -1 : 1;
+	return 0;
+}
+
+void
+claim_key_set_min(ClaimKey *key)
+{
+	key->rank = PG_INT64_MIN;
+	key->run_at = DT_NOBEGIN;
+	key->lane_id = PG_INT64_MIN;
+}
+
+static void
+cursor_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CursorShared)));
+}
+
+static void
+cursor_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cursor_shared = ShmemInitStruct("xprov claim cursors", sizeof(CursorShared), &found);
+	if (!found)
+	{
+		memset(cursor_shared, 0, sizeof(CursorShared));
+		SpinLockInit(&cursor_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+claim_cursor_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = cursor_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = cursor_shmem_startup;
+}
+
+/* Caller holds the mutex.  NULL when every slot is taken. */
+static CursorSlot *
+find_slot(char claimant)
+{
+	CursorSlot *free_slot = NULL;
+
+	for (int i = 0; i < MAX_CURSORS; i++)
+	{
+		CursorSlot *slot = &cursor_shared->slots[i];
+
+		if (slot->dboid == MyDatabaseId && slot->claimant == claimant)
+			return slot;
+		if (slot->dboid == InvalidOid && free_slot == NULL)
+			free_slot = slot;
+	}
+	if (free_slot)
+	{
+		memset(free_slot, 0, sizeof(CursorSlot));
+		free_slot->dboid = MyDatabaseId;
+		free_slot->claimant = claimant;
+		free_slot->future_due = DT_NOEND;
+	}
+	return free_slot;
+}
+
+void
+claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
+{
+	CursorSlot *slot;
+
+	claim_key_set_min(start);
+	if (cursor_shared == NULL)
+		return;
+
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant);
+	if (slot == NULL)
+		;
+	else if (!slot->valid ||
+			 now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000 ||
+			 now >= slot->future_due)
+	{
+		slot->valid = false;
+		slot->has_rewind = false;
+		slot->reset_at = now;
+		slot->future_due = DT_NOEND;
+	}
+	else
+	{
+		*start = slot->key;
+		if (slot->has_rewind && claim_key_cmp(&slot->rewind, start) < 0)
+			*start = slot->rewind;
+		slot->has_rewind = false;
+	}
+	SpinLockRelease(&cursor_shared->mutex);
+}
+
+void
+claim_cursor_advance(char claimant, const ClaimKey *last)
+{
+	CursorSlot *slot;
+
+	if (cursor_shared == NULL)
+		return;
+
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant);
+	if (slot != NULL)
+	{
+		slot->key = *last;
+		slot->valid = true;
+	}
+	SpinLockRelease(&cursor_shared->mutex);
+}
+
+static void
+publish_rewind(char claimant, const ClaimKey *key, TimestampTz now)
+{
+	CursorSlot *slot;
+
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant);
+	if (slot != NULL)
+	{
+		if (!slot->has_rewind || claim_key_cmp(key, &slot->rewind) < 0)
+			slot->rewind = *key;
+		slot->has_rewind = true;
+		if (key->run_at > now && key->run_at < slot->future_due)
+			slot->future_due = key->run_at;
+	}
+	SpinLockRelease(&cursor_shared->mutex);
+}
+
+static void
+cursor_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (cursor_shared != NULL && (pending[0].has || pending[1].has))
+			{
+				TimestampTz now = GetCurrentTimestamp();
+
+				if (pending[0].has)
+					publish_rewind(CLAIMANT_EXTERNAL, &pending[0].key, now);
+				if (pending[1].has)
+					publish_rewind(CLAIMANT_WORKER, &pending[1].key, now);
+			}
+			pending[0].has = pending[1].has = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* a prepared transaction's rows are found by the periodic reset */
+			pending[0].has = pending[1].has = false;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+claim_cursor_note_ready(char claimant, const ClaimKey *key)
+{
+	PendingRewind *p = &pending[claimant == CLAIMANT_WORKER ? 1 : 0];
+
+	if (cursor_shared == NULL)
+		return;
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(cursor_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	if (!p->has || claim_key_cmp(key, &p->key) < 0)
+		p->key = *key;
+	p->has = true;
+}

@@ -1,0 +1,42 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim_cursor.h
+ *	  The keyset cursor that keeps claims off consumed index entries.
+ *
+ * Claims scan xprov.lane's ready index in key order (ClaimKey).  Every claim
+ * leaves a dead entry behind; while a long transaction pins the xmin horizon
+ * those entries cannot be vacuumed, so a scan from the start of the index
+ * would get slower with every claim.  Instead each (database, claimant) has
+ * a cursor in shared memory: claims start after the last key handed out.
+ *
+ * Transactions that make a lane ready at a key that may lie behind the
+ * cursor report it with claim_cursor_note_ready(); at commit the smallest
+ * such key rewinds the cursor.  A periodic reset
+ * (xprov.cursor_reset_interval) is the backstop for anything unreported.
+ * Without shared_preload_libraries every claim starts at the beginning.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CLAIM_CURSOR_H
+#define CLAIM_CURSOR_H
+
+#include "datatype/timestamp.h"
+
+/* Position in the ready index: (-priority, run_at, lane_id). */
+typedef struct ClaimKey
+{
+	int64		rank;
+	TimestampTz run_at;
+	int64		lane_id;
+} ClaimKey;
+
+#define CLAIMANT_EXTERNAL	'e'
+#define CLAIMANT_WORKER		'w'
+
+extern void claim_cursor_shmem_init(void);
+extern void claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start);
+extern void claim_cursor_advance(char claimant, const ClaimKey *last);
+extern void claim_cursor_note_ready(char claimant, const ClaimKey *key);
+extern void claim_key_set_min(ClaimKey *key);
+
+#endif							/* CLAIM_CURSOR_H */

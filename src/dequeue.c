@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * dequeue.c
+ *	  xprov.dequeue(): claim ready operations of external connectors.
+ *
+ * A claim leases the head operation of up to `batch` ready lanes, walking
+ * the ready index from the shared claim cursor with SKIP LOCKED, and counts
+ * the attempt at claim time so that an operation whose processor dies still
+ * reaches the dead-letter state.  Leases that ran out are returned first.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "claim_cursor.h"
+#include "dequeue.h"
+#include "spi_util.h"
+#include "xprov.h"
+
+PG_FUNCTION_INFO_V1(xprov_dequeue);
+
+/* Columns of xprov.queued_operation, followed by the claim key. */
+#define QUEUED_OPERATION_NATTS 15
+
+/* How often one backend looks for expired leases. */
+#define LEASE_SWEEP_INTERVAL_MS 1000
+
+static SavedPlan reclaim_expired = {
+	.sql =
+	"WITH x AS ("
+	"  SELECT l.lane_id, l.next_seq, l.attempts, l.attempt_base, l.leased_at, l.lease_expires "
+	"    FROM xprov.lane l "
+	"   WHERE l.state = 'l' AND l.lease_expires < $1 AND l.claimant = $2 "
+	"   ORDER BY l.lane_id "
+	"     FOR NO KEY UPDATE SKIP LOCKED"
+	"), history AS ("
+	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, error) "
+	"  SELECT o.id, x.attempt_base + x.attempts, x.leased_at, "
+	"         CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'e' END, "
+	"         'lease expired at ' || x.lease_expires "
+	"    FROM x JOIN xprov.op o ON o.lane_id = x.lane_id AND o.seq = x.next_seq"
+	") "
+	"UPDATE xprov.lane l "
+	"   SET state = CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'r' END, "
+	"       run_at = $1, leased_at = NULL, lease_expires = NULL, "
+	"       last_error = 'lease expired at ' || x.lease_expires "
+	"  FROM x WHERE l.lane_id = x.lane_id "
+	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+	.nargs = 3,
+	.argtypes = {TIMESTAMPTZOID, CHAROID, INT4OID},
+};
+
+static SavedPlan claim = {
+	.sql =
+	"WITH picked AS MATERIALIZED ("
+	"  SELECT l.lane_id FROM xprov.lane l "
+	"   WHERE l.claimant = $1 AND l.state = 'r' AND l.run_at <= $2 "
+	"     AND (-(l.priority::bigint), l.run_at, l.lane_id) > ($3, $4, $5) "
+	"     AND l.connector_id IN (SELECT c.id FROM xprov.connector c WHERE c.enabled) "
+	"   ORDER BY -(l.priority::bigint), l.run_at, l.lane_id "
+	"   LIMIT $6 "
+	"     FOR NO KEY UPDATE OF l SKIP LOCKED"
+	"), leased AS ("
+	"  UPDATE xprov.lane l "
+	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7 "
+	"    FROM picked p WHERE l.lane_id = p.lane_id "
+	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
+	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at"
+	") "
+	"SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid, o.operation_type, "
+	"       o.object_class, o.attributes, o.priority, le.retry_count, le.lease_expires, "
+	"       o.not_before, o.idempotency_key, o.created_at, le.lease_expires, "
+	"       le.rank, le.run_at, le.lane_id "
+	"  FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
+	" ORDER BY le.rank, le.run_at, le.lane_id",
+	.nargs = 7,
+	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID},
+};
+
+static TimestampTz last_sweep = 0;
+
+/* Return expired leases of this claimant; at most once a second per backend. */
+void
+dequeue_reclaim_expired(char claimant, TimestampTz now)
+{
+	Datum		args[3];
+
+	if (now - last_sweep < LEASE_SWEEP_INTERVAL_MS * (int64) 1000)
+		return;
+	last_sweep = now;
+
+	args[0] = TimestampTzGetDatum(now);
+	args[1] = CharGetDatum(claimant);
+	args[2] = Int32GetDatum(xprov_max_attempts);
+	saved_plan_execute(&reclaim_expired, args, NULL, false, 0);
+	spi_note_ready_lanes(1);
+}
+
+/*
+ * Lease up to `batch` operations; the caller has connected to SPI and reads
+ * the rows from SPI_tuptable (the queued_operation columns, then the key).
+ */
+uint64
+dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now)
+{
+	ClaimKey	start;
+	Datum		args[7];
+
+	claim_cursor_begin(claimant, now, &start);
+	args[0] = CharGetDatum(claimant);
+	args[1] = TimestampTzGetDatum(now);
+	args[2] = Int64GetDatum(start.rank);
+	args[3] = TimestampTzGetDatum(start.run_at);
+	args[4] = Int64GetDatum(start.lane_id);
+	args[5] = Int32GetDatum(batch);
+	args[6] = IntervalPGetDatum(lease);
+	saved_plan_execute(&claim, args, NULL, false, 0);
+
+	if (SPI_processed > 0)
+	{
+		uint64		last = SPI_processed - 1;
+		ClaimKey	key;
+
+		key.rank = spi_get_int64(last, QUEUED_OPERATION_NATTS + 1);
+		key.run_at = spi_get_timestamptz(last, QUEUED_OPERATION_NATTS + 2);
+		key.lane_id = spi_get_int64(last, QUEUED_OPERATION_NATTS + 3);
+		claim_cursor_advance(claimant, &key);
+	}
+	return SPI_processed;
+}
+
+static void
+check_dequeue_args(FunctionCallInfo fcinfo)
+{
+	Interval	zero = {0};
+
+	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) <= 0)
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("batch must be a positive number of operations"),
+				errhint("Pass a batch size such as 10 or 100."));
+	if (PG_ARGISNULL(1) ||
+		DatumGetInt32(DirectFunctionCall2(interval_cmp, PG_GETARG_DATUM(1),
+										  IntervalPGetDatum(&zero))) <= 0)
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("lease must be a positive interval"),
+				errhint("Pass how long the processor may take, for example '5 minutes'."));
+}
+
+Datum
+xprov_dequeue(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		count;
+
+	check_dequeue_args(fcinfo);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	SPI_connect();
+	dequeue_reclaim_expired(CLAIMANT_EXTERNAL, now);
+	count = dequeue_claim(CLAIMANT_EXTERNAL, PG_GETARG_INT32(0), PG_GETARG_INTERVAL_P(1), now);
+	for (uint64 row = 0; row < count; row++)
+	{
+		Datum		values[QUEUED_OPERATION_NATTS];
+		bool		nulls[QUEUED_OPERATION_NATTS];
+
+		for (int col = 0; col < QUEUED_OPERATION_NATTS; col++)
+			nulls[col] = !spi_get_datum(row, col + 1, &values[col]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}

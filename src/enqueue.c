@@ -1,0 +1,413 @@
+/*-------------------------------------------------------------------------
+ *
+ * enqueue.c
+ *	  xprov.enqueue() and xprov.enqueue_batch().
+ *
+ * An enqueue appends to the operation log and makes sure the subject's lane
+ * exists and is ready when it was idle, in the caller's transaction.  The
+ * lane upsert always locks the lane row until commit: a completion that is
+ * about to mark the lane idle waits for us and then sees our operation, so
+ * no wake-up is ever lost.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "op_input.h"
+#include "spi_util.h"
+
+PG_FUNCTION_INFO_V1(xprov_enqueue);
+PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
+
+/*
+ * Shared by both entry points: the lane upsert.  An idle lane becomes ready
+ * with the new operation as its head; any other lane keeps its head.
+ */
+#define LANE_UPSERT_SET \
+	"ON CONFLICT (connector_id, object_class, subject) DO UPDATE SET " \
+	"  state = CASE WHEN l.state = 'i' THEN 'r' ELSE l.state END, " \
+	"  next_seq = CASE WHEN l.state = 'i' THEN excluded.next_seq ELSE l.next_seq END, " \
+	"  priority = CASE WHEN l.state = 'i' THEN excluded.priority ELSE l.priority END, " \
+	"  run_at = CASE WHEN l.state = 'i' THEN excluded.run_at ELSE l.run_at END " \
+	"RETURNING l.lane_id, l.connector_id, l.object_class, l.subject, " \
+	"  l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
+
+static SavedPlan enqueue_one = {
+	.sql =
+	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
+	"lane AS ("
+	"  INSERT INTO xprov.lane AS l (tenant_id, connector_id, object_class, subject, claimant, "
+	"                               state, next_seq, priority, run_at) "
+	"  SELECT $1, $2, $3, $4, $5, 'r', s.seq, $6, greatest(now(), $7) FROM s "
+	LANE_UPSERT_SET
+	"), op AS ("
+	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
+	"                        operation_type, object_class, attributes, priority, not_before, "
+	"                        idempotency_key) "
+	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane"
+	") "
+	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
+	.nargs = 13,
+	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID,
+		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
+};
+
+static SavedPlan enqueue_many = {
+	.sql =
+	"WITH input AS MATERIALIZED ("
+	"  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], "
+	"                       $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::int[], "
+	"                       $11::timestamptz[], $12::text[], $13::text[], $14::text[]) "
+	"    AS u(seq, id, tenant_id, connector_id, identity_id, target_uid, operation_type, "
+	"         object_class, attributes, priority, not_before, idempotency_key, subject, claimant)"
+	"), heads AS ("
+	"  SELECT DISTINCT ON (connector_id, object_class, subject) * FROM input "
+	"   ORDER BY connector_id, object_class, subject, seq"
+	"), lane AS ("
+	"  INSERT INTO xprov.lane AS l (tenant_id, connector_id, object_class, subject, claimant, "
+	"                               state, next_seq, priority, run_at) "
+	"  SELECT tenant_id, connector_id, object_class, subject, claimant::\"char\", 'r', seq, "
+	"         priority, greatest(now(), not_before) FROM heads "
+	"   ORDER BY connector_id, object_class, subject "
+	LANE_UPSERT_SET
+	"), op AS ("
+	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
+	"                        operation_type, object_class, attributes, priority, not_before, "
+	"                        idempotency_key) "
+	"  SELECT i.id, i.seq, lane.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
+	"         i.operation_type, i.object_class, i.attributes, i.priority, i.not_before, "
+	"         i.idempotency_key "
+	"    FROM input i JOIN lane USING (connector_id, object_class, subject)"
+	") "
+	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
+	.nargs = 14,
+	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
+		TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+};
+
+static SavedPlan next_seqs = {
+	.sql = "SELECT nextval('xprov.op_seq') FROM generate_series(1, $1)",
+	.nargs = 1,
+	.argtypes = {INT4OID},
+};
+
+static SavedPlan claim_keys = {
+	.sql =
+	"INSERT INTO xprov.idempotency (tenant_id, key, op_id) "
+	"SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+	.nargs = 3,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, UUIDARRAYOID},
+};
+
+/* Runs after claim_keys, in a new snapshot that sees concurrent winners. */
+static SavedPlan key_owners = {
+	.sql =
+	"SELECT k.ord, i.op_id FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS k(tenant_id, key, ord) "
+	"  JOIN xprov.idempotency i ON i.tenant_id = k.tenant_id AND i.key = k.key",
+	.nargs = 2,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
+};
+
+static ArrayType *
+uuid_array(Datum *values, int count)
+{
+	return construct_array(values, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+}
+
+static ArrayType *
+text_array(char **values, int count)
+{
+	Datum	   *datums = palloc(sizeof(Datum) * count);
+	bool	   *nulls = palloc(sizeof(bool) * count);
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < count; i++)
+	{
+		nulls[i] = values[i] == NULL;
+		datums[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(values[i]);
+	}
+	return construct_md_array(datums, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/*
+ * Deduplicate by idempotency key: register the key of every keyed operation,
+ * then read back who owns each key.  An operation whose key is owned by
+ * another (unfinished) operation is dropped and answered with the owner's
+ * id.  Returns false for operations that must not be inserted.
+ */
+static void
+dedupe_by_key(OpInput *ops, int count, bool *insert)
+{
+	Datum	   *tenants = palloc(sizeof(Datum) * count);
+	Datum	   *ids = palloc(sizeof(Datum) * count);
+	char	  **keys = palloc(sizeof(char *) * count);
+	int		   *position = palloc(sizeof(int) * count);
+	int			nkeyed = 0;
+	Datum		args[3];
+
+	for (int i = 0; i < count; i++)
+	{
+		insert[i] = true;
+		if (ops[i].idempotency_key == NULL)
+			continue;
+		tenants[nkeyed] = UUIDPGetDatum(&ops[i].tenant_id);
+		keys[nkeyed] = ops[i].idempotency_key;
+		ids[nkeyed] = UUIDPGetDatum(&ops[i].id);
+		position[nkeyed] = i;
+		nkeyed++;
+	}
+	if (nkeyed == 0)
+		return;
+
+	args[0] = PointerGetDatum(uuid_array(tenants, nkeyed));
+	args[1] = PointerGetDatum(text_array(keys, nkeyed));
+	args[2] = PointerGetDatum(uuid_array(ids, nkeyed));
+	saved_plan_execute(&claim_keys, args, NULL, false, 0);
+	saved_plan_execute(&key_owners, args, NULL, false, 0);
+	if (SPI_processed != (uint64) nkeyed)
+		ereport(ERROR,
+				errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				errmsg("could not deduplicate operations by idempotency key"),
+				errdetail("A concurrent transaction changed the same keys."),
+				errhint("Retry the transaction."));
+
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		OpInput    *op = &ops[position[spi_get_int64(row, 1) - 1]];
+		Datum		owner;
+
+		spi_get_datum(row, 2, &owner);
+		if (memcmp(DatumGetUUIDP(owner), &op->id, UUID_LEN) != 0)
+		{
+			memcpy(&op->id, DatumGetUUIDP(owner), UUID_LEN);
+			insert[op - ops] = false;
+		}
+	}
+}
+
+static Datum
+enqueue_single(OpInput *op)
+{
+	Datum		values[13];
+	char		nulls[13];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = UUIDPGetDatum(&op->tenant_id);
+	values[1] = UUIDPGetDatum(&op->connector_id);
+	values[2] = CStringGetTextDatum(op->object_class);
+	values[3] = CStringGetTextDatum(op->subject);
+	values[4] = CharGetDatum(op->claimant);
+	values[5] = Int32GetDatum(op->priority);
+	values[6] = TimestampTzGetDatum(op->not_before);
+	nulls[6] = op->has_not_before ? ' ' : 'n';
+	values[7] = UUIDPGetDatum(&op->id);
+	values[8] = UUIDPGetDatum(&op->identity_id);
+	nulls[8] = op->has_identity ? ' ' : 'n';
+	values[9] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
+	nulls[9] = op->target_uid ? ' ' : 'n';
+	values[10] = CStringGetTextDatum(op->operation_type);
+	values[11] = JsonbPGetDatum(op->attributes);
+	values[12] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
+	nulls[12] = op->idempotency_key ? ' ' : 'n';
+
+	saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+	spi_note_ready_lanes(1);
+	return UUIDPGetDatum(&op->id);
+}
+
+static char *
+text_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return PG_ARGISNULL(argno) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+Datum
+xprov_enqueue(PG_FUNCTION_ARGS)
+{
+	OpInput		op;
+	pg_uuid_t  *result = palloc(sizeof(pg_uuid_t));
+	bool		insert;
+
+	memset(&op, 0, sizeof(op));
+	op.element = -1;
+	if ((op.has_tenant = !PG_ARGISNULL(0)))
+		op.tenant_id = *PG_GETARG_UUID_P(0);
+	if ((op.has_connector = !PG_ARGISNULL(1)))
+		op.connector_id = *PG_GETARG_UUID_P(1);
+	if ((op.has_identity = !PG_ARGISNULL(2)))
+		op.identity_id = *PG_GETARG_UUID_P(2);
+	op.operation_type = text_arg(fcinfo, 3);
+	op.object_class = text_arg(fcinfo, 4);
+	op.attributes = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
+	op.target_uid = text_arg(fcinfo, 6);
+	op.priority = PG_ARGISNULL(7) ? 0 : PG_GETARG_INT32(7);
+	if ((op.has_not_before = !PG_ARGISNULL(8)))
+		op.not_before = PG_GETARG_TIMESTAMPTZ(8);
+	op.idempotency_key = text_arg(fcinfo, 9);
+
+	op_input_check(&op);
+
+	SPI_connect();
+	op_inputs_resolve_connectors(&op, 1);
+	dedupe_by_key(&op, 1, &insert);
+	if (insert)
+		enqueue_single(&op);
+	SPI_finish();
+
+	*result = op.id;
+	PG_RETURN_UUID_P(result);
+}
+
+static OpInput *
+parse_batch(Jsonb *ops, int *count)
+{
+	JsonbIterator *it;
+	JsonbValue	value;
+	JsonbIteratorToken token;
+	OpInput    *inputs;
+	int			n = 0;
+
+	if (!JB_ROOT_IS_ARRAY(ops) || JB_ROOT_IS_SCALAR(ops))
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("enqueue_batch expects a JSON array of operations"),
+				errhint("Pass [{\"tenant_id\": ..., \"connector_id\": ..., ...}, ...]."));
+
+	inputs = palloc0(sizeof(OpInput) * Max(JB_ROOT_COUNT(ops), 1));
+	it = JsonbIteratorInit(&ops->root);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
+	{
+		if (token != WJB_ELEM)
+			continue;
+		if (value.type != jbvBinary || !JsonContainerIsObject(value.val.binary.data))
+			op_raise_error(n, ERRCODE_INVALID_PARAMETER_VALUE,
+						   "operation must be a JSON object", NULL, NULL);
+		op_input_from_jsonb(value.val.binary.data, n, &inputs[n]);
+		op_input_check(&inputs[n]);
+		n++;
+	}
+	*count = n;
+	return inputs;
+}
+
+static void
+insert_batch(OpInput *ops, int count, const bool *insert)
+{
+	int			n = 0;
+	int			dims[1];
+	int			lbs[1] = {1};
+	Datum	   *cols[14];
+	bool	   *nulls[14];
+	Datum		args[14];
+	int64	   *seqs;
+	static const Oid types[14] = {INT8OID, UUIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID,
+	TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+
+	for (int i = 0; i < count; i++)
+		n += insert[i] ? 1 : 0;
+	if (n == 0)
+		return;
+
+	/* one sequence value per operation, in batch order: FIFO per subject */
+	saved_plan_execute(&next_seqs, (Datum[]) {Int32GetDatum(n)}, NULL, false, 0);
+	seqs = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+		seqs[i] = spi_get_int64(i, 1);
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && seqs[j - 1] > seqs[j]; j--)
+		{
+			int64		tmp = seqs[j];
+
+			seqs[j] = seqs[j - 1];
+			seqs[j - 1] = tmp;
+		}
+
+	for (int c = 0; c < 14; c++)
+	{
+		cols[c] = palloc0(sizeof(Datum) * n);
+		nulls[c] = palloc0(sizeof(bool) * n);
+	}
+	for (int i = 0, k = 0; i < count; i++)
+	{
+		OpInput    *op = &ops[i];
+
+		if (!insert[i])
+			continue;
+		cols[0][k] = Int64GetDatum(seqs[k]);
+		cols[1][k] = UUIDPGetDatum(&op->id);
+		cols[2][k] = UUIDPGetDatum(&op->tenant_id);
+		cols[3][k] = UUIDPGetDatum(&op->connector_id);
+		cols[4][k] = UUIDPGetDatum(&op->identity_id);
+		nulls[4][k] = !op->has_identity;
+		cols[5][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
+		nulls[5][k] = op->target_uid == NULL;
+		cols[6][k] = CStringGetTextDatum(op->operation_type);
+		cols[7][k] = CStringGetTextDatum(op->object_class);
+		cols[8][k] = JsonbPGetDatum(op->attributes);
+		cols[9][k] = Int32GetDatum(op->priority);
+		cols[10][k] = TimestampTzGetDatum(op->not_before);
+		nulls[10][k] = !op->has_not_before;
+		cols[11][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
+		nulls[11][k] = op->idempotency_key == NULL;
+		cols[12][k] = CStringGetTextDatum(op->subject);
+		cols[13][k] = CStringGetTextDatum(op->claimant == 'e' ? "e" : "w");
+		k++;
+	}
+
+	dims[0] = n;
+	for (int c = 0; c < 14; c++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		get_typlenbyvalalign(types[c], &typlen, &typbyval, &typalign);
+		args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+													 types[c], typlen, typbyval, typalign));
+	}
+	saved_plan_execute(&enqueue_many, args, NULL, false, 0);
+	spi_note_ready_lanes(1);
+}
+
+Datum
+xprov_enqueue_batch(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	OpInput    *ops;
+	bool	   *insert;
+	int			count;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	ops = parse_batch(PG_GETARG_JSONB_P(0), &count);
+	if (count == 0)
+		return (Datum) 0;
+
+	insert = palloc(sizeof(bool) * count);
+	SPI_connect();
+	op_inputs_resolve_connectors(ops, count);
+	dedupe_by_key(ops, count, insert);
+	insert_batch(ops, count, insert);
+	SPI_finish();
+
+	for (int i = 0; i < count; i++)
+	{
+		Datum		id = UUIDPGetDatum(&ops[i].id);
+		bool		isnull = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
+	}
+	return (Datum) 0;
+}

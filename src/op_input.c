@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * op_input.c
+ *	  Parse and validate operations for enqueue() and enqueue_batch().
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "claim_cursor.h"
+#include "op_input.h"
+#include "spi_util.h"
+#include "xprov.h"
+
+static const char *const operation_types[] = {
+	"create", "update", "delete", "enable", "disable"
+};
+
+void
+op_raise_error(int element, int sqlstate, const char *message,
+			   const char *detail, const char *hint)
+{
+	ereport(ERROR,
+			errcode(sqlstate),
+			element >= 0 ?
+			errmsg("enqueue_batch element %d: %s", element, message) :
+			errmsg("%s", message),
+			detail ? errdetail("%s", detail) : 0,
+			hint ? errhint("%s", hint) : 0);
+	pg_unreachable();
+}
+
+void
+op_generate_id(pg_uuid_t *id)
+{
+	if (!pg_strong_random(id->data, UUID_LEN))
+		ereport(ERROR,
+				errcode(ERRCODE_INTERNAL_ERROR),
+				errmsg("could not generate a random operation id"));
+	/* RFC 4122 version 4, variant 1, as gen_random_uuid() */
+	id->data[6] = (id->data[6] & 0x0f) | 0x40;
+	id->data[8] = (id->data[8] & 0x3f) | 0x80;
+}
+
+/*
+ * Run a type's input function on a batch field, turning its error into one
+ * that names the element and field.  The caught error is re-thrown at once,
+ * so no state needs cleaning up beyond FlushErrorState().
+ */
+static Datum
+parse_field(Oid typid, const char *text, int element, const char *field)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Oid			typinput;
+	Oid			typioparam;
+	Datum		result = (Datum) 0;
+
+	getTypeInputInfo(typid, &typinput, &typioparam);
+	PG_TRY();
+	{
+		result = OidInputFunctionCall(typinput, (char *) text, typioparam, -1);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		op_raise_error(element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   psprintf("field \"%s\" is not a valid %s", field,
+								format_type_be(typid)),
+					   edata->message, NULL);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static char *
+jsonb_string_field(JsonbValue *value, int element, const char *field)
+{
+	if (value->type == jbvNull)
+		return NULL;
+	if (value->type != jbvString)
+		op_raise_error(element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   psprintf("field \"%s\" must be a string", field), NULL, NULL);
+	return pnstrdup(value->val.string.val, value->val.string.len);
+}
+
+static bool
+jsonb_uuid_field(JsonbValue *value, int element, const char *field, pg_uuid_t *out)
+{
+	char	   *text = jsonb_string_field(value, element, field);
+
+	if (text == NULL)
+		return false;
+	memcpy(out, DatumGetUUIDP(parse_field(UUIDOID, text, element, field)), UUID_LEN);
+	return true;
+}
+
+static void
+set_field(OpInput *op, const char *key, JsonbValue *value)
+{
+	int			element = op->element;
+
+	if (strcmp(key, "tenant_id") == 0)
+		op->has_tenant = jsonb_uuid_field(value, element, key, &op->tenant_id);
+	else if (strcmp(key, "connector_id") == 0)
+		op->has_connector = jsonb_uuid_field(value, element, key, &op->connector_id);
+	else if (strcmp(key, "identity_id") == 0)
+		op->has_identity = jsonb_uuid_field(value, element, key, &op->identity_id);
+	else if (strcmp(key, "target_uid") == 0)
+		op->target_uid = jsonb_string_field(value, element, key);
+	else if (strcmp(key, "operation_type") == 0)
+		op->operation_type = jsonb_string_field(value, element, key);
+	else if (strcmp(key, "object_class") == 0)
+		op->object_class = jsonb_string_field(value, element, key);
+	else if (strcmp(key, "idempotency_key") == 0)
+		op->idempotency_key = jsonb_string_field(value, element, key);
+	else if (strcmp(key, "not_before") == 0)
+	{
+		char	   *text = jsonb_string_field(value, element, key);
+
+		op->has_not_before = text != NULL;
+		if (text)
+			op->not_before = DatumGetTimestampTz(parse_field(TIMESTAMPTZOID, text, element, key));
+	}
+	else if (strcmp(key, "priority") == 0)
+	{
+		if (value->type == jbvNull)
+			return;
+		if (value->type != jbvNumeric)
+			op_raise_error(element, ERRCODE_INVALID_PARAMETER_VALUE,
+						   "field \"priority\" must be an integer", NULL, NULL);
+		op->priority = DatumGetInt32(parse_field(INT4OID,
+												 DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(value->val.numeric))),
+												 element, key));
+	}
+	else if (strcmp(key, "attributes") == 0)
+	{
+		if (value->type == jbvNull)
+			return;
+		if (value->type != jbvBinary || !JsonContainerIsObject(value->val.binary.data))
+			op_raise_error(element, ERRCODE_INVALID_PARAMETER_VALUE,
+						   "attributes must be a JSON object", NULL,
+						   "Pass the account's attributes as an object, for example {\"userName\": \"jdoe\"}.");
+		op->attributes = JsonbValueToJsonb(value);
+	}
+	else
+		op_raise_error(element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   psprintf("unknown field \"%s\"", key), NULL,
+					   "Fields are tenant_id, connector_id, identity_id, operation_type, object_class, attributes, target_uid, priority, not_before and idempotency_key.");
+}
+
+void
+op_input_from_jsonb(JsonbContainer *object, int element, OpInput *op)
+{
+	JsonbIterator *it;
+	JsonbValue	value;
+	JsonbIteratorToken token;
+	char	   *key = NULL;
+
+	memset(op, 0, sizeof(OpInput));
+	op->element = element;
+
+	it = JsonbIteratorInit(object);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+			key = pnstrdup(value.val.string.val, value.val.string.len);
+		else if (token == WJB_VALUE)
+			set_field(op, key, &value);
+	}
+}
+
+static void
+check_required(OpInput *op)
+{
+	if (!op->has_tenant)
+		op_raise_error(op->element, ERRCODE_NULL_VALUE_NOT_ALLOWED,
+					   "tenant_id must not be null", NULL,
+					   "Pass the tenant that owns the connector.");
+	if (!op->has_connector)
+		op_raise_error(op->element, ERRCODE_NULL_VALUE_NOT_ALLOWED,
+					   "connector_id must not be null", NULL,
+					   "Pass a connector id returned by xprov.add_connector().");
+	if (op->operation_type == NULL)
+		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "operation_type must not be null", NULL,
+					   "Use one of create, update, delete, enable, disable.");
+	if (op->object_class == NULL || op->object_class[0] == '\0')
+		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "object_class must not be empty", NULL,
+					   "Name the kind of target object, for example user or group.");
+}
+
+static void
+check_operation_type(OpInput *op)
+{
+	for (int i = 0; i < lengthof(operation_types); i++)
+		if (strcmp(op->operation_type, operation_types[i]) == 0)
+			return;
+	op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+				   psprintf("unknown operation type \"%s\"", op->operation_type), NULL,
+				   "Use one of create, update, delete, enable, disable.");
+}
+
+static void
+check_subject(OpInput *op)
+{
+	if (op->target_uid != NULL && op->target_uid[0] == '\0')
+		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "target_uid must not be empty", NULL,
+					   "Pass NULL when the account's id on the target is not known.");
+	if (op->has_identity)
+		op->subject = psprintf("i:%s",
+							   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->identity_id))));
+	else if (op->target_uid != NULL)
+		op->subject = psprintf("t:%s", op->target_uid);
+	else
+		op_raise_error(op->element, ERRCODE_NULL_VALUE_NOT_ALLOWED,
+					   "operation has no subject",
+					   "Neither identity_id nor target_uid was given.",
+					   "Name the account by identity_id, target_uid or both.");
+}
+
+static void
+check_attributes(OpInput *op)
+{
+	Size		limit = (Size) xprov_max_attributes_kb * 1024;
+
+	if (op->attributes == NULL)
+	{
+		op->attributes = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		return;
+	}
+	if (!JB_ROOT_IS_OBJECT(op->attributes) || JB_ROOT_IS_SCALAR(op->attributes))
+		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "attributes must be a JSON object", NULL,
+					   "Pass the account's attributes as an object, for example {\"userName\": \"jdoe\"}.");
+	if (VARSIZE(op->attributes) > limit)
+		op_raise_error(op->element, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+					   "attributes are too large",
+					   psprintf("The attributes take %zu bytes; the limit is %zu bytes.",
+								(Size) VARSIZE(op->attributes), limit),
+					   "Send less data or raise xprov.max_attributes_size.");
+}
+
+void
+op_input_check(OpInput *op)
+{
+	check_required(op);
+	check_operation_type(op);
+	check_subject(op);
+	check_attributes(op);
+	if (op->idempotency_key != NULL && op->idempotency_key[0] == '\0')
+		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "idempotency_key must not be empty", NULL,
+					   "Pass NULL for no key.");
+	op_generate_id(&op->id);
+}
+
+static SavedPlan connector_lookup = {
+	.sql = "SELECT id, tenant_id, kind FROM xprov.connector WHERE id = ANY ($1)",
+	.nargs = 1,
+	.argtypes = {UUIDARRAYOID},
+};
+
+/*
+ * Check that every operation's connector exists and belongs to the
+ * operation's tenant, and derive who claims its operations.  The caller has
+ * connected to SPI.
+ */
+void
+op_inputs_resolve_connectors(OpInput *ops, int count)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * count);
+	Datum		arg;
+
+	for (int i = 0; i < count; i++)
+		ids[i] = UUIDPGetDatum(&ops[i].connector_id);
+	arg = PointerGetDatum(construct_array(ids, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	saved_plan_execute(&connector_lookup, &arg, NULL, true, 0);
+
+	for (int i = 0; i < count; i++)
+	{
+		OpInput    *op = &ops[i];
+		uint64		row;
+
+		for (row = 0; row < SPI_processed; row++)
+		{
+			Datum		id;
+
+			spi_get_datum(row, 1, &id);
+			if (memcmp(DatumGetUUIDP(id), &op->connector_id, UUID_LEN) == 0)
+				break;
+		}
+		if (row == SPI_processed)
+			op_raise_error(op->element, ERRCODE_UNDEFINED_OBJECT,
+						   psprintf("connector %s does not exist",
+									DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->connector_id)))),
+						   NULL, "Create it with xprov.add_connector() or list connectors in xprov.connectors.");
+		else
+		{
+			Datum		tenant;
+			char	   *kind;
+
+			spi_get_datum(row, 2, &tenant);
+			if (memcmp(DatumGetUUIDP(tenant), &op->tenant_id, UUID_LEN) != 0)
+				op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
+							   "connector belongs to another tenant",
+							   psprintf("Connector %s is not a connector of tenant %s.",
+										DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->connector_id))),
+										DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->tenant_id)))),
+							   "Use a connector of the operation's own tenant.");
+			kind = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 3);
+			op->claimant = strcmp(kind, "external") == 0 ? CLAIMANT_EXTERNAL : CLAIMANT_WORKER;
+		}
+	}
+}

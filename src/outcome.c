@@ -1,0 +1,431 @@
+/*-------------------------------------------------------------------------
+ *
+ * outcome.c
+ *	  Recording what happened to an operation: complete, fail, and the
+ *	  operator's retry, skip and cancel.
+ *
+ * Every function first locks the lanes of its operations (in lane order, so
+ * concurrent callers cannot deadlock) and only then, in a new statement and
+ * so a new snapshot, decides what the lane does next.  The lock makes any
+ * enqueue that touched the lane finish first, so its operation is seen and
+ * the lane never goes idle with work behind it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/uuid.h"
+
+#include "spi_util.h"
+#include "xprov.h"
+
+PG_FUNCTION_INFO_V1(xprov_complete);
+PG_FUNCTION_INFO_V1(xprov_complete_batch);
+PG_FUNCTION_INFO_V1(xprov_fail);
+PG_FUNCTION_INFO_V1(xprov_retry);
+PG_FUNCTION_INFO_V1(xprov_skip);
+PG_FUNCTION_INFO_V1(xprov_cancel);
+
+/* An operation with its lane, as locked by lock_operations(). */
+typedef struct LockedOp
+{
+	pg_uuid_t	id;
+	int64		seq;
+	int64		lane_id;
+	char		lane_state;
+	bool		is_head;
+	int32		attempts;
+	char		finished;		/* op_result status, or '\0' */
+} LockedOp;
+
+static SavedPlan lock_ops = {
+	.sql =
+	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
+	"       (SELECT r.status FROM xprov.op_result r WHERE r.op_id = o.id) "
+	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
+	" WHERE o.id = ANY ($1) "
+	" ORDER BY o.lane_id "
+	"   FOR NO KEY UPDATE OF l",
+	.nargs = 1,
+	.argtypes = {UUIDARRAYOID},
+};
+
+/*
+ * Record final outcomes and move each finished head's lane to its next
+ * operation (skipping operations cancelled or skipped out of turn), or make
+ * it idle.
+ */
+static SavedPlan finish_ops = {
+	.sql =
+	"WITH r AS ("
+	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[]) "
+	"    AS r(seq, lane_id, status, target_uid, result, reason)"
+	"), fin AS ("
+	"  SELECT r.*, o.id, o.tenant_id, o.connector_id, o.idempotency_key, "
+	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, "
+	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
+	"    FROM r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.seq "
+	"           JOIN xprov.lane l ON l.lane_id = r.lane_id"
+	"), res AS ("
+	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
+	"                               target_uid, result, reason) "
+	"  SELECT id, tenant_id, connector_id, status::\"char\", CASE WHEN is_head THEN attempts ELSE 0 END, "
+	"         CASE WHEN is_head THEN leased_at END, target_uid, result, reason FROM fin"
+	"), keys AS ("
+	"  DELETE FROM xprov.idempotency i USING fin "
+	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id "
+	"     AND i.key = fin.idempotency_key AND i.op_id = fin.id"
+	"), nxt AS ("
+	"  SELECT fin.lane_id, fin.seq, n.seq AS next_seq, n.priority, n.not_before "
+	"    FROM fin LEFT JOIN LATERAL ("
+	"      SELECT o.seq, o.priority, o.not_before FROM xprov.op o "
+	"       WHERE o.lane_id = fin.lane_id AND o.seq > fin.seq "
+	"         AND NOT EXISTS (SELECT 1 FROM xprov.op_result x WHERE x.op_id = o.id) "
+	"       ORDER BY o.seq LIMIT 1) n ON true "
+	"   WHERE fin.is_head"
+	") "
+	"UPDATE xprov.lane l "
+	"   SET state = CASE WHEN nxt.next_seq IS NULL THEN 'i' ELSE 'r' END, "
+	"       next_seq = coalesce(nxt.next_seq, nxt.seq + 1), "
+	"       priority = coalesce(nxt.priority, l.priority), "
+	"       run_at = greatest(now(), nxt.not_before), "
+	"       attempts = 0, attempt_base = 0, leased_at = NULL, lease_expires = NULL, last_error = NULL "
+	"  FROM nxt WHERE l.lane_id = nxt.lane_id "
+	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+	.nargs = 6,
+	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID},
+};
+
+static SavedPlan fail_op = {
+	.sql =
+	"WITH f AS ("
+	"  SELECT l.lane_id, l.attempts, l.attempt_base, l.leased_at, "
+	"         ($4 OR l.attempts >= $6) AS dead, "
+	"         now() + coalesce($5, make_interval(secs => "
+	"             least($8, $7 * power(2, least(l.attempts - 1, 62))) * (0.5 + random() / 2))) AS due "
+	"    FROM xprov.lane l WHERE l.lane_id = $1"
+	"), history AS ("
+	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, http_status, error) "
+	"  SELECT $2, f.attempt_base + f.attempts, f.leased_at, "
+	"         CASE WHEN f.dead THEN 'd' ELSE 'f' END, $9, $3 FROM f"
+	") "
+	"UPDATE xprov.lane l "
+	"   SET state = CASE WHEN f.dead THEN 'd' ELSE 'r' END, "
+	"       run_at = CASE WHEN f.dead THEN l.run_at ELSE f.due END, "
+	"       last_error = $3, leased_at = NULL, lease_expires = NULL "
+	"  FROM f WHERE l.lane_id = f.lane_id "
+	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+	.nargs = 9,
+	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID},
+};
+
+static SavedPlan retry_lane = {
+	.sql =
+	"UPDATE xprov.lane "
+	"   SET state = 'r', attempt_base = attempt_base + attempts, attempts = 0, "
+	"       run_at = now(), last_error = NULL "
+	" WHERE lane_id = $1 "
+	"RETURNING state, claimant, -(priority::bigint), run_at, lane_id",
+	.nargs = 1,
+	.argtypes = {INT8OID},
+};
+
+static const char *
+status_name(const LockedOp *op)
+{
+	switch (op->finished)
+	{
+		case 'c':
+			return "completed";
+		case 's':
+			return "skipped";
+		case 'x':
+			return "cancelled";
+	}
+	if (!op->is_head)
+		return "pending";
+	switch (op->lane_state)
+	{
+		case 'l':
+			return "in_progress";
+		case 'd':
+			return "dead_letter";
+		case 'r':
+			return op->attempts > 0 ? "failed" : "pending";
+	}
+	return "pending";
+}
+
+static char *
+uuid_text(const pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+static void
+raise_wrong_status(const LockedOp *op, const char *action, const char *allowed)
+{
+	ereport(ERROR,
+			errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			errmsg("cannot %s operation %s", action, uuid_text(&op->id)),
+			errdetail("The operation is %s; only %s operations can be %s.",
+					  status_name(op), allowed,
+					  strcmp(action, "complete") == 0 ? "completed" :
+					  strcmp(action, "fail") == 0 ? "failed" :
+					  strcmp(action, "retry") == 0 ? "retried" :
+					  strcmp(action, "skip") == 0 ? "skipped" : "cancelled"),
+			errhint("Check its status in xprov.operations."));
+}
+
+/*
+ * Lock the lanes of the given operations and read their state.  Raises
+ * undefined_object for an id that does not exist.  Returns one LockedOp per
+ * distinct id, in lane order.
+ */
+static LockedOp *
+lock_operations(Datum *ids, int count, int *found)
+{
+	ArrayType  *array = construct_array(ids, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+	Datum		arg = PointerGetDatum(array);
+	LockedOp   *ops;
+
+	saved_plan_execute(&lock_ops, &arg, NULL, false, 0);
+	ops = palloc0(sizeof(LockedOp) * Max(SPI_processed, 1));
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		Datum		value;
+
+		spi_get_datum(row, 1, &value);
+		memcpy(&ops[row].id, DatumGetUUIDP(value), UUID_LEN);
+		ops[row].seq = spi_get_int64(row, 2);
+		ops[row].lane_id = spi_get_int64(row, 3);
+		ops[row].lane_state = spi_get_char(row, 4);
+		spi_get_datum(row, 5, &value);
+		ops[row].is_head = DatumGetBool(value);
+		ops[row].attempts = spi_get_int32(row, 6);
+		ops[row].finished = spi_get_char(row, 7);
+	}
+	*found = (int) SPI_processed;
+
+	/* name the first id that was not found */
+	for (int i = 0; i < count && *found < count; i++)
+	{
+		bool		present = false;
+
+		for (int j = 0; j < *found && !present; j++)
+			present = memcmp(&ops[j].id, DatumGetUUIDP(ids[i]), UUID_LEN) == 0;
+		if (!present)
+			ereport(ERROR,
+					errcode(ERRCODE_UNDEFINED_OBJECT),
+					errmsg("operation %s does not exist", uuid_text(DatumGetUUIDP(ids[i]))),
+					errhint("List operations in xprov.operations."));
+	}
+	return ops;
+}
+
+static LockedOp
+lock_one(FunctionCallInfo fcinfo)
+{
+	Datum		id;
+	int			found;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				errmsg("operation_id must not be null"));
+	id = PG_GETARG_DATUM(0);
+	return *lock_operations(&id, 1, &found);
+}
+
+static bool
+is_leased(const LockedOp *op)
+{
+	return op->finished == '\0' && op->is_head && op->lane_state == 'l';
+}
+
+/* Record outcome `status` for each op; a NULL array entry means NULL. */
+static void
+finish_operations(const LockedOp *ops, int count, char status,
+				  char **target_uids, Jsonb **results, const char *reason)
+{
+	Datum	   *seqs = palloc(sizeof(Datum) * count);
+	Datum	   *lanes = palloc(sizeof(Datum) * count);
+	Datum	   *statuses = palloc(sizeof(Datum) * count);
+	Datum	   *uids = palloc(sizeof(Datum) * count);
+	bool	   *uid_nulls = palloc(sizeof(bool) * count);
+	Datum	   *res = palloc(sizeof(Datum) * count);
+	bool	   *res_nulls = palloc(sizeof(bool) * count);
+	Datum	   *reasons = palloc(sizeof(Datum) * count);
+	bool	   *reason_nulls = palloc(sizeof(bool) * count);
+	bool	   *no_nulls = palloc0(sizeof(bool) * count);
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+	Datum		args[6];
+	char		status_text[2] = {status, '\0'};
+
+	for (int i = 0; i < count; i++)
+	{
+		seqs[i] = Int64GetDatum(ops[i].seq);
+		lanes[i] = Int64GetDatum(ops[i].lane_id);
+		statuses[i] = CStringGetTextDatum(status_text);
+		uid_nulls[i] = target_uids == NULL || target_uids[i] == NULL;
+		uids[i] = uid_nulls[i] ? (Datum) 0 : CStringGetTextDatum(target_uids[i]);
+		res_nulls[i] = results == NULL || results[i] == NULL;
+		res[i] = res_nulls[i] ? (Datum) 0 : JsonbPGetDatum(results[i]);
+		reason_nulls[i] = reason == NULL;
+		reasons[i] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+	}
+	args[0] = PointerGetDatum(construct_md_array(seqs, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_md_array(lanes, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = PointerGetDatum(construct_md_array(statuses, no_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_md_array(uids, uid_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_md_array(res, res_nulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_md_array(reasons, reason_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	saved_plan_execute(&finish_ops, args, NULL, false, 0);
+	spi_note_ready_lanes(1);
+}
+
+Datum
+xprov_complete(PG_FUNCTION_ARGS)
+{
+	LockedOp	op;
+	char	   *target_uid = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Jsonb	   *result = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+
+	SPI_connect();
+	op = lock_one(fcinfo);
+	if (!is_leased(&op))
+		raise_wrong_status(&op, "complete", "in_progress");
+	finish_operations(&op, 1, 'c', &target_uid, &result, NULL);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+xprov_complete_batch(PG_FUNCTION_ARGS)
+{
+	ArrayType  *array;
+	Datum	   *ids;
+	bool	   *nulls;
+	int			count;
+	int			found;
+	LockedOp   *ops;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				errmsg("operation_ids must not be null"));
+	array = PG_GETARG_ARRAYTYPE_P(0);
+	deconstruct_array(array, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &ids, &nulls, &count);
+	for (int i = 0; i < count; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					errmsg("operation_ids must not contain nulls"));
+	if (count == 0)
+		PG_RETURN_INT64(0);
+
+	SPI_connect();
+	ops = lock_operations(ids, count, &found);
+	for (int i = 0; i < found; i++)
+		if (!is_leased(&ops[i]))
+			raise_wrong_status(&ops[i], "complete", "in_progress");
+	finish_operations(ops, found, 'c', NULL, NULL, NULL);
+	SPI_finish();
+	PG_RETURN_INT64(found);
+}
+
+Datum
+xprov_fail(PG_FUNCTION_ARGS)
+{
+	LockedOp	op;
+	Datum		args[9];
+	char		nulls[9];
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				errmsg("error must not be null"),
+				errhint("Say why the attempt failed; it is kept in xprov.operation_attempts."));
+
+	SPI_connect();
+	op = lock_one(fcinfo);
+	if (!is_leased(&op))
+		raise_wrong_status(&op, "fail", "in_progress");
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = Int64GetDatum(op.lane_id);
+	args[1] = UUIDPGetDatum(&op.id);
+	args[2] = PG_GETARG_DATUM(1);
+	args[3] = BoolGetDatum(!PG_ARGISNULL(2) && PG_GETARG_BOOL(2));
+	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[5] = Int32GetDatum(xprov_max_attempts);
+	args[6] = Float8GetDatum(xprov_retry_base_ms / 1000.0);
+	args[7] = Float8GetDatum(xprov_retry_max_ms / 1000.0);
+	args[8] = (Datum) 0;
+	nulls[8] = 'n';
+	saved_plan_execute(&fail_op, args, nulls, false, 0);
+	spi_note_ready_lanes(1);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+xprov_retry(PG_FUNCTION_ARGS)
+{
+	LockedOp	op;
+	Datum		arg;
+
+	SPI_connect();
+	op = lock_one(fcinfo);
+	if (op.finished != '\0' || !op.is_head || op.lane_state != 'd')
+		raise_wrong_status(&op, "retry", "dead_letter");
+	arg = Int64GetDatum(op.lane_id);
+	saved_plan_execute(&retry_lane, &arg, NULL, false, 0);
+	spi_note_ready_lanes(1);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+xprov_skip(PG_FUNCTION_ARGS)
+{
+	LockedOp	op;
+	char	   *reason = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	if (reason == NULL || reason[0] == '\0')
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("a reason is required to skip an operation"),
+				errhint("Say why the operation is resolved without running; it is kept in xprov.operations.last_error."));
+
+	SPI_connect();
+	op = lock_one(fcinfo);
+	if (op.finished != '\0' || (op.is_head && op.lane_state == 'l'))
+		raise_wrong_status(&op, "skip", "pending, failed or dead_letter");
+	finish_operations(&op, 1, 's', NULL, NULL, reason);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+xprov_cancel(PG_FUNCTION_ARGS)
+{
+	LockedOp	op;
+
+	SPI_connect();
+	op = lock_one(fcinfo);
+	if (strcmp(status_name(&op), "pending") != 0)
+		raise_wrong_status(&op, "cancel", "pending");
+	finish_operations(&op, 1, 'x', NULL, NULL, "cancelled");
+	SPI_finish();
+	PG_RETURN_VOID();
+}

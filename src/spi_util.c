@@ -1,0 +1,107 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_util.c
+ *	  Saved SPI plans and row readers shared by the queue modules.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/timestamp.h"
+
+#include "claim_cursor.h"
+#include "spi_util.h"
+
+int
+saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
+				   bool read_only, long count)
+{
+	int			rc;
+
+	if (plan->plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(plan->sql, plan->nargs, plan->argtypes);
+
+		if (prepared == NULL)
+			elog(ERROR, "xprov: could not prepare statement: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(prepared) != 0)
+			elog(ERROR, "xprov: could not save prepared statement");
+		plan->plan = prepared;
+	}
+
+	rc = SPI_execute_plan(plan->plan, values, nulls, read_only, count);
+	if (rc < 0)
+		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
+	return rc;
+}
+
+bool
+spi_get_datum(uint64 row, int col, Datum *value)
+{
+	bool		isnull;
+
+	*value = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+	return !isnull;
+}
+
+int64
+spi_get_int64(uint64 row, int col)
+{
+	Datum		value;
+
+	if (!spi_get_datum(row, col, &value))
+		elog(ERROR, "xprov: unexpected null in column %d", col);
+	return DatumGetInt64(value);
+}
+
+int32
+spi_get_int32(uint64 row, int col)
+{
+	Datum		value;
+
+	if (!spi_get_datum(row, col, &value))
+		elog(ERROR, "xprov: unexpected null in column %d", col);
+	return DatumGetInt32(value);
+}
+
+char
+spi_get_char(uint64 row, int col)
+{
+	Datum		value;
+
+	if (!spi_get_datum(row, col, &value))
+		return '\0';
+	return DatumGetChar(value);
+}
+
+TimestampTz
+spi_get_timestamptz(uint64 row, int col)
+{
+	Datum		value;
+
+	if (!spi_get_datum(row, col, &value))
+		elog(ERROR, "xprov: unexpected null in column %d", col);
+	return DatumGetTimestampTz(value);
+}
+
+/*
+ * Report every lane that the last statement left ready, so that the claim
+ * cursor rewinds to it at commit.  The statement returns, from first_col on:
+ * state, claimant, rank, run_at, lane_id.
+ */
+void
+spi_note_ready_lanes(int first_col)
+{
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		ClaimKey	key;
+
+		if (spi_get_char(row, first_col) != 'r')
+			continue;
+		key.rank = spi_get_int64(row, first_col + 2);
+		key.run_at = spi_get_timestamptz(row, first_col + 3);
+		key.lane_id = spi_get_int64(row, first_col + 4);
+		claim_cursor_note_ready(spi_get_char(row, first_col + 1), &key);
+	}
+}

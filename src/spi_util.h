@@ -1,0 +1,38 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_util.h
+ *	  Saved SPI plans and small readers for SPI result rows.
+ *
+ * Every hot-path statement is a SavedPlan: prepared on first use in a
+ * backend, kept for its lifetime (the plan cache re-plans it when the
+ * tables change).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SPI_UTIL_H
+#define SPI_UTIL_H
+
+#include "executor/spi.h"
+
+#define SAVED_PLAN_MAX_ARGS 16
+
+typedef struct SavedPlan
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[SAVED_PLAN_MAX_ARGS];
+	SPIPlanPtr	plan;
+} SavedPlan;
+
+extern int	saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
+							   bool read_only, long count);
+
+extern bool spi_get_datum(uint64 row, int col, Datum *value);
+extern int64 spi_get_int64(uint64 row, int col);
+extern int32 spi_get_int32(uint64 row, int col);
+extern char spi_get_char(uint64 row, int col);
+extern TimestampTz spi_get_timestamptz(uint64 row, int col);
+
+extern void spi_note_ready_lanes(int first_col);
+
+#endif							/* SPI_UTIL_H */
