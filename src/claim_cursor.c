@@ -21,6 +21,13 @@
 
 #define MAX_CURSORS 32
 
+/*
+ * Keys reported while not yet due (retries, not_before).  Claims skip them,
+ * so the cursor may pass them; each is replayed as a rewind once due.  More
+ * than this many at once are left to the periodic reset.
+ */
+#define MAX_FUTURE_KEYS 64
+
 typedef struct CursorSlot
 {
 	Oid			dboid;			/* InvalidOid: slot unused */
@@ -30,7 +37,8 @@ typedef struct CursorSlot
 	bool		has_rewind;
 	ClaimKey	rewind;			/* smallest key made ready since last claim */
 	TimestampTz reset_at;		/* last time a claim started from the beginning */
-	TimestampTz future_due;		/* earliest run_at of a reported not-yet-due key */
+	int			nfuture;
+	ClaimKey	future[MAX_FUTURE_KEYS];
 } CursorSlot;
 
 typedef struct CursorShared
@@ -127,15 +135,51 @@ find_slot(char claimant)
 		memset(free_slot, 0, sizeof(CursorSlot));
 		free_slot->dboid = MyDatabaseId;
 		free_slot->claimant = claimant;
-		free_slot->future_due = DT_NOEND;
 	}
 	return free_slot;
+}
+
+/* Caller holds the mutex.  Keeps the earliest-due keys when full. */
+static void
+remember_future_key(CursorSlot *slot, const ClaimKey *key)
+{
+	int			latest = 0;
+
+	if (slot->nfuture < MAX_FUTURE_KEYS)
+	{
+		slot->future[slot->nfuture++] = *key;
+		return;
+	}
+	for (int i = 1; i < slot->nfuture; i++)
+		if (slot->future[i].run_at > slot->future[latest].run_at)
+			latest = i;
+	if (key->run_at < slot->future[latest].run_at)
+		slot->future[latest] = *key;
+}
+
+/* Caller holds the mutex.  Rewind to every remembered key now due. */
+static void
+replay_due_keys(CursorSlot *slot, TimestampTz now, ClaimKey *start)
+{
+	for (int i = 0; i < slot->nfuture;)
+	{
+		if (slot->future[i].run_at > now)
+		{
+			i++;
+			continue;
+		}
+		if (claim_key_cmp(&slot->future[i], start) < 0)
+			*start = slot->future[i];
+		slot->future[i] = slot->future[--slot->nfuture];
+	}
 }
 
 void
 claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 {
 	CursorSlot *slot;
+
+	PendingRewind *own = &pending[claimant == CLAIMANT_WORKER ? 1 : 0];
 
 	claim_key_set_min(start);
 	if (cursor_shared == NULL)
@@ -146,13 +190,12 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 	if (slot == NULL)
 		;
 	else if (!slot->valid ||
-			 now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000 ||
-			 now >= slot->future_due)
+			 now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000)
 	{
 		slot->valid = false;
 		slot->has_rewind = false;
 		slot->reset_at = now;
-		slot->future_due = DT_NOEND;
+		slot->nfuture = 0;
 	}
 	else
 	{
@@ -160,8 +203,13 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 		if (slot->has_rewind && claim_key_cmp(&slot->rewind, start) < 0)
 			*start = slot->rewind;
 		slot->has_rewind = false;
+		replay_due_keys(slot, now, start);
 	}
 	SpinLockRelease(&cursor_shared->mutex);
+
+	/* our own transaction's ready lanes are visible to us before commit */
+	if (own->has && claim_key_cmp(&own->key, start) < 0)
+		*start = own->key;
 }
 
 void
@@ -194,8 +242,8 @@ publish_rewind(char claimant, const ClaimKey *key, TimestampTz now)
 		if (!slot->has_rewind || claim_key_cmp(key, &slot->rewind) < 0)
 			slot->rewind = *key;
 		slot->has_rewind = true;
-		if (key->run_at > now && key->run_at < slot->future_due)
-			slot->future_due = key->run_at;
+		if (key->run_at > now)
+			remember_future_key(slot, key);
 	}
 	SpinLockRelease(&cursor_shared->mutex);
 }
@@ -233,9 +281,17 @@ void
 claim_cursor_note_ready(char claimant, const ClaimKey *key)
 {
 	PendingRewind *p = &pending[claimant == CLAIMANT_WORKER ? 1 : 0];
+	ClaimKey	before = *key;
 
 	if (cursor_shared == NULL)
 		return;
+
+	/*
+	 * Claims start strictly after their start key, so rewind to the position
+	 * just before this one; lane ids are unique, so nothing else lies between.
+	 */
+	before.lane_id--;
+	key = &before;
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(cursor_xact_callback, NULL);

@@ -217,10 +217,9 @@ check_operation_type(OpInput *op)
 static void
 check_subject(OpInput *op)
 {
+	/* an empty uid names no account: treat it as absent */
 	if (op->target_uid != NULL && op->target_uid[0] == '\0')
-		op_raise_error(op->element, ERRCODE_INVALID_PARAMETER_VALUE,
-					   "target_uid must not be empty", NULL,
-					   "Pass NULL when the account's id on the target is not known.");
+		op->target_uid = NULL;
 	if (op->has_identity)
 		op->subject = psprintf("i:%s",
 							   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->identity_id))));
