@@ -58,7 +58,15 @@ static CursorShared *cursor_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static PendingRewind pending[2];
+
+/*
+ * Where this transaction's claims started, per claimant.  If it aborts, its
+ * leases vanish and the lanes it claimed are ready again behind the cursor.
+ */
+static PendingRewind claimed_from[2];
 static bool xact_callback_registered = false;
+
+static void register_callbacks(void);
 
 static int
 claim_key_cmp(const ClaimKey *a, const ClaimKey *b)
@@ -213,12 +221,18 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 }
 
 void
-claim_cursor_advance(char claimant, const ClaimKey *last)
+claim_cursor_advance(char claimant, const ClaimKey *start, const ClaimKey *last)
 {
+	PendingRewind *from = &claimed_from[claimant == CLAIMANT_WORKER ? 1 : 0];
 	CursorSlot *slot;
 
 	if (cursor_shared == NULL)
 		return;
+
+	register_callbacks();
+	if (!from->has || claim_key_cmp(start, &from->key) < 0)
+		from->key = *start;
+	from->has = true;
 
 	SpinLockAcquire(&cursor_shared->mutex);
 	slot = find_slot(claimant);
@@ -249,32 +263,70 @@ publish_rewind(char claimant, const ClaimKey *key, TimestampTz now)
 }
 
 static void
+publish_pending(PendingRewind *rewinds)
+{
+	TimestampTz now;
+
+	if (cursor_shared == NULL || !(rewinds[0].has || rewinds[1].has))
+		return;
+	now = GetCurrentTimestamp();
+	if (rewinds[0].has)
+		publish_rewind(CLAIMANT_EXTERNAL, &rewinds[0].key, now);
+	if (rewinds[1].has)
+		publish_rewind(CLAIMANT_WORKER, &rewinds[1].key, now);
+}
+
+static void
+forget_pending(void)
+{
+	pending[0].has = pending[1].has = false;
+	claimed_from[0].has = claimed_from[1].has = false;
+}
+
+static void
 cursor_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (cursor_shared != NULL && (pending[0].has || pending[1].has))
-			{
-				TimestampTz now = GetCurrentTimestamp();
-
-				if (pending[0].has)
-					publish_rewind(CLAIMANT_EXTERNAL, &pending[0].key, now);
-				if (pending[1].has)
-					publish_rewind(CLAIMANT_WORKER, &pending[1].key, now);
-			}
-			pending[0].has = pending[1].has = false;
+			publish_pending(pending);
+			forget_pending();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			publish_pending(claimed_from);
+			forget_pending();
+			break;
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction's rows are found by the periodic reset */
-			pending[0].has = pending[1].has = false;
+			forget_pending();
 			break;
 		default:
 			break;
 	}
+}
+
+/*
+ * A rolled-back savepoint may undo claims too; rewinding early is harmless,
+ * so publish at once.
+ */
+static void
+cursor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		publish_pending(claimed_from);
+}
+
+static void
+register_callbacks(void)
+{
+	if (xact_callback_registered)
+		return;
+	RegisterXactCallback(cursor_xact_callback, NULL);
+	RegisterSubXactCallback(cursor_subxact_callback, NULL);
+	xact_callback_registered = true;
 }
 
 void
@@ -292,11 +344,7 @@ claim_cursor_note_ready(char claimant, const ClaimKey *key)
 	 */
 	before.lane_id--;
 	key = &before;
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(cursor_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_callbacks();
 	if (!p->has || claim_key_cmp(key, &p->key) < 0)
 		p->key = *key;
 	p->has = true;

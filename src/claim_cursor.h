@@ -35,7 +35,8 @@ typedef struct ClaimKey
 
 extern void claim_cursor_shmem_init(void);
 extern void claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start);
-extern void claim_cursor_advance(char claimant, const ClaimKey *last);
+extern void claim_cursor_advance(char claimant, const ClaimKey *start,
+								 const ClaimKey *last);
 extern void claim_cursor_note_ready(char claimant, const ClaimKey *key);
 extern void claim_key_set_min(ClaimKey *key);
 

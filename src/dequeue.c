@@ -132,7 +132,7 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now)
 		key.rank = spi_get_int64(last, QUEUED_OPERATION_NATTS + 1);
 		key.run_at = spi_get_timestamptz(last, QUEUED_OPERATION_NATTS + 2);
 		key.lane_id = spi_get_int64(last, QUEUED_OPERATION_NATTS + 3);
-		claim_cursor_advance(claimant, &key);
+		claim_cursor_advance(claimant, &start, &key);
 	}
 	return SPI_processed;
 }
