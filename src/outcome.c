@@ -318,10 +318,9 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
 	int			found;
 	LockedOp   *ops;
 
+	/* array_agg() over an empty dequeue is NULL: nothing to complete */
 	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				errmsg("operation_ids must not be null"));
+		PG_RETURN_INT64(0);
 	array = PG_GETARG_ARRAYTYPE_P(0);
 	deconstruct_array(array, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &ids, &nulls, &count);
 	for (int i = 0; i < count; i++)

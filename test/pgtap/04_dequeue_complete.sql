@@ -4,7 +4,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(39);
+SELECT plan(40);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -87,6 +87,7 @@ SELECT is((SELECT count(*) FROM xprov.operation_attempts a JOIN _ids ON _ids.id 
             WHERE _ids.name LIKE 's_' AND a.outcome = 'completed'), 5::bigint,
           'complete_batch records a completed attempt for each');
 SELECT is(xprov.complete_batch('{}'), 0::bigint, 'complete_batch of an empty array completes nothing');
+SELECT is(xprov.complete_batch(NULL), 0::bigint, 'complete_batch of NULL (array_agg over an empty dequeue) completes nothing');
 
 -- ---------------------------------------------------------------- disabled connector
 SELECT FROM pg_temp.enq('d1', 'c1', 'dave');
