@@ -27,12 +27,30 @@ CREATE TABLE xprov.connector (
 	UNIQUE (tenant_id, name)
 );
 
+-- Queued work refers to connectors without foreign keys (a check per row on the
+-- hot path); instead connectors are never deleted, only disabled.
+CREATE FUNCTION xprov.connector_keep()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	RAISE EXCEPTION 'connectors cannot be deleted'
+		USING ERRCODE = 'object_in_use',
+			  DETAIL = 'Operations and their history refer to the connector.',
+			  HINT = 'Disable it with xprov.set_connector_enabled(id, false).';
+END
+$$;
+
+CREATE TRIGGER connector_keep BEFORE DELETE OR TRUNCATE ON xprov.connector
+	FOR EACH STATEMENT EXECUTE FUNCTION xprov.connector_keep();
+
 CREATE SEQUENCE xprov.op_seq AS bigint CACHE 64;
 
 CREATE TABLE xprov.lane (
 	lane_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	tenant_id	uuid NOT NULL,
-	connector_id uuid NOT NULL REFERENCES xprov.connector (id),
+	connector_id uuid NOT NULL,			-- checked by enqueue; connectors are never deleted
 	object_class text NOT NULL,
 	subject		text NOT NULL,			-- 'i:' || identity_id, or 't:' || target_uid
 	claimant	"char" NOT NULL,		-- 'e': xprov.dequeue, 'w': background worker
@@ -91,7 +109,6 @@ CREATE TABLE xprov.op_result (
 	result		jsonb,
 	reason		text
 );
-CREATE INDEX op_result_connector ON xprov.op_result (connector_id, status);
 
 CREATE TABLE xprov.op_failure (
 	op_id		uuid NOT NULL,

@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(31);
+SELECT plan(33);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -91,5 +91,9 @@ SELECT is((SELECT enabled FROM xprov.connectors WHERE id = pg_temp.id('ext')), t
 SELECT throws_ok($$SELECT xprov.set_connector_enabled(gen_random_uuid(), false)$$,
                  '42704', NULL, 'set_connector_enabled on an unknown id -> 42704');
 
+SELECT throws_ok($$DELETE FROM xprov.connector WHERE id = pg_temp.id('ext')$$, '55006', 'connectors cannot be deleted',
+                 'connectors are never deleted (queued work refers to them): 55006');
+SELECT throws_ok($$TRUNCATE xprov.connector CASCADE$$, '55006', 'connectors cannot be deleted',
+                 'nor truncated');
 SELECT * FROM finish();
 ROLLBACK;
