@@ -63,6 +63,7 @@ CREATE TABLE xprov.lane (
 	leased_at	timestamptz,
 	lease_expires timestamptz,
 	last_error	text,
+	finished_ahead bigint[] NOT NULL DEFAULT '{}', -- seqs behind the head skipped or cancelled out of turn
 	UNIQUE (connector_id, object_class, subject)
 ) WITH (fillfactor = 70,
 		autovacuum_vacuum_scale_factor = 0,

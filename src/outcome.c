@@ -42,13 +42,18 @@ typedef struct LockedOp
 	char		lane_state;
 	bool		is_head;
 	int32		attempts;
-	char		finished;		/* op_result status, or '\0' */
+	bool		finished;
 } LockedOp;
 
+/*
+ * An operation is finished once its lane has moved past it, or when it was
+ * skipped or cancelled out of turn (lane.finished_ahead); the hot path never
+ * has to probe the growing results table.
+ */
 static SavedPlan lock_ops = {
 	.sql =
 	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
-	"       (SELECT r.status FROM xprov.op_result r WHERE r.op_id = o.id) "
+	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead) "
 	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
 	" WHERE o.id = ANY ($1) "
 	" ORDER BY o.lane_id "
@@ -57,10 +62,17 @@ static SavedPlan lock_ops = {
 	.argtypes = {UUIDARRAYOID},
 };
 
+/* Error paths only: how a finished operation ended. */
+static SavedPlan finished_status = {
+	.sql = "SELECT status FROM xprov.op_result WHERE op_id = $1",
+	.nargs = 1,
+	.argtypes = {UUIDOID},
+};
+
 /*
- * Record final outcomes and move each finished head's lane to its next
- * operation (skipping operations cancelled or skipped out of turn), or make
- * it idle.
+ * Record final outcomes.  A finished head moves its lane to the next
+ * operation not already finished out of turn, or makes it idle; an operation
+ * finished out of turn is remembered in finished_ahead until the head passes.
  */
 static SavedPlan finish_ops = {
 	.sql =
@@ -69,7 +81,7 @@ static SavedPlan finish_ops = {
 	"    AS r(seq, lane_id, status, target_uid, result, reason)"
 	"), fin AS ("
 	"  SELECT r.*, o.id, o.tenant_id, o.connector_id, o.idempotency_key, "
-	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, "
+	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
 	"    FROM r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.seq "
 	"           JOIN xprov.lane l ON l.lane_id = r.lane_id"
@@ -83,20 +95,32 @@ static SavedPlan finish_ops = {
 	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id "
 	"     AND i.key = fin.idempotency_key AND i.op_id = fin.id"
 	"), nxt AS ("
-	"  SELECT fin.lane_id, fin.seq, n.seq AS next_seq, n.priority, n.not_before "
+	"  SELECT fin.lane_id, fin.seq, fin.is_head, fin.finished_ahead, "
+	"         n.seq AS next_seq, n.priority, n.not_before "
 	"    FROM fin LEFT JOIN LATERAL ("
 	"      SELECT o.seq, o.priority, o.not_before FROM xprov.op o "
-	"       WHERE o.lane_id = fin.lane_id AND o.seq > fin.seq "
-	"         AND NOT EXISTS (SELECT 1 FROM xprov.op_result x WHERE x.op_id = o.id) "
-	"       ORDER BY o.seq LIMIT 1) n ON true "
-	"   WHERE fin.is_head"
+	"       WHERE fin.is_head AND o.lane_id = fin.lane_id AND o.seq > fin.seq "
+	"         AND o.seq <> ALL (fin.finished_ahead) "
+	"       ORDER BY o.seq LIMIT 1) n ON true"
 	") "
 	"UPDATE xprov.lane l "
-	"   SET state = CASE WHEN nxt.next_seq IS NULL THEN 'i' ELSE 'r' END, "
-	"       next_seq = coalesce(nxt.next_seq, nxt.seq + 1), "
-	"       priority = coalesce(nxt.priority, l.priority), "
-	"       run_at = greatest(now(), nxt.not_before), "
-	"       attempts = 0, attempt_base = 0, leased_at = NULL, lease_expires = NULL, last_error = NULL "
+	"   SET state = CASE WHEN NOT nxt.is_head THEN l.state "
+	"                    WHEN nxt.next_seq IS NULL THEN 'i' ELSE 'r' END, "
+	"       next_seq = CASE WHEN NOT nxt.is_head THEN l.next_seq "
+	"                       ELSE coalesce(nxt.next_seq, nxt.seq + 1) END, "
+	"       priority = CASE WHEN NOT nxt.is_head THEN l.priority "
+	"                       ELSE coalesce(nxt.priority, l.priority) END, "
+	"       run_at = CASE WHEN NOT nxt.is_head THEN l.run_at "
+	"                     ELSE greatest(now(), nxt.not_before) END, "
+	"       finished_ahead = CASE WHEN NOT nxt.is_head THEN l.finished_ahead || nxt.seq "
+	"                             WHEN cardinality(l.finished_ahead) = 0 THEN l.finished_ahead "
+	"                             ELSE ARRAY(SELECT s FROM unnest(l.finished_ahead) s "
+	"                                         WHERE s > coalesce(nxt.next_seq, nxt.seq)) END, "
+	"       attempts = CASE WHEN NOT nxt.is_head THEN l.attempts ELSE 0 END, "
+	"       attempt_base = CASE WHEN NOT nxt.is_head THEN l.attempt_base ELSE 0 END, "
+	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, "
+	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
+	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
 	"  FROM nxt WHERE l.lane_id = nxt.lane_id "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 6,
@@ -140,14 +164,21 @@ static SavedPlan retry_lane = {
 static const char *
 status_name(const LockedOp *op)
 {
-	switch (op->finished)
+	if (op->finished)
 	{
-		case 'c':
-			return "completed";
-		case 's':
-			return "skipped";
-		case 'x':
-			return "cancelled";
+		Datum		arg = UUIDPGetDatum(&op->id);
+
+		saved_plan_execute(&finished_status, &arg, NULL, true, 1);
+		switch (SPI_processed == 1 ? spi_get_char(0, 1) : '\0')
+		{
+			case 'c':
+				return "completed";
+			case 's':
+				return "skipped";
+			case 'x':
+				return "cancelled";
+		}
+		return "finished";
 	}
 	if (!op->is_head)
 		return "pending";
@@ -210,7 +241,8 @@ lock_operations(Datum *ids, int count, int *found)
 		spi_get_datum(row, 5, &value);
 		ops[row].is_head = DatumGetBool(value);
 		ops[row].attempts = spi_get_int32(row, 6);
-		ops[row].finished = spi_get_char(row, 7);
+		spi_get_datum(row, 7, &value);
+		ops[row].finished = DatumGetBool(value);
 	}
 	*found = (int) SPI_processed;
 
@@ -247,7 +279,7 @@ lock_one(FunctionCallInfo fcinfo)
 static bool
 is_leased(const LockedOp *op)
 {
-	return op->finished == '\0' && op->is_head && op->lane_state == 'l';
+	return !op->finished && op->is_head && op->lane_state == 'l';
 }
 
 /* Record outcome `status` for each op; a NULL array entry means NULL. */
@@ -385,7 +417,7 @@ xprov_retry(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	op = lock_one(fcinfo);
-	if (op.finished != '\0' || !op.is_head || op.lane_state != 'd')
+	if (op.finished || !op.is_head || op.lane_state != 'd')
 		raise_wrong_status(&op, "retry", "dead_letter");
 	arg = Int64GetDatum(op.lane_id);
 	saved_plan_execute(&retry_lane, &arg, NULL, false, 0);
@@ -408,7 +440,7 @@ xprov_skip(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	op = lock_one(fcinfo);
-	if (op.finished != '\0' || (op.is_head && op.lane_state == 'l'))
+	if (op.finished || (op.is_head && op.lane_state == 'l'))
 		raise_wrong_status(&op, "skip", "pending, failed or dead_letter");
 	finish_operations(&op, 1, 's', NULL, NULL, reason);
 	SPI_finish();
