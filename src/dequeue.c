@@ -61,7 +61,7 @@ static SavedPlan reclaim_expired = {
 static SavedPlan claim = {
 	.sql =
 	"WITH picked AS MATERIALIZED ("
-	"  SELECT l.lane_id FROM xprov.lane l "
+	"  SELECT l.lane_id, l.ctid FROM xprov.lane l "
 	"   WHERE l.claimant = $1 AND l.state = 'r' AND l.run_at <= $2 "
 	"     AND (-(l.priority::bigint), l.run_at, l.lane_id) > ($3, $4, $5) "
 	"     AND l.connector_id IN (SELECT c.id FROM xprov.connector c WHERE c.enabled) "
@@ -71,7 +71,7 @@ static SavedPlan claim = {
 	"), leased AS ("
 	"  UPDATE xprov.lane l "
 	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7 "
-	"    FROM picked p WHERE l.lane_id = p.lane_id "
+	"    FROM picked p WHERE l.ctid = p.ctid AND l.lane_id = p.lane_id "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at"
 	") "

@@ -22,6 +22,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/uuid.h"
+#include "storage/itemptr.h"
 
 #include "spi_util.h"
 #include "xprov.h"
@@ -43,6 +44,7 @@ typedef struct LockedOp
 	bool		is_head;
 	int32		attempts;
 	bool		finished;
+	ItemPointerData lane_ctid;	/* the locked lane version: it cannot move */
 } LockedOp;
 
 /*
@@ -53,7 +55,7 @@ typedef struct LockedOp
 static SavedPlan lock_ops = {
 	.sql =
 	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
-	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead) "
+	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead), l.ctid "
 	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
 	" WHERE o.id = ANY ($1) "
 	" ORDER BY o.lane_id "
@@ -70,6 +72,10 @@ static SavedPlan finished_status = {
 };
 
 /*
+ * The statements below address lanes by the ctid of the version
+ * lock_operations() locked: under a pinned snapshot a lane accumulates dead
+ * versions that a lookup by lane_id would have to walk, every time.
+ *
  * Record final outcomes.  A finished head moves its lane to the next
  * operation not already finished out of turn, or makes it idle; an operation
  * finished out of turn is remembered in finished_ahead until the head passes.
@@ -77,14 +83,15 @@ static SavedPlan finished_status = {
 static SavedPlan finish_ops = {
 	.sql =
 	"WITH r AS ("
-	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[]) "
-	"    AS r(seq, lane_id, status, target_uid, result, reason)"
+	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
+	"                       $7::tid[]) "
+	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid)"
 	"), fin AS ("
 	"  SELECT r.*, o.id, o.tenant_id, o.connector_id, o.idempotency_key, "
 	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
 	"    FROM r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.seq "
-	"           JOIN xprov.lane l ON l.lane_id = r.lane_id"
+	"           JOIN xprov.lane l ON l.ctid = r.lane_ctid"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
 	"                               target_uid, result, reason) "
@@ -95,7 +102,7 @@ static SavedPlan finish_ops = {
 	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id "
 	"     AND i.key = fin.idempotency_key AND i.op_id = fin.id"
 	"), nxt AS ("
-	"  SELECT fin.lane_id, fin.seq, fin.is_head, fin.finished_ahead, "
+	"  SELECT fin.lane_id, fin.lane_ctid, fin.seq, fin.is_head, fin.finished_ahead, "
 	"         n.seq AS next_seq, n.priority, n.not_before "
 	"    FROM fin LEFT JOIN LATERAL ("
 	"      SELECT o.seq, o.priority, o.not_before FROM xprov.op o "
@@ -121,10 +128,11 @@ static SavedPlan finish_ops = {
 	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, "
 	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
-	"  FROM nxt WHERE l.lane_id = nxt.lane_id "
+	"  FROM nxt WHERE l.ctid = nxt.lane_ctid "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
-	.nargs = 6,
-	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID},
+	.nargs = 7,
+	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
+	TIDARRAYOID},
 };
 
 static SavedPlan fail_op = {
@@ -134,7 +142,7 @@ static SavedPlan fail_op = {
 	"         ($4 OR l.attempts >= $6) AS dead, "
 	"         now() + coalesce($5, make_interval(secs => "
 	"             least($8, $7 * power(2, least(l.attempts - 1, 62))) * (0.5 + random() / 2))) AS due "
-	"    FROM xprov.lane l WHERE l.lane_id = $1"
+	"    FROM xprov.lane l WHERE l.ctid = $10"
 	"), history AS ("
 	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, http_status, error) "
 	"  SELECT $2, f.attempt_base + f.attempts, f.leased_at, "
@@ -144,10 +152,11 @@ static SavedPlan fail_op = {
 	"   SET state = CASE WHEN f.dead THEN 'd' ELSE 'r' END, "
 	"       run_at = CASE WHEN f.dead THEN l.run_at ELSE f.due END, "
 	"       last_error = $3, leased_at = NULL, lease_expires = NULL "
-	"  FROM f WHERE l.lane_id = f.lane_id "
+	"  FROM f WHERE l.ctid = $10 "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
-	.nargs = 9,
-	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID},
+	.nargs = 10,
+	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID,
+	TIDOID},
 };
 
 static SavedPlan retry_lane = {
@@ -155,10 +164,10 @@ static SavedPlan retry_lane = {
 	"UPDATE xprov.lane "
 	"   SET state = 'r', attempt_base = attempt_base + attempts, attempts = 0, "
 	"       run_at = now(), last_error = NULL "
-	" WHERE lane_id = $1 "
+	" WHERE ctid = $1 "
 	"RETURNING state, claimant, -(priority::bigint), run_at, lane_id",
 	.nargs = 1,
-	.argtypes = {INT8OID},
+	.argtypes = {TIDOID},
 };
 
 static const char *
@@ -243,6 +252,8 @@ lock_operations(Datum *ids, int count, int *found)
 		ops[row].attempts = spi_get_int32(row, 6);
 		spi_get_datum(row, 7, &value);
 		ops[row].finished = DatumGetBool(value);
+		spi_get_datum(row, 8, &value);
+		ItemPointerCopy((ItemPointer) DatumGetPointer(value), &ops[row].lane_ctid);
 	}
 	*found = (int) SPI_processed;
 
@@ -297,9 +308,10 @@ finish_operations(const LockedOp *ops, int count, char status,
 	Datum	   *reasons = palloc(sizeof(Datum) * count);
 	bool	   *reason_nulls = palloc(sizeof(bool) * count);
 	bool	   *no_nulls = palloc0(sizeof(bool) * count);
+	Datum	   *ctids = palloc(sizeof(Datum) * count);
 	int			dims[1] = {count};
 	int			lbs[1] = {1};
-	Datum		args[6];
+	Datum		args[7];
 	char		status_text[2] = {status, '\0'};
 
 	for (int i = 0; i < count; i++)
@@ -313,6 +325,7 @@ finish_operations(const LockedOp *ops, int count, char status,
 		res[i] = res_nulls[i] ? (Datum) 0 : JsonbPGetDatum(results[i]);
 		reason_nulls[i] = reason == NULL;
 		reasons[i] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+		ctids[i] = PointerGetDatum(&ops[i].lane_ctid);
 	}
 	args[0] = PointerGetDatum(construct_md_array(seqs, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[1] = PointerGetDatum(construct_md_array(lanes, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -320,6 +333,7 @@ finish_operations(const LockedOp *ops, int count, char status,
 	args[3] = PointerGetDatum(construct_md_array(uids, uid_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 	args[4] = PointerGetDatum(construct_md_array(res, res_nulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 	args[5] = PointerGetDatum(construct_md_array(reasons, reason_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_md_array(ctids, no_nulls, 1, dims, lbs, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
 	saved_plan_execute(&finish_ops, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
@@ -377,8 +391,8 @@ Datum
 xprov_fail(PG_FUNCTION_ARGS)
 {
 	LockedOp	op;
-	Datum		args[9];
-	char		nulls[9];
+	Datum		args[10];
+	char		nulls[10];
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -403,6 +417,7 @@ xprov_fail(PG_FUNCTION_ARGS)
 	args[7] = Float8GetDatum(xprov_retry_max_ms / 1000.0);
 	args[8] = (Datum) 0;
 	nulls[8] = 'n';
+	args[9] = PointerGetDatum(&op.lane_ctid);
 	saved_plan_execute(&fail_op, args, nulls, false, 0);
 	spi_note_ready_lanes(1);
 	SPI_finish();
@@ -419,7 +434,7 @@ xprov_retry(PG_FUNCTION_ARGS)
 	op = lock_one(fcinfo);
 	if (op.finished || !op.is_head || op.lane_state != 'd')
 		raise_wrong_status(&op, "retry", "dead_letter");
-	arg = Int64GetDatum(op.lane_id);
+	arg = PointerGetDatum(&op.lane_ctid);
 	saved_plan_execute(&retry_lane, &arg, NULL, false, 0);
 	spi_note_ready_lanes(1);
 	SPI_finish();

@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "nodes/parsenodes.h"
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
@@ -20,7 +21,13 @@ saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 
 	if (plan->plan == NULL)
 	{
-		SPIPlanPtr	prepared = SPI_prepare(plan->sql, plan->nargs, plan->argtypes);
+		/*
+		 * Always the generic plan: these statements are chosen for index
+		 * paths that do not depend on the values, and re-planning them per
+		 * call costs more than running them.
+		 */
+		SPIPlanPtr	prepared = SPI_prepare_cursor(plan->sql, plan->nargs, plan->argtypes,
+												  CURSOR_OPT_GENERIC_PLAN);
 
 		if (prepared == NULL)
 			elog(ERROR, "xprov: could not prepare statement: %s",
