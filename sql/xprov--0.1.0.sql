@@ -48,7 +48,7 @@ CREATE TRIGGER connector_keep BEFORE DELETE OR TRUNCATE ON xprov.connector
 CREATE SEQUENCE xprov.op_seq AS bigint CACHE 64;
 
 CREATE TABLE xprov.lane (
-	lane_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	lane_id		bigint GENERATED ALWAYS AS IDENTITY,	-- unique by its sequence; see lane_id index
 	tenant_id	uuid NOT NULL,
 	connector_id uuid NOT NULL,			-- checked by enqueue; connectors are never deleted
 	object_class text NOT NULL,
@@ -77,6 +77,9 @@ CREATE TABLE xprov.lane (
 -- comparison covers "higher priority first, then oldest".
 CREATE INDEX lane_ready ON xprov.lane
 	(claimant, (-(priority::bigint)), run_at, lane_id) WHERE state = 'r';
+-- Not a unique index: every claim and completion writes a new lane version,
+-- and a unique index would re-check each against the lane's older versions.
+CREATE INDEX lane_id ON xprov.lane (lane_id);
 CREATE INDEX lane_leased ON xprov.lane (lease_expires) WHERE state = 'l';
 CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';
 

@@ -91,7 +91,8 @@ static SavedPlan finish_ops = {
 	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
 	"    FROM r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.seq "
-	"           JOIN xprov.lane l ON l.ctid = r.lane_ctid"
+	"           JOIN xprov.lane l ON l.ctid = r.lane_ctid "
+	"   WHERE l.ctid = ANY ($7)"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
 	"                               target_uid, result, reason) "
@@ -128,7 +129,7 @@ static SavedPlan finish_ops = {
 	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, "
 	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
-	"  FROM nxt WHERE l.ctid = nxt.lane_ctid "
+	"  FROM nxt WHERE l.ctid = ANY ($7) AND l.ctid = nxt.lane_ctid "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 7,
 	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
