@@ -5,7 +5,8 @@
  * Layout (see README "How the queue works"):
  *
  *   op          insert-only operation log; never updated or deleted on the hot path
- *   lane        one small row per subject (connector, object class, subject); it holds
+ *   subject     one immutable row per subject (connector, object class, subject)
+ *   lane        one small row per subject; it holds
  *               the subject's cursor into the log (next_seq), its lease and retry state.
  *               Only this table churns, and it stays as small as the set of subjects.
  *   op_result   append-only final outcome of each finished operation
@@ -47,13 +48,26 @@ CREATE TRIGGER connector_keep BEFORE DELETE OR TRUNCATE ON xprov.connector
 
 CREATE SEQUENCE xprov.op_seq AS bigint CACHE 64;
 
-CREATE TABLE xprov.lane (
-	lane_id		bigint GENERATED ALWAYS AS IDENTITY,	-- unique by its sequence; see lane_id index
+-- One row per subject ever queued to; never updated.  Holds the subject's
+-- identity so that the lane below, which churns, carries no unique index.
+CREATE TABLE xprov.subject (
+	lane_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	tenant_id	uuid NOT NULL,
 	connector_id uuid NOT NULL,			-- checked by enqueue; connectors are never deleted
 	object_class text NOT NULL,
 	subject		text NOT NULL,			-- 'i:' || identity_id, or 't:' || target_uid
 	claimant	"char" NOT NULL,		-- 'e': xprov.dequeue, 'w': background worker
+	UNIQUE (connector_id, object_class, subject)
+);
+
+-- The subject's queue state: its cursor into the log, lease and retries.
+-- Every claim and completion writes a new version of this row, so it stays
+-- narrow and its indexes few.
+CREATE TABLE xprov.lane (
+	lane_id		bigint NOT NULL,		-- xprov.subject.lane_id
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	claimant	"char" NOT NULL,
 	state		"char" NOT NULL,		-- r ready, l leased, i idle, d dead (blocks the subject)
 	next_seq	bigint NOT NULL,		-- head of the subject's FIFO in xprov.op
 	priority	integer NOT NULL,		-- priority of the head operation
@@ -63,22 +77,17 @@ CREATE TABLE xprov.lane (
 	leased_at	timestamptz,
 	lease_expires timestamptz,
 	last_error	text,
-	finished_ahead bigint[] NOT NULL DEFAULT '{}', -- seqs behind the head skipped or cancelled out of turn
-	UNIQUE (connector_id, object_class, subject)
+	finished_ahead bigint[] NOT NULL DEFAULT '{}' -- seqs behind the head skipped or cancelled out of turn
 ) WITH (fillfactor = 70,
 		autovacuum_vacuum_scale_factor = 0,
 		autovacuum_vacuum_threshold = 2000,
 		autovacuum_vacuum_cost_delay = 0,
 		autovacuum_analyze_scale_factor = 0.05);
 
--- The claim index.  Claims walk it with a keyset cursor (src/claim_cursor.c) so that
--- entries consumed by earlier claims are never rescanned, even when a long transaction
--- keeps them from being vacuumed.  Priority is negated so that one ascending row
--- comparison covers "higher priority first, then oldest".
 CREATE INDEX lane_ready ON xprov.lane
 	(claimant, (-(priority::bigint)), run_at, lane_id) WHERE state = 'r';
--- Not a unique index: every claim and completion writes a new lane version,
--- and a unique index would re-check each against the lane's older versions.
+-- Not a unique index (xprov.subject guarantees that): a unique index would
+-- re-check every new lane version against the lane's older versions.
 CREATE INDEX lane_id ON xprov.lane (lane_id);
 CREATE INDEX lane_leased ON xprov.lane (lease_expires) WHERE state = 'l';
 CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';

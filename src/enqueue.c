@@ -31,27 +31,47 @@ PG_FUNCTION_INFO_V1(xprov_enqueue);
 PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 
 /*
- * Shared by both entry points: the lane upsert.  An idle lane becomes ready
- * with the new operation as its head; any other lane keeps its head.
+ * Both entry points make sure the subject exists, with a ready lane whose
+ * head is the new operation when it was idle (an existing lane that is not
+ * idle keeps its head), then append to the log.  The lane UPDATE locks an
+ * existing lane until commit, even when it changes nothing.
+ *
+ * A subject created concurrently by another transaction, after this
+ * statement's snapshot, is found by neither new_subject nor old_lane: the
+ * statement then writes nothing and returns no lane, and enqueue() runs it
+ * again in a new snapshot.
  */
-#define LANE_UPSERT_SET \
-	"ON CONFLICT (connector_id, object_class, subject) DO UPDATE SET " \
-	"  state = CASE WHEN l.state = 'i' THEN 'r' ELSE l.state END, " \
-	"  next_seq = CASE WHEN l.state = 'i' THEN excluded.next_seq ELSE l.next_seq END, " \
-	"  priority = CASE WHEN l.state = 'i' THEN excluded.priority ELSE l.priority END, " \
-	"  run_at = CASE WHEN l.state = 'i' THEN excluded.run_at ELSE l.run_at END " \
-	"RETURNING l.lane_id, l.connector_id, l.object_class, l.subject, " \
-	"  l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
+#define LANE_IF_IDLE(col, value) \
+	col " = CASE WHEN l.state = 'i' THEN " value " ELSE l." col " END"
+
+#define LANE_RETURNING \
+	"RETURNING l.lane_id, l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
 
 static SavedPlan enqueue_one = {
 	.sql =
 	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
-	"lane AS ("
-	"  INSERT INTO xprov.lane AS l (tenant_id, connector_id, object_class, subject, claimant, "
-	"                               state, next_seq, priority, run_at) "
-	"  SELECT $1, $2, $3, $4, $5, 'r', s.seq, $6, greatest(now(), $7) FROM s "
-	LANE_UPSERT_SET
-	"), op AS ("
+	"new_subject AS ("
+	"  INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
+	"  VALUES ($1, $2, $3, $4, $5) "
+	"  ON CONFLICT (connector_id, object_class, subject) DO NOTHING "
+	"  RETURNING lane_id"
+	"), new_lane AS ("
+	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
+	"                               priority, run_at) "
+	"  SELECT n.lane_id, $1, $2, $5, 'r', s.seq, $6, greatest(now(), $7) FROM new_subject n, s "
+	LANE_RETURNING
+	"), old_lane AS ("
+	"  UPDATE xprov.lane l SET "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "s.seq") ", "
+	LANE_IF_IDLE("priority", "$6") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
+	"    FROM xprov.subject sj, s "
+	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
+	"     AND l.lane_id = sj.lane_id "
+	LANE_RETURNING
+	"), lane AS (SELECT * FROM new_lane UNION ALL SELECT * FROM old_lane), "
+	"op AS ("
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
 	"                        operation_type, object_class, attributes, priority, not_before, "
 	"                        idempotency_key) "
@@ -63,38 +83,70 @@ static SavedPlan enqueue_one = {
 		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
 };
 
+/*
+ * A batch first registers its new subjects in a statement of its own: it
+ * waits for any transaction creating the same subject, so the next
+ * statement's snapshot sees every subject (and lane) it names.  A subject
+ * without a lane is one this transaction has just registered.
+ */
+static SavedPlan register_subjects = {
+	.sql =
+	"INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
+	"SELECT DISTINCT ON (connector_id, object_class, subject) * "
+	"  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::\"char\"[]) "
+	"    AS u(tenant_id, connector_id, object_class, subject, claimant) "
+	" ORDER BY connector_id, object_class, subject "
+	"ON CONFLICT (connector_id, object_class, subject) DO NOTHING",
+	.nargs = 5,
+	.argtypes = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
+};
+
 static SavedPlan enqueue_many = {
 	.sql =
 	"WITH input AS MATERIALIZED ("
 	"  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], "
 	"                       $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::int[], "
-	"                       $11::timestamptz[], $12::text[], $13::text[], $14::text[]) "
+	"                       $11::timestamptz[], $12::text[], $13::text[], $14::\"char\"[]) "
 	"    AS u(seq, id, tenant_id, connector_id, identity_id, target_uid, operation_type, "
 	"         object_class, attributes, priority, not_before, idempotency_key, subject, claimant)"
-	"), heads AS ("
-	"  SELECT DISTINCT ON (connector_id, object_class, subject) * FROM input "
-	"   ORDER BY connector_id, object_class, subject, seq"
-	"), lane AS ("
-	"  INSERT INTO xprov.lane AS l (tenant_id, connector_id, object_class, subject, claimant, "
-	"                               state, next_seq, priority, run_at) "
-	"  SELECT tenant_id, connector_id, object_class, subject, claimant::\"char\", 'r', seq, "
-	"         priority, greatest(now(), not_before) FROM heads "
-	"   ORDER BY connector_id, object_class, subject "
-	LANE_UPSERT_SET
+	"), heads AS MATERIALIZED ("
+	"  SELECT DISTINCT ON (h.connector_id, h.object_class, h.subject) h.*, sj.lane_id "
+	"    FROM input h JOIN xprov.subject sj USING (connector_id, object_class, subject) "
+	"   ORDER BY h.connector_id, h.object_class, h.subject, h.seq"
+	"), new_lane AS ("
+	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
+	"                               priority, run_at) "
+	"  SELECT h.lane_id, h.tenant_id, h.connector_id, h.claimant, 'r', h.seq, h.priority, "
+	"         greatest(now(), h.not_before) "
+	"    FROM heads h WHERE NOT EXISTS (SELECT 1 FROM xprov.lane x WHERE x.lane_id = h.lane_id) "
+	LANE_RETURNING
+	"), locked AS MATERIALIZED ("
+	"  SELECT l.lane_id FROM xprov.lane l JOIN heads h USING (lane_id) "
+	"   ORDER BY l.lane_id FOR NO KEY UPDATE OF l"
+	"), old_lane AS ("
+	"  UPDATE xprov.lane l SET "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "h.seq") ", "
+	LANE_IF_IDLE("priority", "h.priority") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
+	"    FROM heads h, locked k "
+	"   WHERE l.lane_id = k.lane_id AND h.lane_id = k.lane_id "
+	LANE_RETURNING
 	"), op AS ("
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
 	"                        operation_type, object_class, attributes, priority, not_before, "
 	"                        idempotency_key) "
-	"  SELECT i.id, i.seq, lane.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
+	"  SELECT i.id, i.seq, h.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
 	"         i.operation_type, i.object_class, i.attributes, i.priority, i.not_before, "
 	"         i.idempotency_key "
-	"    FROM input i JOIN lane USING (connector_id, object_class, subject)"
+	"    FROM input i JOIN heads h USING (connector_id, object_class, subject)"
 	") "
-	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
+	"SELECT state, claimant, rank, run_at, lane_id FROM new_lane "
+	"UNION ALL SELECT state, claimant, rank, run_at, lane_id FROM old_lane",
 	.nargs = 14,
 	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
-		TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+		TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
 };
 
 static SavedPlan next_seqs = {
@@ -119,6 +171,16 @@ static SavedPlan key_owners = {
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
+
+static void
+raise_concurrent_subjects(void)
+{
+	ereport(ERROR,
+			errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			errmsg("could not enqueue: a concurrent transaction created the same subject"),
+			errdetail("The subject's first operations were enqueued by two transactions at once."),
+			errhint("Retry the transaction."));
+}
 
 static ArrayType *
 uuid_array(Datum *values, int count)
@@ -224,6 +286,13 @@ enqueue_single(OpInput *op)
 	nulls[12] = op->idempotency_key ? ' ' : 'n';
 
 	saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+	if (SPI_processed == 0)
+	{
+		/* the subject was created concurrently: the next snapshot sees it */
+		saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+		if (SPI_processed == 0)
+			raise_concurrent_subjects();
+	}
 	spi_note_ready_lanes(1);
 	return UUIDPGetDatum(&op->id);
 }
@@ -314,7 +383,7 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 	Datum		args[14];
 	int64	   *seqs;
 	static const Oid types[14] = {INT8OID, UUIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID,
-	TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+	TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, CHAROID};
 
 	for (int i = 0; i < count; i++)
 		n += insert[i] ? 1 : 0;
@@ -363,7 +432,7 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 		cols[11][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
 		nulls[11][k] = op->idempotency_key == NULL;
 		cols[12][k] = CStringGetTextDatum(op->subject);
-		cols[13][k] = CStringGetTextDatum(op->claimant == 'e' ? "e" : "w");
+		cols[13][k] = CharGetDatum(op->claimant);
 		k++;
 	}
 
@@ -378,6 +447,8 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 		args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
 													 types[c], typlen, typbyval, typalign));
 	}
+	saved_plan_execute(&register_subjects, (Datum[]) {args[2], args[3], args[7], args[12], args[13]},
+					   NULL, false, 0);
 	saved_plan_execute(&enqueue_many, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }

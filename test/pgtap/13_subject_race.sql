@@ -1,0 +1,84 @@
+-- Two transactions enqueue the first operations of the same new subject at once
+-- (dblink): the second waits for the first, then joins the subject's lane
+-- behind it, for enqueue and for enqueue_batch, with no error and no second lane.
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION IF NOT EXISTS xprov;
+CREATE EXTENSION IF NOT EXISTS dblink;
+
+BEGIN;
+SELECT plan(8);
+\ir common.psql
+
+SELECT FROM pg_temp.tenant('T');
+SELECT FROM dblink_connect('a', pg_temp.connstr());
+SELECT FROM dblink_connect('b', pg_temp.connstr());
+SELECT FROM pg_temp.put('C', (SELECT x::uuid FROM dblink('a',
+    format($$SELECT xprov.add_connector(%L, 'race-' || left(md5(random()::text), 8), 'external', NULL)::text$$,
+           pg_temp.id('T'))) AS t(x text)));
+
+CREATE FUNCTION pg_temp.enq_sql(p_uid text, p_type text) RETURNS text LANGUAGE sql AS $$
+    SELECT format($f$SELECT xprov.enqueue(%L, %L, NULL, %L, 'user', '{}', %L)::text$f$,
+                  pg_temp.id('T'), pg_temp.id('C'), p_type, p_uid)
+$$;
+CREATE FUNCTION pg_temp.batch_sql(p_uid text, p_type text) RETURNS text LANGUAGE sql AS $$
+    SELECT format($f$SELECT string_agg(x::text, ',') FROM xprov.enqueue_batch(%L) AS x$f$,
+                  jsonb_build_array(jsonb_build_object('tenant_id', pg_temp.id('T'), 'connector_id', pg_temp.id('C'),
+                      'target_uid', p_uid, 'operation_type', p_type, 'object_class', 'user'),
+                  jsonb_build_object('tenant_id', pg_temp.id('T'), 'connector_id', pg_temp.id('C'),
+                      'target_uid', p_uid || '-other', 'operation_type', p_type, 'object_class', 'user')))
+$$;
+
+-- single enqueue: a creates the subject and holds its transaction open; b waits on it
+SELECT FROM dblink_exec('a', 'BEGIN');
+SELECT FROM dblink('a', pg_temp.enq_sql('race-1', 'create')) AS t(x text);
+SELECT dblink_send_query('b', pg_temp.enq_sql('race-1', 'update'));
+SELECT pg_sleep(0.3);
+SELECT FROM dblink_exec('a', 'COMMIT');
+SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+          'the second enqueue of a brand-new subject succeeds once the first commits');
+SELECT FROM dblink_get_result('b') AS t(x text);
+
+-- the same with enqueue_batch in b
+SELECT FROM dblink_exec('a', 'BEGIN');
+SELECT FROM dblink('a', pg_temp.enq_sql('race-2', 'create')) AS t(x text);
+SELECT dblink_send_query('b', pg_temp.batch_sql('race-2', 'update'));
+SELECT pg_sleep(0.3);
+SELECT FROM dblink_exec('a', 'COMMIT');
+SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+          'an enqueue_batch racing on a brand-new subject succeeds too');
+SELECT FROM dblink_get_result('b') AS t(x text);
+
+SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 3::bigint,
+          'one subject per target_uid, never two');
+SELECT is((SELECT count(*) FROM xprov.lane WHERE connector_id = pg_temp.id('C')), 3::bigint,
+          'one lane per subject');
+SELECT results_eq(
+    $$SELECT target_uid, operation_type, status FROM xprov.operations
+       WHERE connector_id = pg_temp.id('C') ORDER BY target_uid, created_at, operation_type$$,
+    $$VALUES ('race-1'::text, 'create'::text, 'pending'::text), ('race-1', 'update', 'pending'),
+             ('race-2', 'create', 'pending'), ('race-2', 'update', 'pending'), ('race-2-other', 'update', 'pending')$$,
+    'all five operations are queued');
+
+-- FIFO: the first transaction's create comes first in each racing subject
+SELECT FROM dblink('b', format($$SELECT xprov.set_connector_enabled(%L, true)::text$$, pg_temp.id('C'))) AS t(x text);
+CREATE TEMP TABLE got AS
+SELECT * FROM dblink('b', format($$SELECT target_uid || ':' || operation_type FROM xprov.dequeue(10)
+                                   WHERE connector_id = %L ORDER BY 1$$, pg_temp.id('C'))) AS t(x text);
+SELECT results_eq($$SELECT x FROM got ORDER BY 1$$,
+                  $$VALUES ('race-1:create'::text), ('race-2-other:update'), ('race-2:create')$$,
+                  'each subject hands out its first-committed operation first');
+
+-- resolve everything so later files see nothing of ours
+SELECT FROM dblink('b', format($$SELECT count(xprov.complete(id))::text FROM xprov.operations
+                                  WHERE connector_id = %L AND status = 'in_progress'$$, pg_temp.id('C'))) AS t(x text);
+SELECT FROM dblink('b', format($$SELECT count(xprov.cancel(id))::text FROM xprov.operations
+                                  WHERE connector_id = %L AND status = 'pending'$$, pg_temp.id('C'))) AS t(x text);
+SELECT is((SELECT count(*) FROM xprov.operations WHERE connector_id = pg_temp.id('C')
+            AND status NOT IN ('completed', 'cancelled')), 0::bigint, 'all resolved');
+SELECT FROM dblink('b', format($$SELECT xprov.set_connector_enabled(%L, false)::text$$, pg_temp.id('C'))) AS t(x text);
+SELECT is((SELECT enabled FROM xprov.connectors WHERE id = pg_temp.id('C')), false, 'connector disabled again');
+
+SELECT FROM dblink_disconnect('a');
+SELECT FROM dblink_disconnect('b');
+SELECT * FROM finish();
+ROLLBACK;
