@@ -37,6 +37,7 @@ typedef struct CursorSlot
 	bool		has_rewind;
 	ClaimKey	rewind;			/* smallest key made ready since last claim */
 	TimestampTz reset_at;		/* last time a claim started from the beginning */
+	TimestampTz used_at;		/* last claim or report, to evict the stalest */
 	int			nfuture;
 	ClaimKey	future[MAX_FUTURE_KEYS];
 } CursorSlot;
@@ -123,28 +124,40 @@ claim_cursor_shmem_init(void)
 	shmem_startup_hook = cursor_shmem_startup;
 }
 
-/* Caller holds the mutex.  NULL when every slot is taken. */
+/*
+ * Caller holds the mutex.  When every slot is taken (more databases than
+ * slots, or dropped databases), the least recently used one is reused: its
+ * database merely starts its next claim from the beginning.  Only a claim's
+ * start creates a slot; advancing or rewinding a slot that was taken over in
+ * the meantime does nothing, as the next claim starts from the beginning.
+ */
 static CursorSlot *
-find_slot(char claimant)
+find_slot(char claimant, TimestampTz now, bool create)
 {
-	CursorSlot *free_slot = NULL;
+	CursorSlot *victim = NULL;
 
 	for (int i = 0; i < MAX_CURSORS; i++)
 	{
 		CursorSlot *slot = &cursor_shared->slots[i];
 
 		if (slot->dboid == MyDatabaseId && slot->claimant == claimant)
+		{
+			slot->used_at = now;
 			return slot;
-		if (slot->dboid == InvalidOid && free_slot == NULL)
-			free_slot = slot;
+		}
+		if (victim == NULL || victim->dboid != InvalidOid)
+		{
+			if (slot->dboid == InvalidOid || victim == NULL || slot->used_at < victim->used_at)
+				victim = slot;
+		}
 	}
-	if (free_slot)
-	{
-		memset(free_slot, 0, sizeof(CursorSlot));
-		free_slot->dboid = MyDatabaseId;
-		free_slot->claimant = claimant;
-	}
-	return free_slot;
+	if (!create)
+		return NULL;
+	memset(victim, 0, sizeof(CursorSlot));
+	victim->dboid = MyDatabaseId;
+	victim->claimant = claimant;
+	victim->used_at = now;
+	return victim;
 }
 
 /* Caller holds the mutex.  Keeps the earliest-due keys when full. */
@@ -186,7 +199,6 @@ void
 claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 {
 	CursorSlot *slot;
-
 	PendingRewind *own = &pending[claimant == CLAIMANT_WORKER ? 1 : 0];
 
 	claim_key_set_min(start);
@@ -194,10 +206,8 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 		return;
 
 	SpinLockAcquire(&cursor_shared->mutex);
-	slot = find_slot(claimant);
-	if (slot == NULL)
-		;
-	else if (!slot->valid ||
+	slot = find_slot(claimant, now, true);
+	if (!slot->valid ||
 			 now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000)
 	{
 		slot->valid = false;
@@ -225,6 +235,7 @@ claim_cursor_advance(char claimant, const ClaimKey *start, const ClaimKey *last)
 {
 	PendingRewind *from = &claimed_from[claimant == CLAIMANT_WORKER ? 1 : 0];
 	CursorSlot *slot;
+	TimestampTz now;
 
 	if (cursor_shared == NULL)
 		return;
@@ -234,8 +245,9 @@ claim_cursor_advance(char claimant, const ClaimKey *start, const ClaimKey *last)
 		from->key = *start;
 	from->has = true;
 
+	now = GetCurrentTimestamp();
 	SpinLockAcquire(&cursor_shared->mutex);
-	slot = find_slot(claimant);
+	slot = find_slot(claimant, now, false);
 	if (slot != NULL)
 	{
 		slot->key = *last;
@@ -250,7 +262,7 @@ publish_rewind(char claimant, const ClaimKey *key, TimestampTz now)
 	CursorSlot *slot;
 
 	SpinLockAcquire(&cursor_shared->mutex);
-	slot = find_slot(claimant);
+	slot = find_slot(claimant, now, false);
 	if (slot != NULL)
 	{
 		if (!slot->has_rewind || claim_key_cmp(key, &slot->rewind) < 0)
