@@ -110,27 +110,37 @@ static SavedPlan enqueue_many = {
 	"    AS u(seq, id, tenant_id, connector_id, identity_id, target_uid, operation_type, "
 	"         object_class, attributes, priority, not_before, idempotency_key, subject, claimant)"
 	"), heads AS MATERIALIZED ("
-	"  SELECT DISTINCT ON (h.connector_id, h.object_class, h.subject) h.*, sj.lane_id "
-	"    FROM input h JOIN xprov.subject sj USING (connector_id, object_class, subject) "
-	"   ORDER BY h.connector_id, h.object_class, h.subject, h.seq"
+	"  SELECT DISTINCT ON (connector_id, object_class, subject) * FROM input "
+	"   ORDER BY connector_id, object_class, subject, seq"
+	/*
+	 * Lookups are LATERAL ... LIMIT 1 so that they stay index probes driven
+	 * by the batch, whatever the (generic) plan thinks of the tables' sizes.
+	 * Lanes are locked in subject order, the same in every transaction.
+	 */
+	"), found AS MATERIALIZED ("
+	"  SELECT h.*, sj.lane_id, l.lane_ctid "
+	"    FROM heads h "
+	"   CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
+	"                        WHERE sj.connector_id = h.connector_id "
+	"                          AND sj.object_class = h.object_class "
+	"                          AND sj.subject = h.subject LIMIT 1) sj "
+	"    LEFT JOIN LATERAL (SELECT l.ctid AS lane_ctid FROM xprov.lane l "
+	"                        WHERE l.lane_id = sj.lane_id LIMIT 1 FOR NO KEY UPDATE) l ON true "
+	"   ORDER BY h.connector_id, h.object_class, h.subject"
 	"), new_lane AS ("
 	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
 	"                               priority, run_at) "
-	"  SELECT h.lane_id, h.tenant_id, h.connector_id, h.claimant, 'r', h.seq, h.priority, "
-	"         greatest(now(), h.not_before) "
-	"    FROM heads h WHERE NOT EXISTS (SELECT 1 FROM xprov.lane x WHERE x.lane_id = h.lane_id) "
+	"  SELECT f.lane_id, f.tenant_id, f.connector_id, f.claimant, 'r', f.seq, f.priority, "
+	"         greatest(now(), f.not_before) "
+	"    FROM found f WHERE f.lane_ctid IS NULL "
 	LANE_RETURNING
-	"), locked AS MATERIALIZED ("
-	"  SELECT l.ctid AS lane_ctid, h.seq, h.priority, h.not_before "
-	"    FROM xprov.lane l JOIN heads h USING (lane_id) "
-	"   ORDER BY l.lane_id FOR NO KEY UPDATE OF l"
 	"), old_lane AS ("
 	"  UPDATE xprov.lane l SET "
 	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "k.seq") ", "
-	LANE_IF_IDLE("priority", "k.priority") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), k.not_before)") " "
-	"    FROM locked k WHERE l.ctid = k.lane_ctid "
+	LANE_IF_IDLE("next_seq", "f.seq") ", "
+	LANE_IF_IDLE("priority", "f.priority") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), f.not_before)") " "
+	"    FROM found f WHERE l.ctid = f.lane_ctid "
 	LANE_RETURNING
 	"), op AS ("
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
@@ -139,7 +149,7 @@ static SavedPlan enqueue_many = {
 	"  SELECT i.id, i.seq, h.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
 	"         i.operation_type, i.object_class, i.attributes, i.priority, i.not_before, "
 	"         i.idempotency_key "
-	"    FROM input i JOIN heads h USING (connector_id, object_class, subject)"
+	"    FROM input i JOIN found h USING (connector_id, object_class, subject)"
 	") "
 	"SELECT state, claimant, rank, run_at, lane_id FROM new_lane "
 	"UNION ALL SELECT state, claimant, rank, run_at, lane_id FROM old_lane",
@@ -167,7 +177,8 @@ static SavedPlan claim_keys = {
 static SavedPlan key_owners = {
 	.sql =
 	"SELECT k.ord, i.op_id FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS k(tenant_id, key, ord) "
-	"  JOIN xprov.idempotency i ON i.tenant_id = k.tenant_id AND i.key = k.key",
+	" CROSS JOIN LATERAL (SELECT i.op_id FROM xprov.idempotency i "
+	"                      WHERE i.tenant_id = k.tenant_id AND i.key = k.key LIMIT 1) i",
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
