@@ -69,15 +69,32 @@ op_generate_id(pg_uuid_t *id)
 static Datum
 parse_field(Oid typid, const char *text, int element, const char *field)
 {
+	/* the input functions of uuid, timestamptz and int4, looked up once */
+	static struct
+	{
+		Oid			typid;
+		Oid			typioparam;
+		FmgrInfo	flinfo;
+	}			inputs[3];
 	MemoryContext oldcxt = CurrentMemoryContext;
-	Oid			typinput;
-	Oid			typioparam;
 	Datum		result = (Datum) 0;
+	int			slot;
 
-	getTypeInputInfo(typid, &typinput, &typioparam);
+	for (slot = 0; slot < lengthof(inputs) - 1; slot++)
+		if (inputs[slot].typid == typid || inputs[slot].typid == InvalidOid)
+			break;
+	if (inputs[slot].typid != typid)
+	{
+		Oid			typinput;
+
+		getTypeInputInfo(typid, &typinput, &inputs[slot].typioparam);
+		fmgr_info_cxt(typinput, &inputs[slot].flinfo, TopMemoryContext);
+		inputs[slot].typid = typid;
+	}
 	PG_TRY();
 	{
-		result = OidInputFunctionCall(typinput, (char *) text, typioparam, -1);
+		result = InputFunctionCall(&inputs[slot].flinfo, (char *) text,
+								   inputs[slot].typioparam, -1);
 	}
 	PG_CATCH();
 	{
