@@ -58,7 +58,7 @@ CREATE TABLE xprov.subject (
 	subject		text NOT NULL,			-- 'i:' || identity_id, or 't:' || target_uid
 	claimant	"char" NOT NULL,		-- 'e': xprov.dequeue, 'w': background worker
 	UNIQUE (connector_id, object_class, subject)
-);
+) WITH (autovacuum_analyze_scale_factor = 0.02);
 
 -- The subject's queue state: its cursor into the log, lease and retries.
 -- Every claim and completion writes a new version of this row, so it stays
@@ -92,6 +92,9 @@ CREATE INDEX lane_id ON xprov.lane (lane_id);
 CREATE INDEX lane_leased ON xprov.lane (lease_expires) WHERE state = 'l';
 CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';
 
+-- The queue's statements are planned once per backend (generic plans); they
+-- are re-planned when ANALYZE sees a table change, so the growing tables are
+-- analyzed often enough for their plans to follow their size.
 CREATE TABLE xprov.op (
 	id			uuid PRIMARY KEY,
 	seq			bigint NOT NULL,
@@ -108,7 +111,7 @@ CREATE TABLE xprov.op (
 	idempotency_key text,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (lane_id, seq)
-);
+) WITH (autovacuum_analyze_scale_factor = 0.02);
 
 CREATE TABLE xprov.op_result (
 	op_id		uuid PRIMARY KEY,
@@ -121,7 +124,7 @@ CREATE TABLE xprov.op_result (
 	target_uid	text,
 	result		jsonb,
 	reason		text
-);
+) WITH (autovacuum_analyze_scale_factor = 0.02);
 
 CREATE TABLE xprov.op_failure (
 	op_id		uuid NOT NULL,
