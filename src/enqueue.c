@@ -47,6 +47,35 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 #define LANE_RETURNING \
 	"RETURNING l.lane_id, l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
 
+/*
+ * The common case, a subject that already exists, in a statement with only
+ * the two writes it needs (executor start-up per call grows with each).
+ */
+static SavedPlan enqueue_existing = {
+	.sql =
+	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
+	"lane AS ("
+	"  UPDATE xprov.lane l SET "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "s.seq") ", "
+	LANE_IF_IDLE("priority", "$6") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
+	"    FROM xprov.subject sj, s "
+	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
+	"     AND l.lane_id = sj.lane_id "
+	LANE_RETURNING
+	"), op AS ("
+	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
+	"                        operation_type, object_class, attributes, priority, not_before, "
+	"                        idempotency_key) "
+	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane"
+	") "
+	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
+	.nargs = 13,
+	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID,
+		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
+};
+
 static SavedPlan enqueue_one = {
 	.sql =
 	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
@@ -296,7 +325,9 @@ enqueue_single(OpInput *op)
 	values[12] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
 	nulls[12] = op->idempotency_key ? ' ' : 'n';
 
-	saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+	saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
+	if (SPI_processed == 0)
+		saved_plan_execute(&enqueue_one, values, nulls, false, 0);
 	if (SPI_processed == 0)
 	{
 		/* the subject was created concurrently: the next snapshot sees it */
