@@ -45,6 +45,9 @@ typedef struct LockedOp
 	int32		attempts;
 	bool		finished;
 	ItemPointerData lane_ctid;	/* the locked lane version: it cannot move */
+	pg_uuid_t	tenant_id;
+	pg_uuid_t	connector_id;
+	char	   *idempotency_key;
 } LockedOp;
 
 /*
@@ -55,7 +58,8 @@ typedef struct LockedOp
 static SavedPlan lock_ops = {
 	.sql =
 	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
-	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead), l.ctid "
+	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead), l.ctid, "
+	"       o.tenant_id, o.connector_id, o.idempotency_key "
 	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
 	" WHERE o.id = ANY ($1) "
 	" ORDER BY o.lane_id "
@@ -84,14 +88,14 @@ static SavedPlan finish_ops = {
 	.sql =
 	"WITH r AS ("
 	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
-	"                       $7::tid[]) "
-	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid)"
+	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[]) "
+	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, "
+	"         connector_id, idempotency_key)"
 	"), fin AS ("
-	"  SELECT r.*, o.id, o.tenant_id, o.connector_id, o.idempotency_key, "
+	"  SELECT r.*, "
 	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
-	"    FROM r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.seq "
-	"           JOIN xprov.lane l ON l.ctid = r.lane_ctid "
+	"    FROM r JOIN xprov.lane l ON l.ctid = r.lane_ctid "
 	"   WHERE l.ctid = ANY ($7)"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
@@ -131,9 +135,9 @@ static SavedPlan finish_ops = {
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
 	"  FROM nxt WHERE l.ctid = ANY ($7) AND l.ctid = nxt.lane_ctid "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
-	.nargs = 7,
+	.nargs = 11,
 	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
-	TIDARRAYOID},
+	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID},
 };
 
 static SavedPlan fail_op = {
@@ -255,6 +259,11 @@ lock_operations(Datum *ids, int count, int *found)
 		ops[row].finished = DatumGetBool(value);
 		spi_get_datum(row, 8, &value);
 		ItemPointerCopy((ItemPointer) DatumGetPointer(value), &ops[row].lane_ctid);
+		spi_get_datum(row, 9, &value);
+		memcpy(&ops[row].tenant_id, DatumGetUUIDP(value), UUID_LEN);
+		spi_get_datum(row, 10, &value);
+		memcpy(&ops[row].connector_id, DatumGetUUIDP(value), UUID_LEN);
+		ops[row].idempotency_key = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 11);
 	}
 	*found = (int) SPI_processed;
 
@@ -310,9 +319,14 @@ finish_operations(const LockedOp *ops, int count, char status,
 	bool	   *reason_nulls = palloc(sizeof(bool) * count);
 	bool	   *no_nulls = palloc0(sizeof(bool) * count);
 	Datum	   *ctids = palloc(sizeof(Datum) * count);
+	Datum	   *ids = palloc(sizeof(Datum) * count);
+	Datum	   *tenants = palloc(sizeof(Datum) * count);
+	Datum	   *connectors = palloc(sizeof(Datum) * count);
+	Datum	   *keys = palloc(sizeof(Datum) * count);
+	bool	   *key_nulls = palloc(sizeof(bool) * count);
 	int			dims[1] = {count};
 	int			lbs[1] = {1};
-	Datum		args[7];
+	Datum		args[11];
 	char		status_text[2] = {status, '\0'};
 
 	for (int i = 0; i < count; i++)
@@ -327,6 +341,11 @@ finish_operations(const LockedOp *ops, int count, char status,
 		reason_nulls[i] = reason == NULL;
 		reasons[i] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
 		ctids[i] = PointerGetDatum(&ops[i].lane_ctid);
+		ids[i] = UUIDPGetDatum(&ops[i].id);
+		tenants[i] = UUIDPGetDatum(&ops[i].tenant_id);
+		connectors[i] = UUIDPGetDatum(&ops[i].connector_id);
+		key_nulls[i] = ops[i].idempotency_key == NULL;
+		keys[i] = key_nulls[i] ? (Datum) 0 : CStringGetTextDatum(ops[i].idempotency_key);
 	}
 	args[0] = PointerGetDatum(construct_md_array(seqs, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[1] = PointerGetDatum(construct_md_array(lanes, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -335,6 +354,10 @@ finish_operations(const LockedOp *ops, int count, char status,
 	args[4] = PointerGetDatum(construct_md_array(res, res_nulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 	args[5] = PointerGetDatum(construct_md_array(reasons, reason_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 	args[6] = PointerGetDatum(construct_md_array(ctids, no_nulls, 1, dims, lbs, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+	args[7] = PointerGetDatum(construct_md_array(ids, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[8] = PointerGetDatum(construct_md_array(tenants, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[9] = PointerGetDatum(construct_md_array(connectors, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[10] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 	saved_plan_execute(&finish_ops, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
