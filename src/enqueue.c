@@ -222,28 +222,6 @@ raise_concurrent_subjects(void)
 			errhint("Retry the transaction."));
 }
 
-static ArrayType *
-uuid_array(Datum *values, int count)
-{
-	return construct_array(values, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
-}
-
-static ArrayType *
-text_array(char **values, int count)
-{
-	Datum	   *datums = palloc(sizeof(Datum) * count);
-	bool	   *nulls = palloc(sizeof(bool) * count);
-	int			dims[1] = {count};
-	int			lbs[1] = {1};
-
-	for (int i = 0; i < count; i++)
-	{
-		nulls[i] = values[i] == NULL;
-		datums[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(values[i]);
-	}
-	return construct_md_array(datums, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
-}
-
 /*
  * Deduplicate by idempotency key: register the key of every keyed operation,
  * then read back who owns each key.  An operation whose key is owned by
@@ -255,7 +233,7 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 {
 	Datum	   *tenants = palloc(sizeof(Datum) * count);
 	Datum	   *ids = palloc(sizeof(Datum) * count);
-	char	  **keys = palloc(sizeof(char *) * count);
+	Datum	   *keys = palloc(sizeof(Datum) * count);
 	int		   *position = palloc(sizeof(int) * count);
 	int			nkeyed = 0;
 	Datum		args[3];
@@ -266,7 +244,7 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 		if (ops[i].idempotency_key == NULL)
 			continue;
 		tenants[nkeyed] = UUIDPGetDatum(&ops[i].tenant_id);
-		keys[nkeyed] = ops[i].idempotency_key;
+		keys[nkeyed] = CStringGetTextDatum(ops[i].idempotency_key);
 		ids[nkeyed] = UUIDPGetDatum(&ops[i].id);
 		position[nkeyed] = i;
 		nkeyed++;
@@ -274,9 +252,9 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 	if (nkeyed == 0)
 		return;
 
-	args[0] = PointerGetDatum(uuid_array(tenants, nkeyed));
-	args[1] = PointerGetDatum(text_array(keys, nkeyed));
-	args[2] = PointerGetDatum(uuid_array(ids, nkeyed));
+	args[0] = spi_array_arg(tenants, NULL, nkeyed, UUIDOID);
+	args[1] = spi_array_arg(keys, NULL, nkeyed, TEXTOID);
+	args[2] = spi_array_arg(ids, NULL, nkeyed, UUIDOID);
 	saved_plan_execute(&claim_keys, args, NULL, false, 0);
 	saved_plan_execute(&key_owners, args, NULL, false, 0);
 	if (SPI_processed != (uint64) nkeyed)
@@ -418,8 +396,6 @@ static void
 insert_batch(OpInput *ops, int count, const bool *insert)
 {
 	int			n = 0;
-	int			dims[1];
-	int			lbs[1] = {1};
 	Datum	   *cols[14];
 	bool	   *nulls[14];
 	Datum		args[14];
@@ -478,17 +454,8 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 		k++;
 	}
 
-	dims[0] = n;
 	for (int c = 0; c < 14; c++)
-	{
-		int16		typlen;
-		bool		typbyval;
-		char		typalign;
-
-		get_typlenbyvalalign(types[c], &typlen, &typbyval, &typalign);
-		args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
-													 types[c], typlen, typbyval, typalign));
-	}
+		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
 	saved_plan_execute(&register_subjects, (Datum[]) {args[2], args[3], args[7], args[12], args[13]},
 					   NULL, false, 0);
 	saved_plan_execute(&enqueue_many, args, NULL, false, 0);

@@ -328,7 +328,7 @@ op_inputs_resolve_connectors(OpInput *ops, int count)
 		if (!seen)
 			ids[nids++] = UUIDPGetDatum(&ops[i].connector_id);
 	}
-	arg = PointerGetDatum(construct_array(ids, nids, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	arg = spi_array_arg(ids, NULL, nids, UUIDOID);
 	saved_plan_execute(&connector_lookup, &arg, NULL, true, 0);
 
 	for (int i = 0; i < count; i++)

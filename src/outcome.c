@@ -237,8 +237,7 @@ raise_wrong_status(const LockedOp *op, const char *action, const char *allowed)
 static LockedOp *
 lock_operations(Datum *ids, int count, int *found)
 {
-	ArrayType  *array = construct_array(ids, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
-	Datum		arg = PointerGetDatum(array);
+	Datum		arg = spi_array_arg(ids, NULL, count, UUIDOID);
 	LockedOp   *ops;
 
 	saved_plan_execute(&lock_ops, &arg, NULL, false, 0);
@@ -303,61 +302,79 @@ is_leased(const LockedOp *op)
 	return !op->finished && op->is_head && op->lane_state == 'l';
 }
 
-/* Record outcome `status` for each op; a NULL array entry means NULL. */
+/*
+ * Record outcome `status` for each op.  target_uids and results may be NULL
+ * (all NULL), as may their entries.
+ */
 static void
 finish_operations(const LockedOp *ops, int count, char status,
 				  char **target_uids, Jsonb **results, const char *reason)
 {
-	Datum	   *seqs = palloc(sizeof(Datum) * count);
-	Datum	   *lanes = palloc(sizeof(Datum) * count);
-	Datum	   *statuses = palloc(sizeof(Datum) * count);
-	Datum	   *uids = palloc(sizeof(Datum) * count);
-	bool	   *uid_nulls = palloc(sizeof(bool) * count);
-	Datum	   *res = palloc(sizeof(Datum) * count);
-	bool	   *res_nulls = palloc(sizeof(bool) * count);
-	Datum	   *reasons = palloc(sizeof(Datum) * count);
-	bool	   *reason_nulls = palloc(sizeof(bool) * count);
-	bool	   *no_nulls = palloc0(sizeof(bool) * count);
-	Datum	   *ctids = palloc(sizeof(Datum) * count);
-	Datum	   *ids = palloc(sizeof(Datum) * count);
-	Datum	   *tenants = palloc(sizeof(Datum) * count);
-	Datum	   *connectors = palloc(sizeof(Datum) * count);
-	Datum	   *keys = palloc(sizeof(Datum) * count);
-	bool	   *key_nulls = palloc(sizeof(bool) * count);
-	int			dims[1] = {count};
-	int			lbs[1] = {1};
-	Datum		args[11];
+	enum
+	{
+		SEQ, LANE, STATUS, TARGET_UID, RESULT, REASON, CTID, ID, TENANT, CONNECTOR, IDEM_KEY, NCOLS
+	};
+	static const Oid types[NCOLS] = {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
+	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID};
+	Datum		args[NCOLS];
 	char		status_text[2] = {status, '\0'};
 
-	for (int i = 0; i < count; i++)
+	for (int c = 0; c < NCOLS; c++)
 	{
-		seqs[i] = Int64GetDatum(ops[i].seq);
-		lanes[i] = Int64GetDatum(ops[i].lane_id);
-		statuses[i] = CStringGetTextDatum(status_text);
-		uid_nulls[i] = target_uids == NULL || target_uids[i] == NULL;
-		uids[i] = uid_nulls[i] ? (Datum) 0 : CStringGetTextDatum(target_uids[i]);
-		res_nulls[i] = results == NULL || results[i] == NULL;
-		res[i] = res_nulls[i] ? (Datum) 0 : JsonbPGetDatum(results[i]);
-		reason_nulls[i] = reason == NULL;
-		reasons[i] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
-		ctids[i] = PointerGetDatum(&ops[i].lane_ctid);
-		ids[i] = UUIDPGetDatum(&ops[i].id);
-		tenants[i] = UUIDPGetDatum(&ops[i].tenant_id);
-		connectors[i] = UUIDPGetDatum(&ops[i].connector_id);
-		key_nulls[i] = ops[i].idempotency_key == NULL;
-		keys[i] = key_nulls[i] ? (Datum) 0 : CStringGetTextDatum(ops[i].idempotency_key);
+		Datum	   *values = palloc0(sizeof(Datum) * count);
+		bool	   *nulls = palloc0(sizeof(bool) * count);
+
+		for (int i = 0; i < count; i++)
+		{
+			const LockedOp *op = &ops[i];
+
+			switch (c)
+			{
+				case SEQ:
+					values[i] = Int64GetDatum(op->seq);
+					break;
+				case LANE:
+					values[i] = Int64GetDatum(op->lane_id);
+					break;
+				case STATUS:
+					values[i] = CStringGetTextDatum(status_text);
+					break;
+				case TARGET_UID:
+					nulls[i] = target_uids == NULL || target_uids[i] == NULL;
+					if (!nulls[i])
+						values[i] = CStringGetTextDatum(target_uids[i]);
+					break;
+				case RESULT:
+					nulls[i] = results == NULL || results[i] == NULL;
+					if (!nulls[i])
+						values[i] = JsonbPGetDatum(results[i]);
+					break;
+				case REASON:
+					nulls[i] = reason == NULL;
+					if (!nulls[i])
+						values[i] = CStringGetTextDatum(reason);
+					break;
+				case CTID:
+					values[i] = PointerGetDatum(&op->lane_ctid);
+					break;
+				case ID:
+					values[i] = UUIDPGetDatum(&op->id);
+					break;
+				case TENANT:
+					values[i] = UUIDPGetDatum(&op->tenant_id);
+					break;
+				case CONNECTOR:
+					values[i] = UUIDPGetDatum(&op->connector_id);
+					break;
+				case IDEM_KEY:
+					nulls[i] = op->idempotency_key == NULL;
+					if (!nulls[i])
+						values[i] = CStringGetTextDatum(op->idempotency_key);
+					break;
+			}
+		}
+		args[c] = spi_array_arg(values, nulls, count, types[c]);
 	}
-	args[0] = PointerGetDatum(construct_md_array(seqs, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_md_array(lanes, no_nulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_md_array(statuses, no_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_md_array(uids, uid_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_md_array(res, res_nulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_md_array(reasons, reason_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[6] = PointerGetDatum(construct_md_array(ctids, no_nulls, 1, dims, lbs, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
-	args[7] = PointerGetDatum(construct_md_array(ids, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[8] = PointerGetDatum(construct_md_array(tenants, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[9] = PointerGetDatum(construct_md_array(connectors, no_nulls, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[10] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 	saved_plan_execute(&finish_ops, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }

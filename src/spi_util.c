@@ -8,6 +8,8 @@
 #include "postgres.h"
 
 #include "nodes/parsenodes.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
@@ -90,6 +92,24 @@ spi_get_timestamptz(uint64 row, int col)
 	if (!spi_get_datum(row, col, &value))
 		elog(ERROR, "xprov: unexpected null in column %d", col);
 	return DatumGetTimestampTz(value);
+}
+
+/*
+ * A one-dimensional array parameter of `count` elements; nulls may be NULL
+ * for an array without nulls.
+ */
+Datum
+spi_array_arg(Datum *values, bool *nulls, int count, Oid elemtype)
+{
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
 }
 
 /*

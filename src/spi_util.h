@@ -33,6 +33,8 @@ extern int32 spi_get_int32(uint64 row, int col);
 extern char spi_get_char(uint64 row, int col);
 extern TimestampTz spi_get_timestamptz(uint64 row, int col);
 
+extern Datum spi_array_arg(Datum *values, bool *nulls, int count, Oid elemtype);
+
 extern void spi_note_ready_lanes(int first_col);
 
 #endif							/* SPI_UTIL_H */
