@@ -20,7 +20,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
 #include "utils/uuid.h"
 #include "storage/itemptr.h"
 
