@@ -40,6 +40,7 @@ typedef struct CursorSlot
 	TimestampTz used_at;		/* last claim or report, to evict the stalest */
 	int			nfuture;
 	ClaimKey	future[MAX_FUTURE_KEYS];
+	TimestampTz dropped_due;	/* earliest run_at of a key that did not fit */
 } CursorSlot;
 
 typedef struct CursorShared
@@ -157,14 +158,20 @@ find_slot(char claimant, TimestampTz now, bool create)
 	victim->dboid = MyDatabaseId;
 	victim->claimant = claimant;
 	victim->used_at = now;
+	victim->dropped_due = DT_NOEND;
 	return victim;
 }
 
-/* Caller holds the mutex.  Keeps the earliest-due keys when full. */
+/*
+ * Caller holds the mutex.  Keeps the earliest-due keys when full; the
+ * earliest key dropped is remembered by its due time, when the next claim
+ * starts over from the beginning.
+ */
 static void
 remember_future_key(CursorSlot *slot, const ClaimKey *key)
 {
 	int			latest = 0;
+	ClaimKey	dropped = *key;
 
 	if (slot->nfuture < MAX_FUTURE_KEYS)
 	{
@@ -175,7 +182,12 @@ remember_future_key(CursorSlot *slot, const ClaimKey *key)
 		if (slot->future[i].run_at > slot->future[latest].run_at)
 			latest = i;
 	if (key->run_at < slot->future[latest].run_at)
+	{
+		dropped = slot->future[latest];
 		slot->future[latest] = *key;
+	}
+	if (dropped.run_at < slot->dropped_due)
+		slot->dropped_due = dropped.run_at;
 }
 
 /* Caller holds the mutex.  Rewind to every remembered key now due. */
@@ -208,12 +220,14 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 	SpinLockAcquire(&cursor_shared->mutex);
 	slot = find_slot(claimant, now, true);
 	if (!slot->valid ||
-			 now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000)
+		now >= slot->dropped_due ||
+		now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000)
 	{
 		slot->valid = false;
 		slot->has_rewind = false;
 		slot->reset_at = now;
 		slot->nfuture = 0;
+		slot->dropped_due = DT_NOEND;
 	}
 	else
 	{
@@ -307,7 +321,9 @@ cursor_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			/* undone claims, and lanes we kept locked while claims passed them */
 			publish_pending(claimed_from);
+			publish_pending(pending);
 			forget_pending();
 			break;
 		case XACT_EVENT_PREPARE:

@@ -25,7 +25,7 @@ int			xprov_max_attempts = 10;
 int			xprov_retry_base_ms = 2000;
 int			xprov_retry_max_ms = 3600 * 1000;
 int			xprov_max_attributes_kb = 1024;
-int			xprov_cursor_reset_ms = 1000;
+int			xprov_cursor_reset_ms = 60 * 1000;
 
 void		_PG_init(void);
 
@@ -62,9 +62,9 @@ define_queue_settings(void)
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("xprov.cursor_reset_interval",
 							"How often claims restart their scan from the head of the ready index.",
-							"A backstop for rows made ready behind the claim cursor by transactions that did not report them.",
+							"A backstop for rows made ready behind the claim cursor by transactions that did not report them, such as prepared transactions.",
 							&xprov_cursor_reset_ms,
-							1000, 10, 3600 * 1000,
+							60 * 1000, 10, 3600 * 1000,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("xprov");
