@@ -58,6 +58,11 @@ static SavedPlan reclaim_expired = {
 	.argtypes = {TIMESTAMPTZOID, CHAROID, INT4OID},
 };
 
+/*
+ * The lease is written to the lane version the claim locked, found by ctid:
+ * the row lock keeps it in place, and a lookup by lane_id would walk the
+ * lane's dead versions under a pinned snapshot.
+ */
 static SavedPlan claim = {
 	.sql =
 	"WITH picked AS MATERIALIZED ("

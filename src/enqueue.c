@@ -3,11 +3,11 @@
  * enqueue.c
  *	  xprov.enqueue() and xprov.enqueue_batch().
  *
- * An enqueue appends to the operation log and makes sure the subject's lane
- * exists and is ready when it was idle, in the caller's transaction.  The
- * lane upsert always locks the lane row until commit: a completion that is
- * about to mark the lane idle waits for us and then sees our operation, so
- * no wake-up is ever lost.
+ * An enqueue appends to the operation log and makes sure the subject and
+ * its lane exist, and that the lane is ready when it was idle, in the
+ * caller's transaction.  Writing the lane always locks its row until commit:
+ * a completion that is about to mark the lane idle waits for us and then
+ * sees our operation, so no wake-up is ever lost.
  *
  *-------------------------------------------------------------------------
  */
