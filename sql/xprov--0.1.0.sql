@@ -89,7 +89,6 @@ CREATE INDEX lane_ready ON xprov.lane
 -- Not a unique index (xprov.subject guarantees that): a unique index would
 -- re-check every new lane version against the lane's older versions.
 CREATE INDEX lane_id ON xprov.lane (lane_id);
-CREATE INDEX lane_leased ON xprov.lane (lease_expires) WHERE state = 'l';
 CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';
 
 -- The queue's statements are planned once per backend (generic plans); they

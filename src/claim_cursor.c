@@ -41,6 +41,7 @@ typedef struct CursorSlot
 	int			nfuture;
 	ClaimKey	future[MAX_FUTURE_KEYS];
 	TimestampTz dropped_due;	/* earliest run_at of a key that did not fit */
+	TimestampTz lease_due;		/* no lease of this claimant expires before */
 } CursorSlot;
 
 typedef struct CursorShared
@@ -159,6 +160,7 @@ find_slot(char claimant, TimestampTz now, bool create)
 	victim->claimant = claimant;
 	victim->used_at = now;
 	victim->dropped_due = DT_NOEND;
+	victim->lease_due = DT_NOBEGIN;	/* leases may survive from before */
 	return victim;
 }
 
@@ -376,4 +378,48 @@ claim_cursor_note_ready(char claimant, const ClaimKey *key)
 	if (!p->has || claim_key_cmp(key, &p->key) < 0)
 		p->key = *key;
 	p->has = true;
+}
+
+/*
+ * Whether expired leases may exist, so that a sweep (a scan of the lanes) is
+ * worth running now.  Claims report their lease expiry; a sweep reports the
+ * earliest lease left.  Without shared memory, once a second per backend.
+ */
+bool
+claim_cursor_lease_sweep_due(char claimant, TimestampTz now)
+{
+	static TimestampTz last_local_sweep = 0;
+	CursorSlot *slot;
+	bool		due;
+
+	if (cursor_shared == NULL)
+	{
+		due = now - last_local_sweep >= USECS_PER_SEC;
+		if (due)
+			last_local_sweep = now;
+		return due;
+	}
+
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant, now, true);
+	due = now >= slot->lease_due;
+	if (due)
+		slot->lease_due = DT_NOEND;
+	SpinLockRelease(&cursor_shared->mutex);
+	return due;
+}
+
+void
+claim_cursor_note_lease(char claimant, TimestampTz expires)
+{
+	CursorSlot *slot;
+
+	if (cursor_shared == NULL)
+		return;
+
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant, GetCurrentTimestamp(), true);
+	if (expires < slot->lease_due)
+		slot->lease_due = expires;
+	SpinLockRelease(&cursor_shared->mutex);
 }

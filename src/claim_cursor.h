@@ -43,4 +43,8 @@ extern void claim_cursor_advance(char claimant, const ClaimKey *start,
 extern void claim_cursor_note_ready(char claimant, const ClaimKey *key);
 extern void claim_key_set_min(ClaimKey *key);
 
+/* The same slots remember when the earliest lease runs out. */
+extern bool claim_cursor_lease_sweep_due(char claimant, TimestampTz now);
+extern void claim_cursor_note_lease(char claimant, TimestampTz expires);
+
 #endif							/* CLAIM_CURSOR_H */

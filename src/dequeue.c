@@ -30,13 +30,19 @@ PG_FUNCTION_INFO_V1(xprov_dequeue);
 /* Columns of xprov.queued_operation, followed by the claim key. */
 #define QUEUED_OPERATION_NATTS 15
 
-/* How often one backend looks for expired leases. */
-#define LEASE_SWEEP_INTERVAL_MS 1000
-
+/*
+ * Return expired leases: the lane is ready again (or dead, out of attempts)
+ * and the expiry is recorded as a failed attempt.  Also reports the earliest
+ * lease left (including expired ones skipped because they were locked), in a
+ * last row with only that column.  A scan of the
+ * lanes rather than an index on lease expiry, which every claim would have
+ * to write; it runs only when a lease may have expired.
+ */
 static SavedPlan reclaim_expired = {
 	.sql =
 	"WITH x AS ("
-	"  SELECT l.lane_id, l.next_seq, l.attempts, l.attempt_base, l.leased_at, l.lease_expires "
+	"  SELECT l.lane_id, l.ctid AS lane_ctid, l.next_seq, l.attempts, l.attempt_base, "
+	"         l.leased_at, l.lease_expires "
 	"    FROM xprov.lane l "
 	"   WHERE l.state = 'l' AND l.lease_expires < $1 AND l.claimant = $2 "
 	"   ORDER BY l.lane_id "
@@ -47,13 +53,20 @@ static SavedPlan reclaim_expired = {
 	"         CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'e' END, "
 	"         'lease expired at ' || x.lease_expires "
 	"    FROM x JOIN xprov.op o ON o.lane_id = x.lane_id AND o.seq = x.next_seq"
+	"), returned AS ("
+	"  UPDATE xprov.lane l "
+	"     SET state = CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'r' END, "
+	"         run_at = $1, leased_at = NULL, lease_expires = NULL, "
+	"         last_error = 'lease expired at ' || x.lease_expires "
+	"    FROM x WHERE l.ctid = x.lane_ctid "
+	"  RETURNING l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id"
 	") "
-	"UPDATE xprov.lane l "
-	"   SET state = CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'r' END, "
-	"       run_at = $1, leased_at = NULL, lease_expires = NULL, "
-	"       last_error = 'lease expired at ' || x.lease_expires "
-	"  FROM x WHERE l.lane_id = x.lane_id "
-	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+	"SELECT state, claimant, rank, run_at, lane_id, NULL::timestamptz FROM returned "
+	"UNION ALL "
+	"SELECT NULL, NULL, NULL, NULL, NULL, "
+	"       (SELECT min(l.lease_expires) FROM xprov.lane l "
+	"         WHERE l.state = 'l' AND l.claimant = $2 "
+	"           AND NOT EXISTS (SELECT 1 FROM x WHERE x.lane_id = l.lane_id))",
 	.nargs = 3,
 	.argtypes = {TIMESTAMPTZOID, CHAROID, INT4OID},
 };
@@ -90,23 +103,23 @@ static SavedPlan claim = {
 	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID},
 };
 
-static TimestampTz last_sweep = 0;
-
-/* Return expired leases of this claimant; at most once a second per backend. */
+/* Return expired leases of this claimant, when one may have expired. */
 void
 dequeue_reclaim_expired(char claimant, TimestampTz now)
 {
 	Datum		args[3];
+	Datum		earliest;
 
-	if (now - last_sweep < LEASE_SWEEP_INTERVAL_MS * (int64) 1000)
+	if (!claim_cursor_lease_sweep_due(claimant, now))
 		return;
-	last_sweep = now;
 
 	args[0] = TimestampTzGetDatum(now);
 	args[1] = CharGetDatum(claimant);
 	args[2] = Int32GetDatum(xprov_max_attempts);
 	saved_plan_execute(&reclaim_expired, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
+	if (spi_get_datum(SPI_processed - 1, 6, &earliest))
+		claim_cursor_note_lease(claimant, DatumGetTimestampTz(earliest));
 }
 
 /*
@@ -138,6 +151,7 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now)
 		key.run_at = spi_get_timestamptz(last, QUEUED_OPERATION_NATTS + 2);
 		key.lane_id = spi_get_int64(last, QUEUED_OPERATION_NATTS + 3);
 		claim_cursor_advance(claimant, &start, &key);
+		claim_cursor_note_lease(claimant, spi_get_timestamptz(0, QUEUED_OPERATION_NATTS));
 	}
 	return SPI_processed;
 }
