@@ -46,6 +46,37 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 	"RETURNING l.lane_id, l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
 
 /*
+ * Parameters of both single-operation statements: $1 tenant, $2 connector,
+ * $3 object class, $4 subject, $5 claimant, $6 priority, $7 not_before,
+ * $8 id, $9 identity, $10 target uid, $11 operation type, $12 attributes,
+ * $13 idempotency key.  The sequence value comes from CTE s.
+ */
+#define ONE_LANE_UPDATE \
+	"  UPDATE xprov.lane l SET " \
+	LANE_IF_IDLE("state", "'r'") ", " \
+	LANE_IF_IDLE("next_seq", "s.seq") ", " \
+	LANE_IF_IDLE("priority", "$6") ", " \
+	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " " \
+	"    FROM xprov.subject sj, s " \
+	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 " \
+	"     AND l.lane_id = sj.lane_id " \
+	LANE_RETURNING
+
+#define ONE_OP_INSERT \
+	"op AS (" \
+	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, " \
+	"                        operation_type, object_class, attributes, priority, not_before, " \
+	"                        idempotency_key) " \
+	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane" \
+	") " \
+	"SELECT state, claimant, rank, run_at, lane_id FROM lane"
+
+#define ONE_OP_ARGS \
+	.nargs = 13, \
+	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID, \
+		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID}
+
+/*
  * The common case, a subject that already exists, in a statement with only
  * the two writes it needs (executor start-up per call grows with each).
  */
@@ -53,25 +84,10 @@ static SavedPlan enqueue_existing = {
 	.sql =
 	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
 	"lane AS ("
-	"  UPDATE xprov.lane l SET "
-	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "s.seq") ", "
-	LANE_IF_IDLE("priority", "$6") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
-	"    FROM xprov.subject sj, s "
-	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
-	"     AND l.lane_id = sj.lane_id "
-	LANE_RETURNING
-	"), op AS ("
-	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
-	"                        operation_type, object_class, attributes, priority, not_before, "
-	"                        idempotency_key) "
-	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane"
-	") "
-	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
-	.nargs = 13,
-	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID,
-		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
+	ONE_LANE_UPDATE
+	"), "
+	ONE_OP_INSERT,
+	ONE_OP_ARGS
 };
 
 static SavedPlan enqueue_one = {
@@ -88,26 +104,10 @@ static SavedPlan enqueue_one = {
 	"  SELECT n.lane_id, $1, $2, $5, 'r', s.seq, $6, greatest(now(), $7) FROM new_subject n, s "
 	LANE_RETURNING
 	"), old_lane AS ("
-	"  UPDATE xprov.lane l SET "
-	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "s.seq") ", "
-	LANE_IF_IDLE("priority", "$6") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
-	"    FROM xprov.subject sj, s "
-	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
-	"     AND l.lane_id = sj.lane_id "
-	LANE_RETURNING
+	ONE_LANE_UPDATE
 	"), lane AS (SELECT * FROM new_lane UNION ALL SELECT * FROM old_lane), "
-	"op AS ("
-	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
-	"                        operation_type, object_class, attributes, priority, not_before, "
-	"                        idempotency_key) "
-	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane"
-	") "
-	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
-	.nargs = 13,
-	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID,
-		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
+	ONE_OP_INSERT,
+	ONE_OP_ARGS
 };
 
 /*
