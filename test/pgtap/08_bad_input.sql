@@ -4,7 +4,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(49);
+SELECT plan(51);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -103,7 +103,11 @@ SELECT is(array(SELECT left(pg_temp.err(format('SELECT xprov.fail(%L, %L, true)'
                   FROM unnest(ARRAY['p', 'f', 'c']) n),
           ARRAY['55000', '55000', '55000'], 'permanent fail of an operation that is not leased -> 55000');
 SELECT matches(pg_temp.err($$SELECT xprov.complete_batch(ARRAY[pg_temp.id('p'), pg_temp.id('c'), pg_temp.id('s')])$$),
-               '^(OK|55000: )', 'complete_batch of pending/completed/skipped operations: 55000 or no-op (statuses checked below)');
+               '^55000: ', 'complete_batch of pending/completed/skipped operations -> 55000, nothing completed (statuses checked below)');
+SELECT matches(pg_temp.err($$SELECT xprov.complete_batch(ARRAY[pg_temp.id('p'), NULL])$$),
+               '^22004: ', 'complete_batch with a NULL id -> 22004');
+SELECT matches(pg_temp.err($$SELECT xprov.complete_batch(ARRAY[gen_random_uuid()])$$),
+               '^42704: ', 'complete_batch of an unknown id -> 42704');
 -- retry needs a dead letter
 SELECT is(array(SELECT left(pg_temp.err(format('SELECT xprov.retry(%L)', pg_temp.id(n))), 5)
                   FROM unnest(ARRAY['p', 'ip', 'f', 'c', 's', 'x']) n),
