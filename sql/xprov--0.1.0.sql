@@ -300,6 +300,18 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'xprov_cancel'
 LANGUAGE C VOLATILE;
 
+-- Runs one operation against a connector right now, in this session, and
+-- returns what happened; nothing is queued or recorded.  For checking a
+-- connector's URL, credentials and mapping before real work is sent.
+CREATE FUNCTION xprov.try_operation(connector_id uuid, operation_type text,
+									object_class text DEFAULT 'user',
+									attributes jsonb DEFAULT '{}',
+									target_uid text DEFAULT NULL,
+									identity_id uuid DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'xprov_try_operation'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION xprov.build_info()
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'xprov_build_info'

@@ -26,6 +26,15 @@ int			xprov_retry_base_ms = 2000;
 int			xprov_retry_max_ms = 3600 * 1000;
 int			xprov_max_attributes_kb = 1024;
 int			xprov_cursor_reset_ms = 60 * 1000;
+char	   *xprov_database_name = NULL;
+int			xprov_workers = 1;
+int			xprov_batch_size = 100;
+int			xprov_max_in_flight = 64;
+int			xprov_http_timeout_ms = 30 * 1000;
+int			xprov_http_connect_timeout_ms = 5 * 1000;
+int			xprov_worker_lease_ms = 30 * 60 * 1000;
+int			xprov_worker_nap_ms = 5 * 1000;
+int			xprov_max_response_kb = 1024;
 
 void		_PG_init(void);
 
@@ -67,13 +76,86 @@ define_queue_settings(void)
 							60 * 1000, 10, 3600 * 1000,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
-	MarkGUCPrefixReserved("xprov");
+}
+
+/*
+ * Settings of the background worker and its HTTP engine.  The database is
+ * fixed at server start; the rest are re-read on SIGHUP.
+ */
+static void
+define_worker_settings(void)
+{
+	DefineCustomStringVariable("xprov.database_name",
+							   "Database the xprov background workers connect to.",
+							   NULL,
+							   &xprov_database_name,
+							   "postgres",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.workers",
+							"Number of xprov background workers.",
+							"0 disables the worker; operations of worker connectors then wait.",
+							&xprov_workers,
+							1, 0, XPROV_MAX_WORKERS,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.batch_size",
+							"Operations a worker claims per transaction.",
+							NULL,
+							&xprov_batch_size,
+							100, 1, 10000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.max_in_flight",
+							"HTTP requests a worker has in flight at once, over all connectors.",
+							"A connector's config can lower it for that connector (max_in_flight).",
+							&xprov_max_in_flight,
+							64, 1, 1024,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.http_timeout",
+							"Longest time one HTTP exchange may take.",
+							NULL,
+							&xprov_http_timeout_ms,
+							30 * 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.http_connect_timeout",
+							"Longest time to establish an HTTP connection.",
+							NULL,
+							&xprov_http_connect_timeout_ms,
+							5 * 1000, 10, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.worker_lease",
+							"How long a worker's claim on an operation lasts.",
+							"A worker that dies has its claims returned at once when it restarts; the lease only matters when a worker slot goes away for good.",
+							&xprov_worker_lease_ms,
+							30 * 60 * 1000, 1000, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.worker_nap",
+							"Longest time an idle worker sleeps before looking for work anyway.",
+							"Enqueues wake the worker at commit; the nap only covers what nobody announced.",
+							&xprov_worker_nap_ms,
+							5 * 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.max_response_size",
+							"Largest HTTP response body the worker reads; longer ones are truncated.",
+							NULL,
+							&xprov_max_response_kb,
+							1024, 1, 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 }
 
 void
 _PG_init(void)
 {
 	define_queue_settings();
+	define_worker_settings();
+	MarkGUCPrefixReserved("xprov");
 
 	if (process_shared_preload_libraries_in_progress)
 		claim_cursor_shmem_init();

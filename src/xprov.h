@@ -11,11 +11,24 @@
 #ifndef XPROV_H
 #define XPROV_H
 
+#define XPROV_MAX_WORKERS 16
+
 /* GUCs (xprov.c) */
 extern int	xprov_max_attempts;
 extern int	xprov_retry_base_ms;
 extern int	xprov_retry_max_ms;
 extern int	xprov_max_attributes_kb;
 extern int	xprov_cursor_reset_ms;
+
+/* Worker and HTTP settings (xprov.c) */
+extern char *xprov_database_name;
+extern int	xprov_workers;
+extern int	xprov_batch_size;
+extern int	xprov_max_in_flight;
+extern int	xprov_http_timeout_ms;
+extern int	xprov_http_connect_timeout_ms;
+extern int	xprov_worker_lease_ms;
+extern int	xprov_worker_nap_ms;
+extern int	xprov_max_response_kb;
 
 #endif							/* XPROV_H */

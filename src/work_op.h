@@ -1,0 +1,90 @@
+/*-------------------------------------------------------------------------
+ *
+ * work_op.h
+ *	  An operation the background worker is executing, and its outcome.
+ *
+ * The worker copies each claimed operation into a WorkOp that lives in its
+ * own memory context (op->cxt) until the outcome is recorded.  Protocols
+ * (scim2.c, rest.c) drive a WorkOp through HTTP exchanges and finally fill
+ * op->outcome; worker_store.c writes the outcome back to the queue.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef WORK_OP_H
+#define WORK_OP_H
+
+#include "utils/uuid.h"
+
+struct Connector;
+struct HttpRequest;
+
+#define UUID_TEXT_LEN 37		/* 36 characters and the terminator */
+
+typedef enum OpType
+{
+	OP_CREATE,
+	OP_UPDATE,
+	OP_DELETE,
+	OP_ENABLE,
+	OP_DISABLE
+} OpType;
+
+typedef enum OutcomeKind
+{
+	OUTCOME_NONE = 0,			/* still running */
+	OUTCOME_COMPLETED,			/* done at the target */
+	OUTCOME_RETRY,				/* transient failure: retry with backoff or
+								 * after retry_after_ms */
+	OUTCOME_DEAD,				/* permanent failure: dead-letter now */
+	OUTCOME_CONNECTOR,			/* the connector as a whole is failing
+								 * (connection refused, 401/403): record the
+								 * error, open the circuit breaker, do not
+								 * count the attempt */
+	OUTCOME_RELEASE				/* never attempted (breaker open, shutdown):
+								 * give the lease back, attempt not counted */
+} OutcomeKind;
+
+typedef struct OpOutcome
+{
+	OutcomeKind kind;
+	int			http_status;	/* status of the last response, 0 if none */
+	char	   *error;			/* failures: what went wrong, for the
+								 * attempt history; never contains secrets */
+	char	   *target_uid;		/* completed: the account's id on the target
+								 * (NULL: unchanged / none) */
+	char	   *result;			/* completed: JSON text kept as the
+								 * operation's result, or NULL */
+	bool		unlinked;		/* completed delete: the account is gone */
+	int			retry_after_ms; /* RETRY: -1 = exponential backoff, else
+								 * wait exactly this long */
+} OpOutcome;
+
+typedef struct WorkOp
+{
+	pg_uuid_t	id;
+	char		id_text[UUID_TEXT_LEN];
+	pg_uuid_t	connector_id;
+	struct Connector *connector;
+	OpType		type;
+	char	   *object_class;
+	char	   *identity_id;	/* text form, or NULL */
+	char	   *target_uid;		/* the operation's, else the account last
+								 * linked to the subject, else NULL */
+	char	   *attributes;		/* JSON object, as text */
+	int			attempt;		/* 1 for the first attempt */
+	MemoryContext cxt;			/* owns the WorkOp and all it points to */
+
+	/* protocol state */
+	int			step;			/* protocol-defined; 0 before begin() */
+	int			redo;			/* protocol-defined retry counter (412 etc) */
+	void	   *state;			/* protocol-defined */
+	struct HttpRequest *request;	/* the next request to send, or NULL */
+
+	OpOutcome	outcome;
+
+	struct WorkOp *next;		/* worker's lists */
+} WorkOp;
+
+extern const char *op_type_name(OpType type);
+
+#endif							/* WORK_OP_H */
