@@ -76,6 +76,7 @@ CREATE TABLE xprov.lane (
 	attempt_base integer NOT NULL DEFAULT 0, -- attempts made before the last xprov.retry()
 	leased_at	timestamptz,
 	lease_expires timestamptz,
+	leased_by	bigint,					-- background worker: epoch * 64 + worker slot; NULL for dequeue
 	last_error	text,
 	finished_ahead bigint[] NOT NULL DEFAULT '{}' -- seqs behind the head skipped or cancelled out of turn
 ) WITH (fillfactor = 70,
@@ -130,11 +131,33 @@ CREATE TABLE xprov.op_failure (
 	attempt		integer NOT NULL,
 	started_at	timestamptz,
 	finished_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
-	outcome		"char" NOT NULL,		-- f failed (retried later), d dead-lettered, e lease expired
+	outcome		"char" NOT NULL,		-- f failed (retried later), d dead-lettered, e lease expired,
+										-- p connector unavailable (attempt not counted),
+										-- r worker restarted mid-attempt
 	http_status	integer,
 	error		text
 );
 CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
+
+-- The account each subject has on its target, as the background worker last
+-- saw it: the target's id for the account and the attributes last provisioned.
+-- Later operations of the subject address the account by this target_uid.
+CREATE TABLE xprov.account (
+	lane_id		bigint PRIMARY KEY,		-- xprov.subject.lane_id
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	object_class text NOT NULL,
+	identity_id	uuid,
+	target_uid	text NOT NULL,
+	attributes	jsonb NOT NULL DEFAULT '{}',
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX account_target ON xprov.account (connector_id, object_class, target_uid);
+
+-- Each start of a background worker takes a new epoch; its leases carry it,
+-- so a restarted worker knows exactly which leases its dead predecessor held.
+CREATE SEQUENCE xprov.worker_epoch AS bigint;
 
 CREATE TABLE xprov.idempotency (
 	tenant_id	uuid NOT NULL,
@@ -312,6 +335,19 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'xprov_try_operation'
 LANGUAGE C VOLATILE;
 
+CREATE FUNCTION xprov.worker_status()
+RETURNS TABLE (worker integer, pid integer, database text, state text, started_at timestamptz,
+			   epoch bigint, operations_done bigint, operations_failed bigint,
+			   in_flight integer, paused_connectors integer, last_error text,
+			   last_error_at timestamptz)
+AS 'MODULE_PATHNAME', 'xprov_worker_status'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.wait_idle(timeout interval DEFAULT '30 seconds')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'xprov_wait_idle'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION xprov.build_info()
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'xprov_build_info'
@@ -358,7 +394,8 @@ CREATE VIEW xprov.operation_attempts AS
 	SELECT f.op_id AS operation_id, o.tenant_id, o.connector_id, f.attempt, f.started_at,
 		   f.finished_at,
 		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
-						  WHEN 'e' THEN 'lease_expired' END AS outcome,
+						  WHEN 'e' THEN 'lease_expired' WHEN 'p' THEN 'connector_unavailable'
+						  WHEN 'r' THEN 'worker_restarted' END AS outcome,
 		   f.http_status, f.error, f.finished_at - f.started_at AS duration
 	  FROM xprov.op_failure f
 	  JOIN xprov.op o ON o.id = f.op_id
@@ -367,6 +404,12 @@ CREATE VIEW xprov.operation_attempts AS
 		   'completed', NULL::integer, NULL::text, r.finished_at - r.started_at
 	  FROM xprov.op_result r
 	 WHERE r.status = 'c' AND r.attempts > 0;
+
+CREATE VIEW xprov.accounts AS
+	SELECT a.tenant_id, a.connector_id, a.object_class, a.identity_id, a.target_uid,
+		   s.subject, a.attributes, a.created_at, a.updated_at
+	  FROM xprov.account a
+	  JOIN xprov.subject s ON s.lane_id = a.lane_id;
 
 CREATE VIEW xprov.dead_letters AS
 	SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid,

@@ -17,6 +17,7 @@
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
+#include "worker_shmem.h"
 #include "xprov.h"
 
 #define MAX_CURSORS 32
@@ -319,6 +320,8 @@ cursor_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			publish_pending(pending);
+			if (pending[1].has)
+				worker_wake_at_commit();
 			forget_pending();
 			break;
 		case XACT_EVENT_ABORT:
@@ -421,5 +424,48 @@ claim_cursor_note_lease(char claimant, TimestampTz expires)
 	slot = find_slot(claimant, GetCurrentTimestamp(), true);
 	if (expires < slot->lease_due)
 		slot->lease_due = expires;
+	SpinLockRelease(&cursor_shared->mutex);
+}
+
+/*
+ * When the worker should look again without being woken: the earliest key
+ * not yet due, the earliest key dropped for lack of room, the earliest lease
+ * expiry.  DT_NOEND when nothing is known.
+ */
+TimestampTz
+claim_cursor_next_due(char claimant)
+{
+	TimestampTz due = DT_NOEND;
+	CursorSlot *slot;
+
+	if (cursor_shared == NULL)
+		return due;
+	SpinLockAcquire(&cursor_shared->mutex);
+	slot = find_slot(claimant, GetCurrentTimestamp(), false);
+	if (slot != NULL)
+	{
+		for (int i = 0; i < slot->nfuture; i++)
+			due = Min(due, slot->future[i].run_at);
+		due = Min(due, slot->dropped_due);
+		if (slot->lease_due != DT_NOBEGIN)
+			due = Min(due, slot->lease_due);
+	}
+	SpinLockRelease(&cursor_shared->mutex);
+	return due;
+}
+
+/* Forget the database's cursors: its lanes were dropped and recreated. */
+void
+claim_cursor_forget_database(void)
+{
+	if (cursor_shared == NULL)
+		return;
+	SpinLockAcquire(&cursor_shared->mutex);
+	for (int i = 0; i < MAX_CURSORS; i++)
+		if (cursor_shared->slots[i].dboid == MyDatabaseId)
+		{
+			cursor_shared->slots[i].valid = false;
+			cursor_shared->slots[i].lease_due = DT_NOBEGIN;
+		}
 	SpinLockRelease(&cursor_shared->mutex);
 }

@@ -47,4 +47,8 @@ extern void claim_key_set_min(ClaimKey *key);
 extern bool claim_cursor_lease_sweep_due(char claimant, TimestampTz now);
 extern void claim_cursor_note_lease(char claimant, TimestampTz expires);
 
+/* For the worker's fallback timer, and after the extension was recreated. */
+extern TimestampTz claim_cursor_next_due(char claimant);
+extern void claim_cursor_forget_database(void);
+
 #endif							/* CLAIM_CURSOR_H */

@@ -27,8 +27,6 @@
 
 PG_FUNCTION_INFO_V1(xprov_dequeue);
 
-/* Columns of xprov.queued_operation, followed by the claim key. */
-#define QUEUED_OPERATION_NATTS 15
 
 /*
  * Return expired leases: the lane is ready again (or dead, out of attempts)
@@ -56,7 +54,7 @@ static SavedPlan reclaim_expired = {
 	"), returned AS ("
 	"  UPDATE xprov.lane l "
 	"     SET state = CASE WHEN x.attempts >= $3 THEN 'd' ELSE 'r' END, "
-	"         run_at = $1, leased_at = NULL, lease_expires = NULL, "
+	"         run_at = $1, leased_at = NULL, lease_expires = NULL, leased_by = NULL, "
 	"         last_error = 'lease expired at ' || x.lease_expires "
 	"    FROM x WHERE l.ctid = x.lane_ctid "
 	"  RETURNING l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id"
@@ -82,13 +80,15 @@ static SavedPlan claim = {
 	"  SELECT l.lane_id, l.ctid FROM xprov.lane l "
 	"   WHERE l.claimant = $1 AND l.state = 'r' AND l.run_at <= $2 "
 	"     AND (-(l.priority::bigint), l.run_at, l.lane_id) > ($3, $4, $5) "
-	"     AND l.connector_id IN (SELECT c.id FROM xprov.connector c WHERE c.enabled) "
+	"     AND l.connector_id IN (SELECT c.id FROM xprov.connector c "
+	"                             WHERE c.enabled AND c.id <> ALL ($9)) "
 	"   ORDER BY -(l.priority::bigint), l.run_at, l.lane_id "
 	"   LIMIT $6 "
 	"     FOR NO KEY UPDATE OF l SKIP LOCKED"
 	"), leased AS ("
 	"  UPDATE xprov.lane l "
-	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7 "
+	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7, "
+	"         leased_by = $8 "
 	"    FROM picked p WHERE l.ctid = p.ctid AND l.lane_id = p.lane_id "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at"
@@ -99,8 +99,9 @@ static SavedPlan claim = {
 	"       le.rank, le.run_at, le.lane_id "
 	"  FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
 	" ORDER BY le.rank, le.run_at, le.lane_id",
-	.nargs = 7,
-	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID},
+	.nargs = 9,
+	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID,
+	INT8OID, UUIDARRAYOID},
 };
 
 /* Return expired leases of this claimant, when one may have expired. */
@@ -125,12 +126,16 @@ dequeue_reclaim_expired(char claimant, TimestampTz now)
 /*
  * Lease up to `batch` operations; the caller has connected to SPI and reads
  * the rows from SPI_tuptable (the queued_operation columns, then the key).
+ * leased_by (0: none) tags the leases with the worker's epoch; lanes of the
+ * connectors in `excluded` (a uuid[] Datum, or 0) are left alone.
  */
 uint64
-dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now)
+dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
+			  int64 leased_by, Datum excluded)
 {
 	ClaimKey	start;
-	Datum		args[7];
+	Datum		args[9];
+	char		nulls[9];
 
 	claim_cursor_begin(claimant, now, &start);
 	args[0] = CharGetDatum(claimant);
@@ -140,7 +145,12 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now)
 	args[4] = Int64GetDatum(start.lane_id);
 	args[5] = Int32GetDatum(batch);
 	args[6] = IntervalPGetDatum(lease);
-	saved_plan_execute(&claim, args, NULL, false, 0);
+	args[7] = Int64GetDatum(leased_by);
+	args[8] = excluded != (Datum) 0 ? excluded : spi_array_arg(NULL, NULL, 0, UUIDOID);
+	memset(nulls, ' ', sizeof(nulls));
+	if (leased_by == 0)
+		nulls[7] = 'n';
+	saved_plan_execute(&claim, args, nulls, false, 0);
 
 	if (SPI_processed > 0)
 	{
@@ -187,7 +197,8 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	dequeue_reclaim_expired(CLAIMANT_EXTERNAL, now);
-	count = dequeue_claim(CLAIMANT_EXTERNAL, PG_GETARG_INT32(0), PG_GETARG_INTERVAL_P(1), now);
+	count = dequeue_claim(CLAIMANT_EXTERNAL, PG_GETARG_INT32(0), PG_GETARG_INTERVAL_P(1), now,
+						  0, (Datum) 0);
 	for (uint64 row = 0; row < count; row++)
 	{
 		Datum		values[QUEUED_OPERATION_NATTS];

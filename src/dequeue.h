@@ -11,6 +11,19 @@
 #include "datatype/timestamp.h"
 
 extern void dequeue_reclaim_expired(char claimant, TimestampTz now);
-extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now);
+extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
+							 int64 leased_by, Datum excluded);
+
+/* Columns of xprov.queued_operation, as dequeue_claim() returns them first. */
+#define QUEUED_OPERATION_NATTS 15
+#define QOP_ID				1
+#define QOP_CONNECTOR_ID	3
+#define QOP_IDENTITY_ID		4
+#define QOP_TARGET_UID		5
+#define QOP_OPERATION_TYPE	6
+#define QOP_OBJECT_CLASS	7
+#define QOP_ATTRIBUTES		8
+#define QOP_RETRY_COUNT		10
+#define QOP_LANE_ID			(QUEUED_OPERATION_NATTS + 3)
 
 #endif							/* DEQUEUE_H */

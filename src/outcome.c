@@ -20,9 +20,11 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 #include "storage/itemptr.h"
 
+#include "outcome.h"
 #include "spi_util.h"
 #include "xprov.h"
 
@@ -47,6 +49,7 @@ typedef struct LockedOp
 	pg_uuid_t	tenant_id;
 	pg_uuid_t	connector_id;
 	char	   *idempotency_key;
+	int64		leased_by;		/* 0: not leased by a worker */
 } LockedOp;
 
 /*
@@ -58,7 +61,7 @@ static SavedPlan lock_ops = {
 	.sql =
 	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
 	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead), l.ctid, "
-	"       o.tenant_id, o.connector_id, o.idempotency_key "
+	"       o.tenant_id, o.connector_id, o.idempotency_key, l.leased_by "
 	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
 	" WHERE o.id = ANY ($1) "
 	" ORDER BY o.lane_id "
@@ -131,6 +134,7 @@ static SavedPlan finish_ops = {
 	"       attempt_base = CASE WHEN NOT nxt.is_head THEN l.attempt_base ELSE 0 END, "
 	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, "
 	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
+	"       leased_by = CASE WHEN NOT nxt.is_head THEN l.leased_by END, "
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
 	"  FROM nxt WHERE l.ctid = ANY ($7) AND l.ctid = nxt.lane_ctid "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
@@ -155,12 +159,38 @@ static SavedPlan fail_op = {
 	"UPDATE xprov.lane l "
 	"   SET state = CASE WHEN f.dead THEN 'd' ELSE 'r' END, "
 	"       run_at = CASE WHEN f.dead THEN l.run_at ELSE f.due END, "
-	"       last_error = $3, leased_at = NULL, lease_expires = NULL "
+	"       last_error = $3, leased_at = NULL, lease_expires = NULL, leased_by = NULL "
 	"  FROM f WHERE l.ctid = $10 "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 10,
 	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID,
 	TIDOID},
+};
+
+/*
+ * Give a lease back without spending the attempt: the operation was never
+ * tried (shutdown, connector paused) or the connector as a whole failed.
+ * attempt_base moves up so that attempt numbers in the history stay unique;
+ * an error, when given, is kept in the history as a 'p' (paused) attempt.
+ */
+static SavedPlan release_op = {
+	.sql =
+	"WITH f AS ("
+	"  SELECT l.attempts, l.attempt_base, l.leased_at FROM xprov.lane l WHERE l.ctid = $1"
+	"), history AS ("
+	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, http_status, error) "
+	"  SELECT $2, f.attempt_base + f.attempts, f.leased_at, 'p', $5, $4 FROM f WHERE $4 IS NOT NULL"
+	") "
+	"UPDATE xprov.lane l "
+	"   SET state = 'r', run_at = greatest($3, now()), "
+	"       attempts = l.attempts - 1, "
+	"       attempt_base = l.attempt_base + CASE WHEN $4 IS NULL THEN 0 ELSE 1 END, "
+	"       last_error = coalesce($4, l.last_error), "
+	"       leased_at = NULL, lease_expires = NULL, leased_by = NULL "
+	" WHERE l.ctid = $1 "
+	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+	.nargs = 5,
+	.argtypes = {TIDOID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT4OID},
 };
 
 static SavedPlan retry_lane = {
@@ -262,6 +292,7 @@ lock_operations(Datum *ids, int count, int *found)
 		spi_get_datum(row, 10, &value);
 		memcpy(&ops[row].connector_id, DatumGetUUIDP(value), UUID_LEN);
 		ops[row].idempotency_key = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 11);
+		ops[row].leased_by = spi_get_datum(row, 12, &value) ? DatumGetInt64(value) : 0;
 	}
 	*found = (int) SPI_processed;
 
@@ -427,12 +458,38 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(found);
 }
 
+/*
+ * A failed attempt of a leased operation: retried after the backoff (or
+ * exactly retry_after, a nullable interval Datum), or dead-lettered.
+ */
+static void
+record_failure(const LockedOp *op, const char *error, bool permanent,
+			   const Interval *retry_after, int http_status)
+{
+	Datum		args[10];
+	char		nulls[10];
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = Int64GetDatum(op->lane_id);
+	args[1] = UUIDPGetDatum(&op->id);
+	args[2] = CStringGetTextDatum(error);
+	args[3] = BoolGetDatum(permanent);
+	args[4] = IntervalPGetDatum(retry_after);
+	nulls[4] = retry_after == NULL ? 'n' : ' ';
+	args[5] = Int32GetDatum(xprov_max_attempts);
+	args[6] = Float8GetDatum(xprov_retry_base_ms / 1000.0);
+	args[7] = Float8GetDatum(xprov_retry_max_ms / 1000.0);
+	args[8] = Int32GetDatum(http_status);
+	nulls[8] = http_status == 0 ? 'n' : ' ';
+	args[9] = PointerGetDatum(&op->lane_ctid);
+	saved_plan_execute(&fail_op, args, nulls, false, 0);
+	spi_note_ready_lanes(1);
+}
+
 Datum
 xprov_fail(PG_FUNCTION_ARGS)
 {
 	LockedOp	op;
-	Datum		args[10];
-	char		nulls[10];
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -444,22 +501,9 @@ xprov_fail(PG_FUNCTION_ARGS)
 	op = lock_one(fcinfo);
 	if (!is_leased(&op))
 		raise_wrong_status(&op, "fail", "in_progress");
-
-	memset(nulls, ' ', sizeof(nulls));
-	args[0] = Int64GetDatum(op.lane_id);
-	args[1] = UUIDPGetDatum(&op.id);
-	args[2] = PG_GETARG_DATUM(1);
-	args[3] = BoolGetDatum(!PG_ARGISNULL(2) && PG_GETARG_BOOL(2));
-	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
-	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
-	args[5] = Int32GetDatum(xprov_max_attempts);
-	args[6] = Float8GetDatum(xprov_retry_base_ms / 1000.0);
-	args[7] = Float8GetDatum(xprov_retry_max_ms / 1000.0);
-	args[8] = (Datum) 0;
-	nulls[8] = 'n';
-	args[9] = PointerGetDatum(&op.lane_ctid);
-	saved_plan_execute(&fail_op, args, nulls, false, 0);
-	spi_note_ready_lanes(1);
+	record_failure(&op, text_to_cstring(PG_GETARG_TEXT_PP(1)),
+				   !PG_ARGISNULL(2) && PG_GETARG_BOOL(2),
+				   PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3), 0);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -514,4 +558,110 @@ xprov_cancel(PG_FUNCTION_ARGS)
 	finish_operations(&op, 1, 'x', NULL, NULL, "cancelled");
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * The background worker's side: its operations are recorded in batches, and
+ * an operation that is no longer leased by the calling worker (its lease ran
+ * out and was reclaimed) is passed over with a log line instead of failing
+ * the whole batch.
+ */
+static bool
+is_leased_by(const LockedOp *op, int64 leased_by)
+{
+	if (is_leased(op) && op->leased_by == leased_by)
+		return true;
+	ereport(LOG,
+			errmsg("xprov worker: operation %s is no longer leased by this worker; its outcome is not recorded",
+				   uuid_text(&op->id)));
+	return false;
+}
+
+/*
+ * Complete operations; target_uids and results are parallel to ids and may
+ * be NULL, as may their entries.  Returns how many were recorded.
+ */
+int
+outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **results,
+				 int64 leased_by)
+{
+	Datum	   *id_datums = palloc(sizeof(Datum) * count);
+	LockedOp   *ops;
+	LockedOp   *mine;
+	char	  **mine_uids = palloc0(sizeof(char *) * count);
+	Jsonb	  **mine_results = palloc0(sizeof(Jsonb *) * count);
+	int			found;
+	int			kept = 0;
+
+	if (count == 0)
+		return 0;
+	for (int i = 0; i < count; i++)
+		id_datums[i] = UUIDPGetDatum(&ids[i]);
+	ops = lock_operations(id_datums, count, &found);
+	mine = palloc(sizeof(LockedOp) * found);
+
+	/* lock_operations() returns lane order: find each op's inputs by id */
+	for (int i = 0; i < found; i++)
+	{
+		if (!is_leased_by(&ops[i], leased_by))
+			continue;
+		for (int j = 0; j < count; j++)
+		{
+			if (memcmp(&ids[j], &ops[i].id, UUID_LEN) != 0)
+				continue;
+			mine_uids[kept] = target_uids ? target_uids[j] : NULL;
+			mine_results[kept] = results ? results[j] : NULL;
+			break;
+		}
+		mine[kept++] = ops[i];
+	}
+	if (kept > 0)
+		finish_operations(mine, kept, 'c', mine_uids, mine_results, NULL);
+	return kept;
+}
+
+static bool
+lock_leased(const pg_uuid_t *id, int64 leased_by, LockedOp *op)
+{
+	Datum		arg = UUIDPGetDatum(id);
+	int			found;
+
+	*op = *lock_operations(&arg, 1, &found);
+	return is_leased_by(op, leased_by);
+}
+
+bool
+outcome_fail(const pg_uuid_t *id, const char *error, bool permanent, int retry_after_ms,
+			 int http_status, int64 leased_by)
+{
+	LockedOp	op;
+	Interval	retry_after = {0};
+
+	if (!lock_leased(id, leased_by, &op))
+		return false;
+	retry_after.time = (int64) retry_after_ms * 1000;
+	record_failure(&op, error, permanent, retry_after_ms >= 0 ? &retry_after : NULL, http_status);
+	return true;
+}
+
+bool
+outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error, int http_status,
+				int64 leased_by)
+{
+	LockedOp	op;
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	if (!lock_leased(id, leased_by, &op))
+		return false;
+	args[0] = PointerGetDatum(&op.lane_ctid);
+	args[1] = UUIDPGetDatum(&op.id);
+	args[2] = TimestampTzGetDatum(run_at);
+	args[3] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	nulls[3] = error ? ' ' : 'n';
+	args[4] = Int32GetDatum(http_status);
+	nulls[4] = http_status == 0 ? 'n' : ' ';
+	saved_plan_execute(&release_op, args, nulls, false, 0);
+	spi_note_ready_lanes(1);
+	return true;
 }

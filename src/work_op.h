@@ -72,6 +72,7 @@ typedef struct WorkOp
 								 * linked to the subject, else NULL */
 	char	   *attributes;		/* JSON object, as text */
 	int			attempt;		/* 1 for the first attempt */
+	int64		lane_id;		/* the subject's lane */
 	MemoryContext cxt;			/* owns the WorkOp and all it points to */
 
 	/* protocol state */

@@ -17,6 +17,8 @@
 #include "utils/guc.h"
 
 #include "claim_cursor.h"
+#include "worker.h"
+#include "worker_shmem.h"
 #include "xprov.h"
 
 PG_MODULE_MAGIC;
@@ -158,5 +160,9 @@ _PG_init(void)
 	MarkGUCPrefixReserved("xprov");
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		claim_cursor_shmem_init();
+		worker_shmem_init();
+		worker_register_launcher();
+	}
 }

@@ -1,0 +1,27 @@
+/*-------------------------------------------------------------------------
+ *
+ * outcome.h
+ *	  Recording outcomes of leased operations, for the background worker.
+ *
+ * The SQL functions xprov.complete/fail/retry/skip/cancel live in
+ * outcome.c too.  These entry points take the worker's lease tag and skip
+ * (with a log line) operations it no longer holds.  The caller is connected
+ * to SPI inside a transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTCOME_H
+#define OUTCOME_H
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+extern int	outcome_complete(const pg_uuid_t *ids, int count, char **target_uids,
+							 Jsonb **results, int64 leased_by);
+extern bool outcome_fail(const pg_uuid_t *id, const char *error, bool permanent,
+						 int retry_after_ms, int http_status, int64 leased_by);
+extern bool outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error,
+							int http_status, int64 leased_by);
+
+#endif							/* OUTCOME_H */

@@ -1,0 +1,522 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background worker: claims operations, executes them, records what
+ *	  happened.
+ *
+ * One loop, one wait point.  Each turn of the loop may run one short
+ * transaction that records the outcomes gathered since the last one and
+ * claims the next batch; then, with no transaction or snapshot open, noop
+ * operations complete on the spot and the others are driven through their
+ * connector protocol over HTTP.  The only sleep is http_engine_wait(),
+ * which also watches the latch: enqueueing transactions set it when they
+ * commit, so new work is picked up at once; a timer covers retries coming
+ * due and anything nobody announced.
+ *
+ * Leases carry the worker's epoch: whatever a dead predecessor of this slot
+ * held is returned when the slot starts again.  On SIGTERM the worker gives
+ * back what it holds and exits.  Errors in a transaction are logged and
+ * the loop goes on; nothing here may crash the server.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "claim_cursor.h"
+#include "connector.h"
+#include "dispatch.h"
+#include "http.h"
+#include "protocol.h"
+#include "worker.h"
+#include "worker_shmem.h"
+#include "worker_store.h"
+#include "xprov.h"
+
+#define MAX_DONE_PER_WAIT 64
+
+typedef struct Worker
+{
+	int			slot;
+	int64		tag;			/* lease tag: epoch * slots + slot; 0 before start */
+	Oid			extension;		/* xprov's oid when last seen */
+	MemoryContext batch_cxt;	/* claim results; reset after each transaction */
+	MemoryContext ops_cxt;		/* parent of each WorkOp's own context */
+
+	FinishedWork finished;		/* outcomes to record in the next transaction */
+	WorkOp	   *finished_tail;
+	WorkOp	   *claimed;		/* HTTP operations claimed, not yet started */
+	int			held;			/* HTTP operations in memory */
+	bool		want_claim;
+	TimestampTz last_look;
+	int64		done;
+	int64		failed;
+} Worker;
+
+static Worker w;
+
+static void
+finish_op(WorkOp *op)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (op->outcome.kind == OUTCOME_CONNECTOR)
+	{
+		dispatch_connector_failed(op, now);
+		op->outcome.retry_after_ms = dispatch_resume_delay_ms(&op->connector_id, now);
+	}
+	if (op->outcome.kind == OUTCOME_DEAD)
+		ereport(LOG,
+				errmsg("xprov worker: operation %s (%s) dead-lettered: %s",
+					   op->id_text, op_type_name(op->type),
+					   op->outcome.error ? op->outcome.error : "no detail"));
+	op->next = NULL;
+	if (w.finished_tail)
+		w.finished_tail->next = op;
+	else
+		w.finished.ops = op;
+	w.finished_tail = op;
+}
+
+static const Protocol *
+protocol_of(const Connector *connector)
+{
+	return connector->kind == CONNECTOR_SCIM2 ? &scim2_protocol : &rest_protocol;
+}
+
+/*
+ * Run one protocol step in the operation's own memory context.  The
+ * connector is looked up each time: its settings may have been refreshed
+ * since the last step.
+ */
+static void
+step_op(WorkOp *op, const HttpResponse *response)
+{
+	const char *error = NULL;
+	MemoryContext old;
+	bool		more;
+
+	op->connector = dispatch_connector(&op->connector_id, &error);
+	if (op->connector == NULL)
+	{
+		op->outcome.kind = OUTCOME_CONNECTOR;
+		op->outcome.error = MemoryContextStrdup(op->cxt, error);
+		finish_op(op);
+		return;
+	}
+	old = MemoryContextSwitchTo(op->cxt);
+	op->request = NULL;
+	if (response == NULL)
+		more = protocol_of(op->connector)->begin(op);
+	else
+		more = protocol_of(op->connector)->resume(op, response);
+	MemoryContextSwitchTo(old);
+
+	if (more && op->request != NULL)
+		dispatch_submit(op);
+	else
+	{
+		if (op->outcome.kind == OUTCOME_NONE)
+		{
+			op->outcome.kind = OUTCOME_RETRY;
+			op->outcome.retry_after_ms = -1;
+			op->outcome.error = MemoryContextStrdup(op->cxt, "protocol stopped without an outcome");
+		}
+		finish_op(op);
+	}
+}
+
+static bool
+has_finished_work(void)
+{
+	return w.finished.nnoop > 0 || w.finished.ops != NULL;
+}
+
+static void
+forget_finished(void)
+{
+	WorkOp	   *op = w.finished.ops;
+
+	while (op)
+	{
+		WorkOp	   *next = op->next;
+
+		w.held--;
+		MemoryContextDelete(op->cxt);
+		op = next;
+	}
+	w.finished.ops = w.finished_tail = NULL;
+	w.finished.noop_ids = NULL;
+	w.finished.nnoop = 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Transactions
+ */
+
+typedef void (*TransactionBody) (void *arg);
+
+/*
+ * Run body in a transaction of its own.  An error is logged and recorded in
+ * xprov.worker_status(); the worker carries on.
+ */
+static bool
+run_transaction(TransactionBody body, void *arg, const char *activity)
+{
+	MemoryContext old = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, activity);
+		body(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				errmsg("xprov worker %d: %s failed: %s", w.slot, activity, edata->message));
+		worker_slot_set_error(edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
+}
+
+/*
+ * Whether xprov is installed in this database.  When it was dropped, or
+ * dropped and created again, everything the worker knew is void.
+ */
+static bool
+check_extension(void)
+{
+	Oid			extension = get_extension_oid("xprov", true);
+
+	if (extension != w.extension)
+	{
+		w.extension = extension;
+		w.tag = 0;
+		claim_cursor_forget_database();
+	}
+	if (!OidIsValid(extension))
+		return false;
+	if (w.tag == 0)
+	{
+		w.tag = store_begin_epoch(w.slot);
+		worker_slot_set_epoch(w.tag / WORKER_TAG_SLOTS);
+	}
+	return true;
+}
+
+static int
+claim_capacity(void)
+{
+	int			max_held = Max(xprov_max_in_flight * 2, xprov_batch_size);
+
+	return Min(xprov_batch_size, max_held - w.held);
+}
+
+static void
+record_and_claim(void *arg)
+{
+	bool		claim = *(bool *) arg;
+	ClaimResult result;
+	Datum		paused;
+	int			capacity;
+
+	if (!check_extension())
+	{
+		forget_finished();
+		return;
+	}
+	if (has_finished_work())
+	{
+		store_record(&w.finished, w.tag, &w.done, &w.failed);
+		forget_finished();
+	}
+
+	capacity = claim_capacity();
+	if (!claim || capacity <= 0)
+		return;
+	/* the noop ids just recorded lived here */
+	MemoryContextReset(w.batch_cxt);
+	dispatch_paused(GetCurrentTimestamp(), &paused);
+	store_claim(capacity, w.tag, paused, w.batch_cxt, w.ops_cxt, &result);
+	w.want_claim = result.claimed >= capacity;
+
+	/* noop operations are done; they are recorded in the next transaction */
+	w.finished.noop_ids = result.noop_ids;
+	w.finished.nnoop = result.nnoop;
+	w.claimed = result.http_ops;
+	for (WorkOp *op = result.http_ops; op; op = op->next)
+		w.held++;
+}
+
+/*
+ * Recording a batch failed: record each operation alone, so that one bad
+ * outcome cannot hold back the others; what still fails is dropped here
+ * (its lease comes back when this worker restarts, or when it runs out).
+ */
+static void
+record_one_by_one(void)
+{
+	FinishedWork all = w.finished;
+	bool		no_claim = false;
+
+	w.finished.ops = w.finished_tail = NULL;
+	w.finished.nnoop = 0;
+	for (int i = 0; i < all.nnoop; i++)
+	{
+		w.finished.noop_ids = &all.noop_ids[i];
+		w.finished.nnoop = 1;
+		if (!run_transaction(record_and_claim, &no_claim, "recording an outcome"))
+			w.finished.nnoop = 0;
+	}
+	for (WorkOp *op = all.ops, *next; op; op = next)
+	{
+		next = op->next;
+		op->next = NULL;
+		w.finished.ops = w.finished_tail = op;
+		if (!run_transaction(record_and_claim, &no_claim, "recording an outcome"))
+			forget_finished();
+	}
+}
+
+static void
+transaction_step(bool claim)
+{
+	if (!run_transaction(record_and_claim, &claim, "claiming operations") && has_finished_work())
+		record_one_by_one();
+	w.last_look = GetCurrentTimestamp();
+	worker_slot_count(w.done, w.failed);
+	w.done = w.failed = 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Signals
+ */
+
+static void
+give_back_everything(void)
+{
+	WorkOp	   *waiting = dispatch_take_all_waiting();
+
+	http_engine_abandon_all();
+	for (WorkOp *op = waiting, *next; op; op = next)
+	{
+		next = op->next;
+		op->outcome.kind = OUTCOME_RELEASE;
+		op->outcome.retry_after_ms = 0;
+		finish_op(op);
+	}
+	for (WorkOp *op = w.claimed, *next; op; op = next)
+	{
+		next = op->next;
+		op->outcome.kind = OUTCOME_RELEASE;
+		op->outcome.retry_after_ms = 0;
+		finish_op(op);
+	}
+	w.claimed = NULL;
+}
+
+/*
+ * SIGTERM: return the leases (in-flight requests are abandoned; their
+ * operations run again, and the protocols' correlation keeps a repeated
+ * create from making a duplicate), then exit.  The die-pending flag is
+ * lowered for that one short transaction, so that lock_timeout can still
+ * cancel it; a second SIGTERM raises it again and ends the process at once.
+ */
+static void
+shut_down(void)
+{
+	bool		no_claim = false;
+
+	worker_slot_set_state("stopping");
+	give_back_everything();
+	ProcDiePending = false;
+	InterruptPending = false;
+	SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE);
+	if (w.tag != 0 && (has_finished_work()))
+		run_transaction(record_and_claim, &no_claim, "returning leases");
+	ProcDiePending = true;
+	InterruptPending = true;
+	CHECK_FOR_INTERRUPTS();
+	proc_exit(1);
+}
+
+static void
+handle_signals(void)
+{
+	if (ProcDiePending)
+		shut_down();
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * The loop
+ */
+
+static void
+start_claimed(void)
+{
+	WorkOp	   *op = w.claimed;
+
+	w.claimed = NULL;
+	while (op)
+	{
+		WorkOp	   *next = op->next;
+
+		op->next = NULL;
+		step_op(op, NULL);
+		op = next;
+	}
+}
+
+static void
+collect_released(void)
+{
+	WorkOp	   *op = dispatch_take_released();
+
+	while (op)
+	{
+		WorkOp	   *next = op->next;
+
+		finish_op(op);
+		op = next;
+	}
+}
+
+/* How long the wait may sleep, in ms. */
+static long
+wait_timeout(TimestampTz now, long pump_ms)
+{
+	long		timeout = xprov_worker_nap_ms;
+	TimestampTz due;
+
+	if (has_finished_work() || (w.want_claim && claim_capacity() > 0))
+		return 0;
+	due = claim_cursor_next_due(CLAIMANT_WORKER);
+	if (due != DT_NOEND)
+		timeout = Min(timeout, due <= now ? 0 : (long) ((due - now) / 1000) + 1);
+	if (pump_ms >= 0)
+		timeout = Min(timeout, pump_ms);
+	return timeout;
+}
+
+static void
+handle_responses(HttpRequest **done, int ndone)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < ndone; i++)
+	{
+		WorkOp	   *op = (WorkOp *) done[i]->owner;
+
+		dispatch_response(op, &done[i]->response, now);
+		step_op(op, &done[i]->response);
+	}
+}
+
+static void
+worker_loop(void)
+{
+	for (;;)
+	{
+		HttpRequest *done[MAX_DONE_PER_WAIT];
+		TimestampTz now;
+		long		pump_ms;
+		long		timeout;
+		bool		latch_set = false;
+		int			ndone;
+
+		handle_signals();
+		collect_released();
+
+		now = GetCurrentTimestamp();
+		if (!w.want_claim && TimestampDifferenceExceeds(w.last_look, now, xprov_worker_nap_ms))
+			w.want_claim = true;
+		if (has_finished_work() || (w.want_claim && claim_capacity() > 0))
+		{
+			worker_slot_set_state("claiming");
+			transaction_step(w.want_claim);
+		}
+		start_claimed();
+
+		now = GetCurrentTimestamp();
+		pump_ms = dispatch_pump(now);
+		collect_released();
+		timeout = wait_timeout(now, pump_ms);
+		worker_slot_set_load(dispatch_in_flight(), dispatch_paused(now, NULL));
+		worker_slot_set_state(dispatch_in_flight() > 0 ? "requests in flight" :
+							  w.held > 0 ? "waiting" : "idle");
+
+		ndone = http_engine_wait(timeout, done, MAX_DONE_PER_WAIT, &latch_set);
+		if (latch_set)
+		{
+			ResetLatch(MyLatch);
+			w.want_claim = true;
+		}
+		handle_responses(done, ndone);
+		if (claim_cursor_next_due(CLAIMANT_WORKER) <= GetCurrentTimestamp())
+			w.want_claim = true;
+	}
+}
+
+void
+xprov_worker_main(Datum arg)
+{
+	memset(&w, 0, sizeof(w));
+	w.slot = DatumGetInt32(arg);
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(xprov_database_name, NULL, 0);
+	pgstat_report_appname("xprov worker");
+
+	worker_slot_attach(w.slot);
+	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov claim batch",
+										ALLOCSET_DEFAULT_SIZES);
+	w.ops_cxt = AllocSetContextCreate(TopMemoryContext, "xprov operations",
+									  ALLOCSET_DEFAULT_SIZES);
+	http_engine_init();
+	dispatch_init();
+	w.want_claim = true;
+	ereport(LOG, errmsg("xprov worker %d started on database \"%s\"", w.slot, xprov_database_name));
+	worker_loop();
+}
