@@ -509,6 +509,12 @@ xprov_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnection(xprov_database_name, NULL, 0);
 	pgstat_report_appname("xprov worker");
 
+	/*
+	 * When DDL (DROP EXTENSION, say) and a worker transaction deadlock, the
+	 * worker's transaction is the one to give way: it is retried anyway.
+	 */
+	SetConfigOption("deadlock_timeout", "50", PGC_SUSET, PGC_S_OVERRIDE);
+
 	worker_slot_attach(w.slot);
 	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov claim batch",
 										ALLOCSET_DEFAULT_SIZES);

@@ -9,6 +9,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -113,6 +115,27 @@ worker_wake_at_commit(void)
 			procno >= 0 && procno < (int) ProcGlobal->allProcCount)
 			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
+}
+
+/*
+ * Ask the workers connected to a database to exit (DROP DATABASE).  Only
+ * pids published by our own workers are signalled.
+ */
+void
+worker_stop_for_database(Oid dboid)
+{
+	int			pids[XPROV_MAX_WORKERS];
+	int			count = 0;
+
+	if (worker_shared == NULL)
+		return;
+	SpinLockAcquire(&worker_shared->mutex);
+	for (int i = 0; i < XPROV_MAX_WORKERS; i++)
+		if (worker_shared->slots[i].pid != 0 && worker_shared->slots[i].dboid == dboid)
+			pids[count++] = worker_shared->slots[i].pid;
+	SpinLockRelease(&worker_shared->mutex);
+	for (int i = 0; i < count; i++)
+		kill(pids[i], SIGTERM);
 }
 
 void

@@ -23,6 +23,7 @@ extern void worker_shmem_init(void);
 
 /* backends */
 extern void worker_wake_at_commit(void);
+extern void worker_stop_for_database(Oid dboid);
 
 /* the launcher */
 extern void worker_shmem_set_launcher(int pid);

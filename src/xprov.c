@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 
 #include "claim_cursor.h"
+#include "drop_database.h"
 #include "worker.h"
 #include "worker_shmem.h"
 #include "xprov.h"
@@ -164,5 +165,6 @@ _PG_init(void)
 		claim_cursor_shmem_init();
 		worker_shmem_init();
 		worker_register_launcher();
+		drop_database_install_hook();
 	}
 }
