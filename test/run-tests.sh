@@ -40,7 +40,7 @@
 # PG_CONFIG (pg_config of the PostgreSQL to build for and test against;
 # default: the one on PATH), XPROV_PGBIN (its bin dir; default
 # `$PG_CONFIG --bindir`), XPROV_SCIM_PORT (18301), XPROV_REST_PORT (18302),
-# XPROV_TARGETS_DIR (test/targets).
+# XPROV_TARGETS_DIR (test/targets); process tests may read more (see each).
 
 set -euo pipefail
 

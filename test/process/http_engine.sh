@@ -12,7 +12,8 @@
 #  - a response over xprov.max_response_size is cut, and a create that needs
 #    it is retried;
 #  - the server log shows no crashed backend.
-# Exit 0 = pass.
+# Exit 0 = pass.  Environment: XPROV_PROC_REST_PORT (the target's port,
+# default 18303), XPROV_TARGETS_DIR (test/targets).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
