@@ -88,6 +88,7 @@ typedef struct ScimState
 	bool		patch_unsupported;	/* this provider answered 405/501 */
 	char	   *etag;			/* version of the resource READ got */
 	char	   *put_body;		/* merged resource for the PUT */
+	char	   *conflict;		/* create: the provider's words on its 409 */
 	char	   *what;			/* "METHOD path" of the request in flight */
 } ScimState;
 
@@ -316,8 +317,7 @@ complete(WorkOp *op, const HttpResponse *response, char *target_uid, char *resul
 
 /*
  * "HTTP 400 invalidValue: userName is required" from a SCIM error body
- * (RFC 7644 §3.12; status may be a string or a number), or NULL when the
- * body is not one.
+ * (RFC 7644 §3.12), or NULL when the body is not one.
  */
 static char *
 scim_error_text(const HttpResponse *response)
@@ -449,7 +449,7 @@ send_lookup(WorkOp *op, ScimStep step)
 	appendStringInfoString(&query, "filter=");
 	append_pct_encoded(&query, filter.data);
 	appendStringInfoString(&query, "&count=2");
-	if (strcmp(op->object_class, "group") == 0)
+	if (pg_strcasecmp(op->object_class, "group") == 0)
 		appendStringInfoString(&query, "&excludedAttributes=members");
 	return send_request(op, step, "GET", st->endpoint, query.data, NULL, NULL);
 }
@@ -503,16 +503,49 @@ desired_changes(const WorkOp *op)
 	return changes;
 }
 
+/* One operation: "remove" for a JSON null, else "replace" with the value. */
 static void
-add_patch_op(cJSON *operations, const char *op_name, const char *path, const cJSON *value)
+add_patch_op(cJSON *operations, const char *path, const cJSON *value)
 {
 	cJSON	   *op = json_check(cJSON_CreateObject());
 
 	json_append(operations, op);
-	json_add(op, "op", cJSON_CreateString(op_name));
+	json_add(op, "op", cJSON_CreateString(cJSON_IsNull(value) ? "remove" : "replace"));
 	json_add(op, "path", cJSON_CreateString(path));
-	if (value != NULL)
+	if (!cJSON_IsNull(value))
 		json_add(op, "value", cJSON_Duplicate(value, true));
+}
+
+/*
+ * The operations for one complex attribute: its null sub-attributes are
+ * removed one by one; the others are replaced together, which leaves the
+ * sub-attributes not mentioned alone (RFC 7644 §3.5.2.3).  Extension
+ * attributes, grouped under their schema URN, are set one by one
+ * ("urn:...:enterprise:2.0:User:department"): a path that is a bare URN is
+ * not one that providers agree on.
+ */
+static void
+add_complex_ops(cJSON *operations, const cJSON *item)
+{
+	bool		extension = is_schema_urn(item->string);
+	cJSON	   *rest = json_check(cJSON_CreateObject());
+	const cJSON *sub;
+
+	cJSON_ArrayForEach(sub, item)
+	{
+		if (extension || cJSON_IsNull(sub))
+		{
+			char	   *path = psprintf("%s%c%s", item->string, extension ? ':' : '.', sub->string);
+
+			add_patch_op(operations, path, sub);
+			pfree(path);
+		}
+		else
+			json_add(rest, sub->string, cJSON_Duplicate(sub, true));
+	}
+	if (rest->child != NULL)
+		add_patch_op(operations, item->string, rest);
+	cJSON_Delete(rest);
 }
 
 /*
@@ -520,10 +553,8 @@ add_patch_op(cJSON *operations, const char *op_name, const char *path, const cJS
  * with the attribute as its path, and one "remove" per JSON null.  Paths
  * rather than one path-less replace of an object, because removals need a
  * path anyway, path-less replace is where providers disagree most, and a
- * provider's invalidPath error then names the attribute.  Extension
- * attributes get one operation per sub-attribute
- * ("urn:...:enterprise:2.0:User:department"), so that setting one of them
- * leaves the others alone.  Returns NULL when there is nothing to change.
+ * provider's invalidPath error then names the attribute.  Returns NULL when
+ * there is nothing to change.
  */
 static char *
 build_patch(const cJSON *changes)
@@ -539,22 +570,10 @@ build_patch(const cJSON *changes)
 	json_add(patch, "Operations", operations);
 	cJSON_ArrayForEach(item, changes)
 	{
-		if (is_schema_urn(item->string) && cJSON_IsObject(item))
-		{
-			const cJSON *sub;
-
-			cJSON_ArrayForEach(sub, item)
-			{
-				char	   *path = psprintf("%s:%s", item->string, sub->string);
-
-				add_patch_op(operations, cJSON_IsNull(sub) ? "remove" : "replace", path,
-							 cJSON_IsNull(sub) ? NULL : sub);
-				pfree(path);
-			}
-		}
+		if (cJSON_IsObject(item))
+			add_complex_ops(operations, item);
 		else
-			add_patch_op(operations, cJSON_IsNull(item) ? "remove" : "replace", item->string,
-						 cJSON_IsNull(item) ? NULL : item);
+			add_patch_op(operations, item->string, item);
 	}
 	if (cJSON_GetArraySize(operations) > 0)
 		text = json_take(cJSON_PrintUnformatted(patch));
@@ -597,9 +616,9 @@ add_schemas(cJSON *resource, const char *object_class)
 	if (schemas != NULL)
 		return;					/* the caller's choice stands */
 	schemas = json_check(cJSON_CreateArray());
-	if (strcmp(object_class, "user") == 0)
+	if (pg_strcasecmp(object_class, "user") == 0)
 		json_append(schemas, cJSON_CreateString(SCIM_USER_SCHEMA));
-	else if (strcmp(object_class, "group") == 0)
+	else if (pg_strcasecmp(object_class, "group") == 0)
 		json_append(schemas, cJSON_CreateString(SCIM_GROUP_SCHEMA));
 	cJSON_ArrayForEach(item, resource)
 	{
@@ -806,7 +825,12 @@ on_post(WorkOp *op, const HttpResponse *response)
 	/* 409: someone holds the account's unique value; who? */
 	scim_type = scim_error_type(response);
 	if (st->match_value != NULL && (scim_type == NULL || strcmp(scim_type, "uniqueness") == 0))
+	{
+		st->conflict = scim_error_text(response);
+		if (st->conflict == NULL)
+			st->conflict = pstrdup("HTTP 409");
 		return send_lookup(op, STEP_RELOOKUP);
+	}
 	classify(op, response);
 	op->outcome.kind = OUTCOME_DEAD;	/* a 409 never heals by itself */
 	return false;
@@ -824,8 +848,8 @@ on_no_account(WorkOp *op, const HttpResponse *response)
 		return send_post(op);
 	if (op->step == STEP_RELOOKUP)
 		return fail_dead(op, response,
-						 psprintf("POST %s: HTTP 409 (the account conflicts with an existing one), but no account on the target has %s \"%s\"; the provider's uniqueness rule and filter disagree",
-								  st->endpoint, st->match_attr, st->match_value));
+						 psprintf("POST %s: %s; but no account on the target has %s \"%s\", so there is none to link",
+								  st->endpoint, st->conflict, st->match_attr, st->match_value));
 	if (op->type == OP_DELETE)
 		return complete(op, response, NULL, pstrdup("{\"already_deleted\": true}"), true);
 	return fail_dead(op, response,
@@ -1054,7 +1078,7 @@ scim2_begin(WorkOp *op)
 	op->redo = 0;
 	st->endpoint = connector_endpoint(op->connector, op->object_class);
 	st->match_attr = op->connector->match_attribute ? op->connector->match_attribute :
-		strcmp(op->object_class, "group") == 0 ? "displayName" : "userName";
+		pg_strcasecmp(op->object_class, "group") == 0 ? "displayName" : "userName";
 	st->match_value = match_value(op, st->match_attr);
 	st->what = pstrdup(op_type_name(op->type));
 
