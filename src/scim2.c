@@ -740,11 +740,11 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 		if (found != NULL && (!cJSON_IsString(found) ||
 							  pg_strcasecmp(found->valuestring, st->match_value) != 0))
 		{
-			cJSON_Delete(list);
 			fail_dead(op, response,
 					  psprintf("%s: the filter %s eq \"%s\" returned account %s whose %s differs; the provider does not seem to apply filters, so the account cannot be matched safely",
 							   st->what, st->match_attr, st->match_value,
 							   clip_detail(id->valuestring), st->match_attr));
+			cJSON_Delete(list);
 			return LOOKUP_FAILED;
 		}
 		*uid = pstrdup(id->valuestring);
