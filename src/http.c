@@ -487,8 +487,10 @@ build_headers(EasySlot *slot, const HttpRequest *request,
 			return false;
 	return add_header(slot, "X-Request-Id", request_id) &&
 		add_header(slot, HTTP_USER_AGENT, NULL) &&
-		(request->content_type == NULL ||
-		 add_header(slot, "Content-Type", request->content_type)) &&
+		/* without a type of its own a body would go as a form */
+		(request->content_type != NULL ?
+		 add_header(slot, "Content-Type", request->content_type) :
+		 add_header(slot, "Content-Type:", NULL)) &&
 		(request->accept == NULL || add_header(slot, "Accept", request->accept)) &&
 		(request->if_match == NULL || add_header(slot, "If-Match", request->if_match)) &&
 		/* no 100-continue round trip before bodies */
@@ -499,24 +501,24 @@ static void
 set_method(CURL *easy, const HttpRequest *request)
 {
 	const char *method = request->method;
+	const char *body = request->body;
 
-	if (request->body != NULL)
+	/* a POST always has a body, if only an empty one */
+	if (body == NULL && strcmp(method, "POST") == 0)
+		body = "";
+	if (body != NULL)
 	{
-		size_t		len = strlen(request->body);
-
 		/*
 		 * libcurl copies the body, so a transfer never reads memory the
 		 * caller may have freed (after an error, say).
 		 */
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
-		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, request->body);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(body));
+		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body);
 	}
-	else if (strcmp(method, "POST") == 0)
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, 0L);
 
 	if (strcmp(method, "HEAD") == 0)
 		curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
-	else if (strcmp(method, "GET") == 0 && request->body == NULL)
+	else if (strcmp(method, "GET") == 0 && body == NULL)
 		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
 	else if (strcmp(method, "POST") != 0)
 		curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);

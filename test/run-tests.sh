@@ -14,6 +14,9 @@
 #     test does CREATE EXTENSION itself; database contrib_regression).
 #  5. pgTAP: pg_prove over test/pgtap/*.sql, in sorted order, all in ONE
 #     database ($XPROV_TAP_DB, default xprov_tap) created fresh for the suite.
+#     The test targets (test/targets/scim_server.py, rest_server.py) run
+#     meanwhile on 127.0.0.1:$XPROV_SCIM_PORT and :$XPROV_REST_PORT; pg_prove
+#     passes their base URLs as the psql variables scim_url and rest_url.
 #     Each file starts with
 #         CREATE EXTENSION IF NOT EXISTS pgtap;
 #         CREATE EXTENSION IF NOT EXISTS xprov;
@@ -33,7 +36,11 @@
 #
 # Environment: XPROV_PORT (55432), XPROV_TAP_DB (xprov_tap),
 # XPROV_SUITE_TIMEOUT (seconds per suite / process script, default 1200),
-# XPROV_KEEP_CLUSTER=1 (keep the cluster dir for inspection).
+# XPROV_KEEP_CLUSTER=1 (keep the cluster dir for inspection),
+# PG_CONFIG (pg_config of the PostgreSQL to build for and test against;
+# default: the one on PATH), XPROV_PGBIN (its bin dir; default
+# `$PG_CONFIG --bindir`), XPROV_SCIM_PORT (18301), XPROV_REST_PORT (18302),
+# XPROV_TARGETS_DIR (test/targets); process tests may read more (see each).
 
 set -euo pipefail
 
@@ -43,7 +50,16 @@ export XPROV_ROOT=$ROOT
 export XPROV_PORT="${XPROV_PORT:-55432}"
 TAP_DB="${XPROV_TAP_DB:-xprov_tap}"
 SUITE_TIMEOUT="${XPROV_SUITE_TIMEOUT:-1200}"
-PGBIN=/usr/lib/postgresql/15/bin
+# make reads PG_CONFIG from the environment too, so build and tests agree.
+export PG_CONFIG="${PG_CONFIG:-pg_config}"
+if [ -z "${XPROV_PGBIN:-}" ]; then
+	XPROV_PGBIN=$("$PG_CONFIG" --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+fi
+export XPROV_PGBIN
+PGBIN=$XPROV_PGBIN
+SCIM_PORT="${XPROV_SCIM_PORT:-18301}"
+REST_PORT="${XPROV_REST_PORT:-18302}"
+TARGETS_DIR="${XPROV_TARGETS_DIR:-test/targets}"
 
 
 # Extra postgresql.conf lines for the suite's cluster (see test/lib/cluster.sh).
@@ -71,6 +87,49 @@ fail()
 	failures+=("$1")
 	show_diagnostics=1
 }
+
+# Test targets: HTTP servers that the connector tests talk to.
+target_pids=()
+
+# start_target SCRIPT PORT: start a target in the background and wait for
+# its "listening on 127.0.0.1:PORT" line; its output goes to results/targets/.
+start_target()
+{
+	local script=$1 port=$2 log pid i
+
+	log=results/targets/$(basename "$script" .py).log
+	mkdir -p results/targets
+	if [ ! -f "$script" ]; then
+		echo "test target $script not found" >&2
+		return 1
+	fi
+	python3 "$script" --port "$port" >"$log" 2>&1 &
+	pid=$!
+	target_pids+=("$pid")
+	for i in $(seq 1 100); do
+		grep -q "^listening on 127.0.0.1:$port\$" "$log" && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "test target $script did not start on port $port:" >&2
+	cat "$log" >&2
+	return 1
+}
+
+stop_targets()
+{
+	local pid
+
+	for pid in "${target_pids[@]}"; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	target_pids=()
+}
+
+# Set before cluster_start, so that test/lib/cluster.sh keeps it in its own
+# EXIT trap: the targets go away however the script ends.
+trap stop_targets EXIT
 
 summary_and_exit()
 {
@@ -163,6 +222,9 @@ elif ! PGOPTIONS="-c client_min_messages=warning" cluster_psql -d postgres \
 		-c "CREATE DATABASE $TAP_DB"; then
 	fail "pgTAP: create database $TAP_DB"
 else
+	# Files that need no target still run when a target cannot start.
+	start_target "$TARGETS_DIR/scim_server.py" "$SCIM_PORT" || fail "test target scim_server.py"
+	start_target "$TARGETS_DIR/rest_server.py" "$REST_PORT" || fail "test target rest_server.py"
 	for f in "${tap_files[@]}"; do
 		# One pg_prove per file: exact per-file status, and a hung file is
 		# cut off without losing the others' results.
@@ -172,6 +234,8 @@ else
 		out=$(PGOPTIONS="-c client_min_messages=warning" \
 			timeout --kill-after=30 "$SUITE_TIMEOUT" \
 			pg_prove --psql-bin "$PGBIN/psql" -d "$TAP_DB" --nocolor -f "$f" \
+			-S "scim_url=http://127.0.0.1:$SCIM_PORT/scim/v2" \
+			-S "rest_url=http://127.0.0.1:$REST_PORT/rest" \
 			</dev/null 2>&1) || rc=$?
 		printf '%s\n' "$out" | grep -vE '^(All tests successful\.|Files=1, |Result: PASS)' || true
 		if [ "$rc" -eq 0 ]; then
@@ -180,6 +244,7 @@ else
 			fail "pgTAP: $f"
 		fi
 	done
+	stop_targets
 fi
 
 # --------------------------------------------------------------------------

@@ -11,19 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export XPROV_PORT="${XPROV_PORT:-55461}"
 . test/lib/cluster.sh
 
-failures=0
-check()
-{
-	local what="$1" got="$2" want="$3"
-
-	if [ "$got" = "$want" ]; then
-		echo "ok - $what"
-	else
-		echo "not ok - $what: got '$got', want '$want'"
-		failures=$((failures + 1))
-	fi
-}
-q() { psql -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+. test/lib/check.sh
 
 cluster_start >/dev/null
 q "CREATE EXTENSION xprov" >/dev/null
