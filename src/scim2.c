@@ -163,13 +163,49 @@ json_append(cJSON *array, cJSON *item)
 				errmsg("out of memory"));
 }
 
+/*
+ * JSON text as a tree, or NULL when it is not JSON.  Trailing bytes after
+ * the value are refused (cJSON would stop before them): such a body is not
+ * JSON to PostgreSQL either.
+ */
+static cJSON *
+parse_json(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON	   *tree = cJSON_ParseWithLengthOpts(text, len, &end, false);
+
+	while (tree != NULL && end < text + len)
+	{
+		if (!isspace((unsigned char) *end++))
+		{
+			cJSON_Delete(tree);
+			return NULL;
+		}
+	}
+	return tree;
+}
+
 /* A response body as a JSON tree, or NULL when there is none or it is not JSON. */
 static cJSON *
 parse_body(const HttpResponse *response)
 {
 	if (response->body == NULL || response->body_len == 0 || response->body_truncated)
 		return NULL;
-	return cJSON_ParseWithLength(response->body, response->body_len);
+	return parse_json(response->body, response->body_len);
+}
+
+/*
+ * Text from a provider that we keep (an id, a version) must be valid in the
+ * database encoding, or storing it fails, and free of control characters,
+ * which could split the header it is sent back in.
+ */
+static bool
+is_clean_text(const char *text)
+{
+	for (const unsigned char *p = (const unsigned char *) text; *p; p++)
+		if (*p < 0x20 || *p == 0x7F)
+			return false;
+	return pg_verifymbstr(text, strlen(text), true);
 }
 
 /* Follow a dotted attribute path ("name.familyName"), names case-insensitive as in SCIM. */
@@ -266,17 +302,41 @@ append_filter_literal(StringInfo buf, const char *value)
 	appendStringInfoChar(buf, '"');
 }
 
-/* At most MAX_DETAIL_CHARS of a provider's text, cut on a character boundary. */
+/*
+ * A provider's text fit for an error message: at most MAX_DETAIL_CHARS
+ * bytes of whole characters, control characters as spaces and bytes that
+ * are invalid in the database encoding as '?', as it is stored as text.
+ */
 static char *
 clip_detail(const char *text)
 {
+	int			encoding = GetDatabaseEncoding();
 	int			len = strlen(text);
+	StringInfoData buf;
+	int			i = 0;
 
-	if (len <= MAX_DETAIL_CHARS)
-		return pstrdup(text);
-	/* cJSON strings are UTF-8 */
-	len = pg_encoding_mbcliplen(PG_UTF8, text, len, MAX_DETAIL_CHARS);
-	return psprintf("%.*s...", len, text);
+	initStringInfo(&buf);
+	while (i < len && buf.len < MAX_DETAIL_CHARS)
+	{
+		unsigned char c = (unsigned char) text[i];
+		int			n = 1;
+
+		if (c < 0x20 || c == 0x7F)
+			appendStringInfoChar(&buf, ' ');
+		else if (c < 0x80)
+			appendStringInfoChar(&buf, (char) c);
+		else if ((n = pg_encoding_verifymbchar(encoding, text + i, len - i)) > 0)
+			appendBinaryStringInfo(&buf, text + i, n);
+		else
+		{
+			appendStringInfoChar(&buf, '?');
+			n = 1;
+		}
+		i += n;
+	}
+	if (i < len)
+		appendStringInfoString(&buf, "...");
+	return buf.data;
 }
 
 /* ---------------------------------------------------------------- outcomes */
@@ -658,29 +718,32 @@ build_create(const WorkOp *op)
 }
 
 /*
- * A resource from a response as the operation's result: the body as the
- * provider sent it (no number reformatting) when it is a JSON object of
- * sane size, else NULL.  A linked account is marked "linked": true.
+ * A resource from a response as the operation's result: a JSON object of
+ * sane size, else NULL.  It is printed again rather than kept as sent,
+ * because cJSON accepts what PostgreSQL's JSON parser refuses (raw control
+ * characters in strings, \u0000).  A linked account is marked
+ * "linked": true.
  */
 static char *
 result_text(bool linked, const char *body, size_t len)
 {
-	cJSON	   *resource;
+	cJSON	   *resource = NULL;
 	char	   *text = NULL;
 
 	if (body != NULL && len > 0 && len <= MAX_RESULT_BYTES)
+		resource = parse_json(body, len);
+	if (cJSON_IsObject(resource))
 	{
-		resource = cJSON_ParseWithLength(body, len);
-		if (cJSON_IsObject(resource) && !linked)
-			text = pnstrdup(body, len);
-		else if (cJSON_IsObject(resource))
+		if (linked)
 		{
 			cJSON_DeleteItemFromObjectCaseSensitive(resource, "linked");
 			json_add(resource, "linked", cJSON_CreateTrue());
-			text = json_take(cJSON_PrintUnformatted(resource));
 		}
-		cJSON_Delete(resource);
+		text = json_take(cJSON_PrintUnformatted(resource));
+		if (!pg_verifymbstr(text, strlen(text), true))
+			text = NULL;
 	}
+	cJSON_Delete(resource);
 	if (text == NULL && linked)
 		text = pstrdup("{\"linked\": true}");
 	return text;
@@ -698,6 +761,17 @@ response_result(const WorkOp *op, const HttpResponse *response)
 
 /* ---------------------------------------------------------------- lookup */
 
+/* A resource's id, if it has one we can address and store. */
+static const char *
+resource_id(const cJSON *resource)
+{
+	const cJSON *id = cJSON_GetObjectItem(resource, "id");
+
+	if (!cJSON_IsString(id) || id->valuestring[0] == '\0' || !is_clean_text(id->valuestring))
+		return NULL;
+	return id->valuestring;
+}
+
 /*
  * Read a ListResponse.  With exactly one account, *uid gets its id and
  * *resource its JSON text.  The account must carry the match value (names
@@ -712,7 +786,7 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 	cJSON	   *list = parse_body(response);
 	const cJSON *total = cJSON_GetObjectItem(list, "totalResults");
 	const cJSON *first;
-	const cJSON *id;
+	const char *id;
 	const cJSON *found;
 	LookupResult result;
 
@@ -729,8 +803,8 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 	else
 	{
 		first = cJSON_GetArrayItem(cJSON_GetObjectItem(list, "Resources"), 0);
-		id = cJSON_GetObjectItem(first, "id");
-		if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
+		id = resource_id(first);
+		if (id == NULL)
 		{
 			cJSON_Delete(list);
 			fail_garbage(op, response, "a SCIM ListResponse (its one resource has no id)");
@@ -743,11 +817,11 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 			fail_dead(op, response,
 					  psprintf("%s: the filter %s eq \"%s\" returned account %s whose %s differs; the provider does not seem to apply filters, so the account cannot be matched safely",
 							   st->what, st->match_attr, st->match_value,
-							   clip_detail(id->valuestring), st->match_attr));
+							   clip_detail(id), st->match_attr));
 			cJSON_Delete(list);
 			return LOOKUP_FAILED;
 		}
-		*uid = pstrdup(id->valuestring);
+		*uid = pstrdup(id);
 		*resource = json_take(cJSON_PrintUnformatted(first));
 		result = LOOKUP_ONE;
 	}
@@ -798,14 +872,14 @@ on_post(WorkOp *op, const HttpResponse *response)
 {
 	ScimState  *st = scim_state(op);
 	cJSON	   *resource;
-	const cJSON *id;
+	const char *id;
 	char	   *scim_type;
 
 	if (!response->transport_failed && response->status >= 200 && response->status < 300)
 	{
 		resource = parse_body(response);
-		id = cJSON_GetObjectItem(resource, "id");
-		if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
+		id = resource_id(resource);
+		if (id == NULL)
 		{
 			cJSON_Delete(resource);
 
@@ -815,7 +889,7 @@ on_post(WorkOp *op, const HttpResponse *response)
 			 */
 			return fail_garbage(op, response, "a SCIM resource with an id");
 		}
-		set_uid(op, id->valuestring);
+		set_uid(op, id);
 		cJSON_Delete(resource);
 		return complete(op, response, st->uid, response_result(op, response), false);
 	}
@@ -962,7 +1036,8 @@ resource_version(const HttpResponse *response, const cJSON *resource)
 
 	if (response->etag != NULL && response->etag[0] != '\0')
 		return pstrdup(response->etag);
-	if (cJSON_IsString(version) && version->valuestring[0] != '\0')
+	if (cJSON_IsString(version) && version->valuestring[0] != '\0' &&
+		is_clean_text(version->valuestring))
 		return pstrdup(version->valuestring);
 	return NULL;
 }
