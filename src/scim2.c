@@ -10,24 +10,34 @@
  *	create	LOOKUP (GET <endpoint>?filter=<attr> eq "<value>")
  *			  0 accounts -> POST; 1 -> link, then converge (PATCH/PUT);
  *			  more -> dead (ambiguous: never pick one)
- *			POST: 201/200 with an id -> completed; 409 uniqueness (or no
- *			  scimType) -> RELOOKUP and link if exactly one account matches;
- *			  2xx without an id -> retry (the next attempt looks up first)
+ *			  (no match value in the attributes: POST at once)
+ *			POST: 2xx with an id -> completed; 409 uniqueness (or no
+ *			  scimType) -> RELOOKUP and link if exactly one account matches,
+ *			  else dead with the provider's detail; 2xx without an id ->
+ *			  retry (the next attempt looks up first)
  *	update	[FIND when target_uid is unknown] -> PATCH <endpoint>/<uid>;
  *			  405/501 or update_method "put" -> READ (GET) + merge + PUT with
- *			  If-Match; 412 -> READ again, at most MAX_PUT_REDO times
+ *			  If-Match; 412 -> READ again, at most MAX_PUT_REDO times;
+ *			  404 -> dead (retry while linking a create: it looks up again)
  *	enable,	the same as update with {"active": true|false}
  *	disable
- *	delete	[FIND] -> DELETE <endpoint>/<uid>; 200/204/404 -> completed
+ *	delete	[FIND] -> DELETE <endpoint>/<uid>; 200/204/404 -> completed,
+ *			  unlinked; FIND finding nothing -> completed, nothing to delete
  *
  * The correlation before a create is what makes a retried create safe: a
  * POST whose response was lost is found by the next attempt's LOOKUP and
  * linked instead of created twice.  For the same reason a 409 is never
  * retried blindly (peers loop on it forever): it is looked up and linked,
- * or dead-lettered with the provider's detail.
+ * or dead-lettered with the provider's detail.  A create ignores any uid
+ * the subject was linked to before; the lookup finds that account if it
+ * still exists.  A lookup's single hit must carry the match value: a
+ * provider that ignores filters must not make us link a stranger's account.
+ *
+ * Results: the resource the provider returned (POST, PATCH or PUT 200),
+ * with "linked": true when a create linked an existing account.
  *
  * Responses this protocol gives no special meaning go to protocol_classify();
- * a SCIM error body (status, scimType, detail) then replaces its error text.
+ * a SCIM error body (scimType, detail) then replaces its error text.
  *
  * Nothing here raises an error except palloc's out-of-memory: the worker
  * calls us with no transaction open.  cJSON allocates with malloc, so every
@@ -60,7 +70,7 @@
 /* How many times a PUT that met 412 Precondition Failed is redone. */
 #define MAX_PUT_REDO		3
 
-/* How much of a provider's error detail goes into an error text. */
+/* How many bytes of a provider's text an error message quotes. */
 #define MAX_DETAIL_CHARS	400
 
 typedef enum ScimStep
