@@ -10,24 +10,34 @@
  *	create	LOOKUP (GET <endpoint>?filter=<attr> eq "<value>")
  *			  0 accounts -> POST; 1 -> link, then converge (PATCH/PUT);
  *			  more -> dead (ambiguous: never pick one)
- *			POST: 201/200 with an id -> completed; 409 uniqueness (or no
- *			  scimType) -> RELOOKUP and link if exactly one account matches;
- *			  2xx without an id -> retry (the next attempt looks up first)
+ *			  (no match value in the attributes: POST at once)
+ *			POST: 2xx with an id -> completed; 409 uniqueness (or no
+ *			  scimType) -> RELOOKUP and link if exactly one account matches,
+ *			  else dead with the provider's detail; 2xx without an id ->
+ *			  retry (the next attempt looks up first)
  *	update	[FIND when target_uid is unknown] -> PATCH <endpoint>/<uid>;
  *			  405/501 or update_method "put" -> READ (GET) + merge + PUT with
- *			  If-Match; 412 -> READ again, at most MAX_PUT_REDO times
+ *			  If-Match; 412 -> READ again, at most MAX_PUT_REDO times;
+ *			  404 -> dead (retry while linking a create: it looks up again)
  *	enable,	the same as update with {"active": true|false}
  *	disable
- *	delete	[FIND] -> DELETE <endpoint>/<uid>; 200/204/404 -> completed
+ *	delete	[FIND] -> DELETE <endpoint>/<uid>; 200/204/404 -> completed,
+ *			  unlinked; FIND finding nothing -> completed, nothing to delete
  *
  * The correlation before a create is what makes a retried create safe: a
  * POST whose response was lost is found by the next attempt's LOOKUP and
  * linked instead of created twice.  For the same reason a 409 is never
  * retried blindly (peers loop on it forever): it is looked up and linked,
- * or dead-lettered with the provider's detail.
+ * or dead-lettered with the provider's detail.  A create ignores any uid
+ * the subject was linked to before; the lookup finds that account if it
+ * still exists.  A lookup's single hit must carry the match value: a
+ * provider that ignores filters must not make us link a stranger's account.
+ *
+ * Results: the resource the provider returned (POST, PATCH or PUT 200),
+ * with "linked": true when a create linked an existing account.
  *
  * Responses this protocol gives no special meaning go to protocol_classify();
- * a SCIM error body (status, scimType, detail) then replaces its error text.
+ * a SCIM error body (scimType, detail) then replaces its error text.
  *
  * Nothing here raises an error except palloc's out-of-memory: the worker
  * calls us with no transaction open.  cJSON allocates with malloc, so every
@@ -60,7 +70,7 @@
 /* How many times a PUT that met 412 Precondition Failed is redone. */
 #define MAX_PUT_REDO		3
 
-/* How much of a provider's error detail goes into an error text. */
+/* How many bytes of a provider's text an error message quotes. */
 #define MAX_DETAIL_CHARS	400
 
 typedef enum ScimStep
@@ -88,6 +98,7 @@ typedef struct ScimState
 	bool		patch_unsupported;	/* this provider answered 405/501 */
 	char	   *etag;			/* version of the resource READ got */
 	char	   *put_body;		/* merged resource for the PUT */
+	char	   *conflict;		/* create: the provider's words on its 409 */
 	char	   *what;			/* "METHOD path" of the request in flight */
 } ScimState;
 
@@ -162,13 +173,49 @@ json_append(cJSON *array, cJSON *item)
 				errmsg("out of memory"));
 }
 
+/*
+ * JSON text as a tree, or NULL when it is not JSON.  Trailing bytes after
+ * the value are refused (cJSON would stop before them): such a body is not
+ * JSON to PostgreSQL either.
+ */
+static cJSON *
+parse_json(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON	   *tree = cJSON_ParseWithLengthOpts(text, len, &end, false);
+
+	while (tree != NULL && end < text + len)
+	{
+		if (!isspace((unsigned char) *end++))
+		{
+			cJSON_Delete(tree);
+			return NULL;
+		}
+	}
+	return tree;
+}
+
 /* A response body as a JSON tree, or NULL when there is none or it is not JSON. */
 static cJSON *
 parse_body(const HttpResponse *response)
 {
 	if (response->body == NULL || response->body_len == 0 || response->body_truncated)
 		return NULL;
-	return cJSON_ParseWithLength(response->body, response->body_len);
+	return parse_json(response->body, response->body_len);
+}
+
+/*
+ * Text from a provider that we keep (an id, a version) must be valid in the
+ * database encoding, or storing it fails, and free of control characters,
+ * which could split the header it is sent back in.
+ */
+static bool
+is_clean_text(const char *text)
+{
+	for (const unsigned char *p = (const unsigned char *) text; *p; p++)
+		if (*p < 0x20 || *p == 0x7F)
+			return false;
+	return pg_verifymbstr(text, strlen(text), true);
 }
 
 /* Follow a dotted attribute path ("name.familyName"), names case-insensitive as in SCIM. */
@@ -265,17 +312,41 @@ append_filter_literal(StringInfo buf, const char *value)
 	appendStringInfoChar(buf, '"');
 }
 
-/* At most MAX_DETAIL_CHARS of a provider's text, cut on a character boundary. */
+/*
+ * A provider's text fit for an error message: at most MAX_DETAIL_CHARS
+ * bytes of whole characters, control characters as spaces and bytes that
+ * are invalid in the database encoding as '?', as it is stored as text.
+ */
 static char *
 clip_detail(const char *text)
 {
+	int			encoding = GetDatabaseEncoding();
 	int			len = strlen(text);
+	StringInfoData buf;
+	int			i = 0;
 
-	if (len <= MAX_DETAIL_CHARS)
-		return pstrdup(text);
-	/* cJSON strings are UTF-8 */
-	len = pg_encoding_mbcliplen(PG_UTF8, text, len, MAX_DETAIL_CHARS);
-	return psprintf("%.*s...", len, text);
+	initStringInfo(&buf);
+	while (i < len && buf.len < MAX_DETAIL_CHARS)
+	{
+		unsigned char c = (unsigned char) text[i];
+		int			n = 1;
+
+		if (c < 0x20 || c == 0x7F)
+			appendStringInfoChar(&buf, ' ');
+		else if (c < 0x80)
+			appendStringInfoChar(&buf, (char) c);
+		else if ((n = pg_encoding_verifymbchar(encoding, text + i, len - i)) > 0)
+			appendBinaryStringInfo(&buf, text + i, n);
+		else
+		{
+			appendStringInfoChar(&buf, '?');
+			n = 1;
+		}
+		i += n;
+	}
+	if (i < len)
+		appendStringInfoString(&buf, "...");
+	return buf.data;
 }
 
 /* ---------------------------------------------------------------- outcomes */
@@ -316,8 +387,7 @@ complete(WorkOp *op, const HttpResponse *response, char *target_uid, char *resul
 
 /*
  * "HTTP 400 invalidValue: userName is required" from a SCIM error body
- * (RFC 7644 §3.12; status may be a string or a number), or NULL when the
- * body is not one.
+ * (RFC 7644 §3.12), or NULL when the body is not one.
  */
 static char *
 scim_error_text(const HttpResponse *response)
@@ -449,7 +519,7 @@ send_lookup(WorkOp *op, ScimStep step)
 	appendStringInfoString(&query, "filter=");
 	append_pct_encoded(&query, filter.data);
 	appendStringInfoString(&query, "&count=2");
-	if (strcmp(op->object_class, "group") == 0)
+	if (pg_strcasecmp(op->object_class, "group") == 0)
 		appendStringInfoString(&query, "&excludedAttributes=members");
 	return send_request(op, step, "GET", st->endpoint, query.data, NULL, NULL);
 }
@@ -503,16 +573,49 @@ desired_changes(const WorkOp *op)
 	return changes;
 }
 
+/* One operation: "remove" for a JSON null, else "replace" with the value. */
 static void
-add_patch_op(cJSON *operations, const char *op_name, const char *path, const cJSON *value)
+add_patch_op(cJSON *operations, const char *path, const cJSON *value)
 {
 	cJSON	   *op = json_check(cJSON_CreateObject());
 
 	json_append(operations, op);
-	json_add(op, "op", cJSON_CreateString(op_name));
+	json_add(op, "op", cJSON_CreateString(cJSON_IsNull(value) ? "remove" : "replace"));
 	json_add(op, "path", cJSON_CreateString(path));
-	if (value != NULL)
+	if (!cJSON_IsNull(value))
 		json_add(op, "value", cJSON_Duplicate(value, true));
+}
+
+/*
+ * The operations for one complex attribute: its null sub-attributes are
+ * removed one by one; the others are replaced together, which leaves the
+ * sub-attributes not mentioned alone (RFC 7644 §3.5.2.3).  Extension
+ * attributes, grouped under their schema URN, are set one by one
+ * ("urn:...:enterprise:2.0:User:department"): a path that is a bare URN is
+ * not one that providers agree on.
+ */
+static void
+add_complex_ops(cJSON *operations, const cJSON *item)
+{
+	bool		extension = is_schema_urn(item->string);
+	cJSON	   *rest = json_check(cJSON_CreateObject());
+	const cJSON *sub;
+
+	cJSON_ArrayForEach(sub, item)
+	{
+		if (extension || cJSON_IsNull(sub))
+		{
+			char	   *path = psprintf("%s%c%s", item->string, extension ? ':' : '.', sub->string);
+
+			add_patch_op(operations, path, sub);
+			pfree(path);
+		}
+		else
+			json_add(rest, sub->string, cJSON_Duplicate(sub, true));
+	}
+	if (rest->child != NULL)
+		add_patch_op(operations, item->string, rest);
+	cJSON_Delete(rest);
 }
 
 /*
@@ -520,10 +623,8 @@ add_patch_op(cJSON *operations, const char *op_name, const char *path, const cJS
  * with the attribute as its path, and one "remove" per JSON null.  Paths
  * rather than one path-less replace of an object, because removals need a
  * path anyway, path-less replace is where providers disagree most, and a
- * provider's invalidPath error then names the attribute.  Extension
- * attributes get one operation per sub-attribute
- * ("urn:...:enterprise:2.0:User:department"), so that setting one of them
- * leaves the others alone.  Returns NULL when there is nothing to change.
+ * provider's invalidPath error then names the attribute.  Returns NULL when
+ * there is nothing to change.
  */
 static char *
 build_patch(const cJSON *changes)
@@ -539,22 +640,10 @@ build_patch(const cJSON *changes)
 	json_add(patch, "Operations", operations);
 	cJSON_ArrayForEach(item, changes)
 	{
-		if (is_schema_urn(item->string) && cJSON_IsObject(item))
-		{
-			const cJSON *sub;
-
-			cJSON_ArrayForEach(sub, item)
-			{
-				char	   *path = psprintf("%s:%s", item->string, sub->string);
-
-				add_patch_op(operations, cJSON_IsNull(sub) ? "remove" : "replace", path,
-							 cJSON_IsNull(sub) ? NULL : sub);
-				pfree(path);
-			}
-		}
+		if (cJSON_IsObject(item))
+			add_complex_ops(operations, item);
 		else
-			add_patch_op(operations, cJSON_IsNull(item) ? "remove" : "replace", item->string,
-						 cJSON_IsNull(item) ? NULL : item);
+			add_patch_op(operations, item->string, item);
 	}
 	if (cJSON_GetArraySize(operations) > 0)
 		text = json_take(cJSON_PrintUnformatted(patch));
@@ -597,9 +686,9 @@ add_schemas(cJSON *resource, const char *object_class)
 	if (schemas != NULL)
 		return;					/* the caller's choice stands */
 	schemas = json_check(cJSON_CreateArray());
-	if (strcmp(object_class, "user") == 0)
+	if (pg_strcasecmp(object_class, "user") == 0)
 		json_append(schemas, cJSON_CreateString(SCIM_USER_SCHEMA));
-	else if (strcmp(object_class, "group") == 0)
+	else if (pg_strcasecmp(object_class, "group") == 0)
 		json_append(schemas, cJSON_CreateString(SCIM_GROUP_SCHEMA));
 	cJSON_ArrayForEach(item, resource)
 	{
@@ -639,29 +728,32 @@ build_create(const WorkOp *op)
 }
 
 /*
- * A resource from a response as the operation's result: the body as the
- * provider sent it (no number reformatting) when it is a JSON object of
- * sane size, else NULL.  A linked account is marked "linked": true.
+ * A resource from a response as the operation's result: a JSON object of
+ * sane size, else NULL.  It is printed again rather than kept as sent,
+ * because cJSON accepts what PostgreSQL's JSON parser refuses (raw control
+ * characters in strings, \u0000).  A linked account is marked
+ * "linked": true.
  */
 static char *
 result_text(bool linked, const char *body, size_t len)
 {
-	cJSON	   *resource;
+	cJSON	   *resource = NULL;
 	char	   *text = NULL;
 
 	if (body != NULL && len > 0 && len <= MAX_RESULT_BYTES)
+		resource = parse_json(body, len);
+	if (cJSON_IsObject(resource))
 	{
-		resource = cJSON_ParseWithLength(body, len);
-		if (cJSON_IsObject(resource) && !linked)
-			text = pnstrdup(body, len);
-		else if (cJSON_IsObject(resource))
+		if (linked)
 		{
 			cJSON_DeleteItemFromObjectCaseSensitive(resource, "linked");
 			json_add(resource, "linked", cJSON_CreateTrue());
-			text = json_take(cJSON_PrintUnformatted(resource));
 		}
-		cJSON_Delete(resource);
+		text = json_take(cJSON_PrintUnformatted(resource));
+		if (!pg_verifymbstr(text, strlen(text), true))
+			text = NULL;
 	}
+	cJSON_Delete(resource);
 	if (text == NULL && linked)
 		text = pstrdup("{\"linked\": true}");
 	return text;
@@ -679,6 +771,17 @@ response_result(const WorkOp *op, const HttpResponse *response)
 
 /* ---------------------------------------------------------------- lookup */
 
+/* A resource's id, if it has one we can address and store. */
+static const char *
+resource_id(const cJSON *resource)
+{
+	const cJSON *id = cJSON_GetObjectItem(resource, "id");
+
+	if (!cJSON_IsString(id) || id->valuestring[0] == '\0' || !is_clean_text(id->valuestring))
+		return NULL;
+	return id->valuestring;
+}
+
 /*
  * Read a ListResponse.  With exactly one account, *uid gets its id and
  * *resource its JSON text.  The account must carry the match value (names
@@ -693,7 +796,7 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 	cJSON	   *list = parse_body(response);
 	const cJSON *total = cJSON_GetObjectItem(list, "totalResults");
 	const cJSON *first;
-	const cJSON *id;
+	const char *id;
 	const cJSON *found;
 	LookupResult result;
 
@@ -710,8 +813,8 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 	else
 	{
 		first = cJSON_GetArrayItem(cJSON_GetObjectItem(list, "Resources"), 0);
-		id = cJSON_GetObjectItem(first, "id");
-		if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
+		id = resource_id(first);
+		if (id == NULL)
 		{
 			cJSON_Delete(list);
 			fail_garbage(op, response, "a SCIM ListResponse (its one resource has no id)");
@@ -721,14 +824,14 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 		if (found != NULL && (!cJSON_IsString(found) ||
 							  pg_strcasecmp(found->valuestring, st->match_value) != 0))
 		{
-			cJSON_Delete(list);
 			fail_dead(op, response,
 					  psprintf("%s: the filter %s eq \"%s\" returned account %s whose %s differs; the provider does not seem to apply filters, so the account cannot be matched safely",
 							   st->what, st->match_attr, st->match_value,
-							   clip_detail(id->valuestring), st->match_attr));
+							   clip_detail(id), st->match_attr));
+			cJSON_Delete(list);
 			return LOOKUP_FAILED;
 		}
-		*uid = pstrdup(id->valuestring);
+		*uid = pstrdup(id);
 		*resource = json_take(cJSON_PrintUnformatted(first));
 		result = LOOKUP_ONE;
 	}
@@ -779,14 +882,14 @@ on_post(WorkOp *op, const HttpResponse *response)
 {
 	ScimState  *st = scim_state(op);
 	cJSON	   *resource;
-	const cJSON *id;
+	const char *id;
 	char	   *scim_type;
 
 	if (!response->transport_failed && response->status >= 200 && response->status < 300)
 	{
 		resource = parse_body(response);
-		id = cJSON_GetObjectItem(resource, "id");
-		if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
+		id = resource_id(resource);
+		if (id == NULL)
 		{
 			cJSON_Delete(resource);
 
@@ -796,7 +899,7 @@ on_post(WorkOp *op, const HttpResponse *response)
 			 */
 			return fail_garbage(op, response, "a SCIM resource with an id");
 		}
-		set_uid(op, id->valuestring);
+		set_uid(op, id);
 		cJSON_Delete(resource);
 		return complete(op, response, st->uid, response_result(op, response), false);
 	}
@@ -806,7 +909,12 @@ on_post(WorkOp *op, const HttpResponse *response)
 	/* 409: someone holds the account's unique value; who? */
 	scim_type = scim_error_type(response);
 	if (st->match_value != NULL && (scim_type == NULL || strcmp(scim_type, "uniqueness") == 0))
+	{
+		st->conflict = scim_error_text(response);
+		if (st->conflict == NULL)
+			st->conflict = pstrdup("HTTP 409");
 		return send_lookup(op, STEP_RELOOKUP);
+	}
 	classify(op, response);
 	op->outcome.kind = OUTCOME_DEAD;	/* a 409 never heals by itself */
 	return false;
@@ -824,8 +932,8 @@ on_no_account(WorkOp *op, const HttpResponse *response)
 		return send_post(op);
 	if (op->step == STEP_RELOOKUP)
 		return fail_dead(op, response,
-						 psprintf("POST %s: HTTP 409 (the account conflicts with an existing one), but no account on the target has %s \"%s\"; the provider's uniqueness rule and filter disagree",
-								  st->endpoint, st->match_attr, st->match_value));
+						 psprintf("POST %s: %s; but no account on the target has %s \"%s\", so there is none to link",
+								  st->endpoint, st->conflict, st->match_attr, st->match_value));
 	if (op->type == OP_DELETE)
 		return complete(op, response, NULL, pstrdup("{\"already_deleted\": true}"), true);
 	return fail_dead(op, response,
@@ -938,7 +1046,8 @@ resource_version(const HttpResponse *response, const cJSON *resource)
 
 	if (response->etag != NULL && response->etag[0] != '\0')
 		return pstrdup(response->etag);
-	if (cJSON_IsString(version) && version->valuestring[0] != '\0')
+	if (cJSON_IsString(version) && version->valuestring[0] != '\0' &&
+		is_clean_text(version->valuestring))
 		return pstrdup(version->valuestring);
 	return NULL;
 }
@@ -1054,7 +1163,7 @@ scim2_begin(WorkOp *op)
 	op->redo = 0;
 	st->endpoint = connector_endpoint(op->connector, op->object_class);
 	st->match_attr = op->connector->match_attribute ? op->connector->match_attribute :
-		strcmp(op->object_class, "group") == 0 ? "displayName" : "userName";
+		pg_strcasecmp(op->object_class, "group") == 0 ? "displayName" : "userName";
 	st->match_value = match_value(op, st->match_attr);
 	st->what = pstrdup(op_type_name(op->type));
 

@@ -15,8 +15,10 @@
 #  5. pgTAP: pg_prove over test/pgtap/*.sql, in sorted order, all in ONE
 #     database ($XPROV_TAP_DB, default xprov_tap) created fresh for the suite.
 #     The test targets (test/targets/scim_server.py, rest_server.py) run
-#     meanwhile on 127.0.0.1:$XPROV_SCIM_PORT and :$XPROV_REST_PORT; pg_prove
-#     passes their base URLs as the psql variables scim_url and rest_url.
+#     meanwhile on 127.0.0.1:$XPROV_SCIM_PORT and :$XPROV_REST_PORT, and a
+#     second SCIM server without PATCH (--no-patch) on
+#     :$XPROV_SCIM_NOPATCH_PORT; pg_prove passes their base URLs as the psql
+#     variables scim_url, rest_url and scim_nopatch_url.
 #     Each file starts with
 #         CREATE EXTENSION IF NOT EXISTS pgtap;
 #         CREATE EXTENSION IF NOT EXISTS xprov;
@@ -40,7 +42,8 @@
 # PG_CONFIG (pg_config of the PostgreSQL to build for and test against;
 # default: the one on PATH), XPROV_PGBIN (its bin dir; default
 # `$PG_CONFIG --bindir`), XPROV_SCIM_PORT (18301), XPROV_REST_PORT (18302),
-# XPROV_TARGETS_DIR (test/targets); process tests may read more (see each).
+# XPROV_SCIM_NOPATCH_PORT (18303), XPROV_TARGETS_DIR (test/targets); process
+# tests may read more (see each).
 
 set -euo pipefail
 
@@ -59,6 +62,7 @@ export XPROV_PGBIN
 PGBIN=$XPROV_PGBIN
 SCIM_PORT="${XPROV_SCIM_PORT:-18301}"
 REST_PORT="${XPROV_REST_PORT:-18302}"
+SCIM_NOPATCH_PORT="${XPROV_SCIM_NOPATCH_PORT:-18303}"
 TARGETS_DIR="${XPROV_TARGETS_DIR:-test/targets}"
 
 
@@ -91,19 +95,21 @@ fail()
 # Test targets: HTTP servers that the connector tests talk to.
 target_pids=()
 
-# start_target SCRIPT PORT: start a target in the background and wait for
-# its "listening on 127.0.0.1:PORT" line; its output goes to results/targets/.
+# start_target SCRIPT PORT [ARG...]: start a target in the background and
+# wait for its "listening on 127.0.0.1:PORT" line; its output goes to
+# results/targets/NAME-PORT.log.
 start_target()
 {
 	local script=$1 port=$2 log pid i
 
-	log=results/targets/$(basename "$script" .py).log
+	shift 2
+	log=results/targets/$(basename "$script" .py)-$port.log
 	mkdir -p results/targets
 	if [ ! -f "$script" ]; then
 		echo "test target $script not found" >&2
 		return 1
 	fi
-	python3 "$script" --port "$port" >"$log" 2>&1 &
+	python3 "$script" --port "$port" "$@" >"$log" 2>&1 &
 	pid=$!
 	target_pids+=("$pid")
 	for i in $(seq 1 100); do
@@ -225,6 +231,8 @@ else
 	# Files that need no target still run when a target cannot start.
 	start_target "$TARGETS_DIR/scim_server.py" "$SCIM_PORT" || fail "test target scim_server.py"
 	start_target "$TARGETS_DIR/rest_server.py" "$REST_PORT" || fail "test target rest_server.py"
+	start_target "$TARGETS_DIR/scim_server.py" "$SCIM_NOPATCH_PORT" --no-patch ||
+		fail "test target scim_server.py --no-patch"
 	for f in "${tap_files[@]}"; do
 		# One pg_prove per file: exact per-file status, and a hung file is
 		# cut off without losing the others' results.
@@ -236,6 +244,7 @@ else
 			pg_prove --psql-bin "$PGBIN/psql" -d "$TAP_DB" --nocolor -f "$f" \
 			-S "scim_url=http://127.0.0.1:$SCIM_PORT/scim/v2" \
 			-S "rest_url=http://127.0.0.1:$REST_PORT/rest" \
+			-S "scim_nopatch_url=http://127.0.0.1:$SCIM_NOPATCH_PORT/scim/v2" \
 			</dev/null 2>&1) || rc=$?
 		printf '%s\n' "$out" | grep -vE '^(All tests successful\.|Files=1, |Result: PASS)' || true
 		if [ "$rc" -eq 0 ]; then
