@@ -322,25 +322,27 @@ dispatch_response(WorkOp *op, const HttpResponse *response, TimestampTz now)
 		rt->hold_until = Max(rt->hold_until,
 							 TimestampTzPlusMilliseconds(now, response->retry_after_ms));
 
-	if (is_connector_failure(response))
-		trip(rt, now);
-	else if (is_transient_failure(response))
+	/*
+	 * Requests already in flight when the breaker opened report the same
+	 * outage again: only a closed breaker or a failed probe trips it.
+	 */
+	if (is_connector_failure(response) || is_transient_failure(response))
 	{
-		if (was_probe || ++rt->failures >= BREAKER_FAILURES)
+		if (rt->breaker == BREAKER_OPEN)
+			return;
+		if (was_probe || is_connector_failure(response) || ++rt->failures >= BREAKER_FAILURES)
 			trip(rt, now);
+		return;
 	}
-	else
+	rt->failures = 0;
+	if (rt->breaker != BREAKER_CLOSED)
 	{
-		rt->failures = 0;
-		if (rt->breaker != BREAKER_CLOSED)
-		{
-			rt->breaker = BREAKER_CLOSED;
-			rt->trips = 0;
-			if (rt->connector)
-				ereport(LOG,
-						errmsg("xprov worker: connector \"%s\" is answering again",
-							   rt->connector->name));
-		}
+		rt->breaker = BREAKER_CLOSED;
+		rt->trips = 0;
+		if (rt->connector)
+			ereport(LOG,
+					errmsg("xprov worker: connector \"%s\" is answering again",
+						   rt->connector->name));
 	}
 }
 
