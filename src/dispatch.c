@@ -190,6 +190,38 @@ refill_tokens(ConnectorRuntime *rt, const Connector *conn, TimestampTz now)
 }
 
 /*
+ * Start an operation's request.  A request the engine refuses (a header
+ * value with a line break that came from the target, say) fails that one
+ * operation instead of the worker, which would only meet it again after a
+ * restart.
+ */
+static bool
+start_request(WorkOp *op, const Connector *conn)
+{
+	MemoryContext old = CurrentMemoryContext;
+	volatile bool started = true;
+
+	PG_TRY();
+	{
+		http_engine_start(op->request, conn, op->id_text);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(op->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		op->outcome.kind = OUTCOME_DEAD;
+		op->outcome.error = psprintf("request not sent: %s", edata->message);
+		started = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	return started;
+}
+
+/*
  * Start what one connector may start now; returns ms until it may start
  * more, or -1 when it waits for nothing time-bound.
  */
@@ -230,7 +262,13 @@ pump_connector(ConnectorRuntime *rt, TimestampTz now)
 		rt->in_flight++;
 		total_in_flight++;
 		op->connector = rt->connector;
-		http_engine_start(op->request, conn, op->id_text);
+		if (!start_request(op, conn))
+		{
+			rt->in_flight--;
+			total_in_flight--;
+			op->next = released;
+			released = op;
+		}
 	}
 	return -1;
 }

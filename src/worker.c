@@ -108,7 +108,7 @@ step_op(WorkOp *op, const HttpResponse *response)
 {
 	const char *error = NULL;
 	MemoryContext old;
-	bool		more;
+	volatile bool more;
 
 	op->connector = dispatch_connector(&op->connector_id, &error);
 	if (op->connector == NULL)
@@ -120,10 +120,27 @@ step_op(WorkOp *op, const HttpResponse *response)
 	}
 	old = MemoryContextSwitchTo(op->cxt);
 	op->request = NULL;
-	if (response == NULL)
-		more = protocol_of(op->connector)->begin(op);
-	else
-		more = protocol_of(op->connector)->resume(op, response);
+	PG_TRY();
+	{
+		if (response == NULL)
+			more = protocol_of(op->connector)->begin(op);
+		else
+			more = protocol_of(op->connector)->resume(op, response);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* out of memory, most likely: this operation is retried later */
+		MemoryContextSwitchTo(op->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		op->outcome.kind = OUTCOME_RETRY;
+		op->outcome.retry_after_ms = -1;
+		op->outcome.error = edata->message;
+		more = false;
+	}
+	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 
 	if (more && op->request != NULL)
