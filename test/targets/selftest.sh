@@ -29,7 +29,7 @@ PATCH_URN=urn:ietf:params:scim:api:messages:2.0:PatchOp
 TMP=$(mktemp -d)
 declare -A PIDS=() PORTS=()
 N=0
-STATUS= RC=0
+STATUS='' RC=0
 
 cleanup() {
 	local pid
@@ -206,8 +206,9 @@ expect_scim_error() {
 
 # expect_no_response WHAT CURL_RC
 expect_no_response() {
-	[ "$STATUS" = 000 ] && [ "$RC" = "$2" ] ||
+	if [ "$STATUS" != 000 ] || [ "$RC" != "$2" ]; then
 		fail "$1: expected no response (curl rc $2), got HTTP $STATUS, curl rc $RC"
+	fi
 	pass
 }
 
@@ -316,7 +317,7 @@ filter_ids() {
 	expect "filter $1" '[r["id"] for r in d["Resources"]] if d["totalResults"] == len(d["Resources"]) else "bad totalResults"' "$2"
 }
 ids() { # id... -> JSON list
-	local out= id
+	local out='' id
 	for id in "$@"; do out+="${out:+, }\"$id\""; done
 	echo "[$out]"
 }
@@ -756,7 +757,7 @@ admin "$R" POST /accounts '[{"attributes":{"n":26}},{"uid":"dup-a","identity_id"
 expect "REST load accounts" '[a["identity_id"] for a in d]' '[null, "same", "same"]'
 admin "$R" GET /stats
 expect "REST duplicate identities" '[d["accounts"], d["duplicate_identity_ids"]]' '[29, ["same"]]'
-cursor= seen=()
+cursor='' seen=()
 for pageno in 1 2 3 4; do
 	rest "/list?object_class=user&limit=10${cursor:+&cursor=$cursor}"
 	expect_status 200 "REST list page $pageno"
@@ -781,7 +782,6 @@ expect "REST admin accounts" '[len(d), "created" in d[0]]' '[29, true]'
 echo "== REST: faults"
 
 admin "$R" POST /reset
-EX=0
 executions() { rest_stat executions; }
 admin "$R" POST /fault '{"mode":"500","count":1,"method":"POST"}'
 rest /health
