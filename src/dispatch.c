@@ -361,13 +361,14 @@ dispatch_response(WorkOp *op, const HttpResponse *response, TimestampTz now)
 							 TimestampTzPlusMilliseconds(now, response->retry_after_ms));
 
 	/*
-	 * Requests already in flight when the breaker opened report the same
-	 * outage again: only a closed breaker or a failed probe trips it.
+	 * Requests already in flight when the breaker opened say nothing new,
+	 * whatever they answer: only the probe decides when it closes, and only
+	 * a closed breaker or a failed probe trips it.
 	 */
+	if (rt->breaker == BREAKER_OPEN)
+		return;
 	if (is_connector_failure(response) || is_transient_failure(response))
 	{
-		if (rt->breaker == BREAKER_OPEN)
-			return;
 		if (was_probe || is_connector_failure(response) || ++rt->failures >= BREAKER_FAILURES)
 			trip(rt, now);
 		return;
@@ -433,6 +434,33 @@ dispatch_take_all_waiting(void)
 		}
 	}
 	return list;
+}
+
+/*
+ * Milliseconds until a paused connector may take requests again (its
+ * operations are not claimed until then, so nobody else will wake the
+ * worker), or -1 when none is paused.
+ */
+long
+dispatch_next_resume_ms(TimestampTz now)
+{
+	HASH_SEQ_STATUS seq;
+	ConnectorRuntime *rt;
+	long		next = -1;
+
+	hash_seq_init(&seq, runtimes);
+	while ((rt = hash_seq_search(&seq)) != NULL)
+	{
+		TimestampTz resume = 0;
+
+		if (rt->breaker == BREAKER_OPEN && rt->open_until > now)
+			resume = rt->open_until;
+		if (rt->hold_until > now)
+			resume = Max(resume, rt->hold_until);
+		if (resume != 0 && (next < 0 || ms_until(now, resume) < next))
+			next = ms_until(now, resume);
+	}
+	return next;
 }
 
 int

@@ -44,5 +44,6 @@ extern WorkOp *dispatch_take_all_waiting(void);
 extern int	dispatch_in_flight(void);
 extern int	dispatch_waiting(void);
 extern int	dispatch_paused(TimestampTz now, Datum *ids_array);
+extern long dispatch_next_resume_ms(TimestampTz now);
 
 #endif							/* DISPATCH_H */

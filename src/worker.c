@@ -62,6 +62,7 @@ typedef struct Worker
 	WorkOp	   *claimed;		/* HTTP operations claimed, not yet started */
 	int			held;			/* HTTP operations in memory */
 	bool		want_claim;
+	bool		resume_pending; /* a paused connector resumes: look then */
 	TimestampTz last_look;
 	int64		done;
 	int64		failed;
@@ -443,6 +444,7 @@ static long
 wait_timeout(TimestampTz now, long pump_ms)
 {
 	long		timeout = xprov_worker_nap_ms;
+	long		resume_ms;
 	TimestampTz due;
 
 	if (has_finished_work() || (w.want_claim && claim_capacity() > 0))
@@ -452,6 +454,12 @@ wait_timeout(TimestampTz now, long pump_ms)
 		timeout = Min(timeout, due <= now ? 0 : (long) ((due - now) / 1000) + 1);
 	if (pump_ms >= 0)
 		timeout = Min(timeout, pump_ms);
+	resume_ms = dispatch_next_resume_ms(now);
+	if (resume_ms >= 0)
+	{
+		timeout = Min(timeout, resume_ms);
+		w.resume_pending = true;
+	}
 	return timeout;
 }
 
@@ -509,8 +517,15 @@ worker_loop(void)
 			w.want_claim = true;
 		}
 		handle_responses(done, ndone);
-		if (claim_cursor_next_due(CLAIMANT_WORKER) <= GetCurrentTimestamp())
+		now = GetCurrentTimestamp();
+		if (claim_cursor_next_due(CLAIMANT_WORKER) <= now)
 			w.want_claim = true;
+		if (w.resume_pending && dispatch_next_resume_ms(now) < 0)
+		{
+			/* the pause is over: claim the connector's operations for a probe */
+			w.resume_pending = false;
+			w.want_claim = true;
+		}
 	}
 }
 

@@ -292,8 +292,9 @@ fill_linked_accounts(WorkOp *ops)
 			lanes[count++] = Int64GetDatum(op->lane_id);
 	if (count == 0)
 		return;
+	/* not read-only: the same transaction may just have linked the account */
 	arg = spi_array_arg(lanes, NULL, count, INT8OID);
-	saved_plan_execute(&linked_accounts, &arg, NULL, true, 0);
+	saved_plan_execute(&linked_accounts, &arg, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		int64		lane_id = spi_get_int64(row, 1);
