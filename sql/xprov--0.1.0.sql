@@ -407,7 +407,7 @@ CREATE VIEW xprov.operation_attempts AS
 
 CREATE VIEW xprov.accounts AS
 	SELECT a.tenant_id, a.connector_id, a.object_class, a.identity_id, a.target_uid,
-		   s.subject, a.attributes, a.created_at, a.updated_at
+		   s.subject, jsonb_strip_nulls(a.attributes) AS attributes, a.created_at, a.updated_at
 	  FROM xprov.account a
 	  JOIN xprov.subject s ON s.lane_id = a.lane_id;
 

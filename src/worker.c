@@ -49,6 +49,13 @@
 
 #define MAX_DONE_PER_WAIT 64
 
+/*
+ * HTTP outcomes are recorded in batches: while requests are in flight, a
+ * transaction every few responses would stall the transfers (nothing moves
+ * while the worker is in a transaction).  They wait at most this long.
+ */
+#define RECORD_DELAY_MS 20
+
 typedef struct Worker
 {
 	int			slot;
@@ -59,6 +66,8 @@ typedef struct Worker
 
 	FinishedWork finished;		/* outcomes to record in the next transaction */
 	WorkOp	   *finished_tail;
+	int			nfinished;		/* HTTP operations in finished.ops */
+	TimestampTz finished_since; /* when the first of them finished */
 	WorkOp	   *claimed;		/* HTTP operations claimed, not yet started */
 	int			held;			/* HTTP operations in memory */
 	bool		want_claim;
@@ -89,8 +98,12 @@ finish_op(WorkOp *op)
 	if (w.finished_tail)
 		w.finished_tail->next = op;
 	else
+	{
 		w.finished.ops = op;
+		w.finished_since = now;
+	}
 	w.finished_tail = op;
+	w.nfinished++;
 }
 
 static const Protocol *
@@ -180,6 +193,33 @@ forget_finished(void)
 	w.finished.ops = w.finished_tail = NULL;
 	w.finished.noop_ids = NULL;
 	w.finished.nnoop = 0;
+	w.nfinished = 0;
+}
+
+/*
+ * Whether to record now, and if not, in how many ms at most.  noop outcomes
+ * go at once (there is no transfer to stall); HTTP outcomes once there are
+ * half a batch of them, once the requests in flight run low and more work
+ * waits to be claimed, or after RECORD_DELAY_MS.
+ */
+static long
+record_delay_ms(TimestampTz now)
+{
+	long		waited;
+	int			busy = w.held - w.nfinished;
+
+	if (w.finished.nnoop > 0)
+		return 0;
+	if (w.finished.ops == NULL)
+		return -1;
+	if (w.nfinished >= Max(1, xprov_batch_size / 2))
+		return 0;
+	if (w.want_claim && busy < Max(1, xprov_max_in_flight / 2))
+		return 0;
+	if (busy == 0)
+		return 0;
+	waited = (long) ((now - w.finished_since) / 1000);
+	return waited >= RECORD_DELAY_MS ? 0 : RECORD_DELAY_MS - waited;
 }
 
 /* ---------------------------------------------------------------------
@@ -262,6 +302,19 @@ claim_capacity(void)
 	int			max_held = Max(xprov_max_in_flight * 2, xprov_batch_size);
 
 	return Min(xprov_batch_size, max_held - w.held);
+}
+
+/*
+ * Claim when there is room for a good part of a batch: topping up a few
+ * operations at a time would mean a transaction per handful of responses.
+ */
+static bool
+claim_wanted(void)
+{
+	int			max_held = Max(xprov_max_in_flight * 2, xprov_batch_size);
+
+	return w.want_claim &&
+		claim_capacity() >= Max(1, Min(xprov_batch_size, max_held / 2));
 }
 
 static void
@@ -445,10 +498,13 @@ wait_timeout(TimestampTz now, long pump_ms)
 {
 	long		timeout = xprov_worker_nap_ms;
 	long		resume_ms;
+	long		record_ms = record_delay_ms(now);
 	TimestampTz due;
 
-	if (has_finished_work() || (w.want_claim && claim_capacity() > 0))
+	if (record_ms == 0 || claim_wanted())
 		return 0;
+	if (record_ms > 0)
+		timeout = Min(timeout, record_ms);
 	due = claim_cursor_next_due(CLAIMANT_WORKER);
 	if (due != DT_NOEND)
 		timeout = Min(timeout, due <= now ? 0 : (long) ((due - now) / 1000) + 1);
@@ -495,7 +551,7 @@ worker_loop(void)
 		now = GetCurrentTimestamp();
 		if (!w.want_claim && TimestampDifferenceExceeds(w.last_look, now, xprov_worker_nap_ms))
 			w.want_claim = true;
-		if (has_finished_work() || (w.want_claim && claim_capacity() > 0))
+		if (record_delay_ms(now) == 0 || claim_wanted())
 		{
 			worker_slot_set_state("claiming");
 			transaction_step(w.want_claim);
@@ -546,6 +602,19 @@ xprov_worker_main(Datum arg)
 	 * worker's transaction is the one to give way: it is retried anyway.
 	 */
 	SetConfigOption("deadlock_timeout", "50", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every statement of the worker touches a batch of rows by key, and its
+	 * plan is made once, often while the tables are still empty: a plan that
+	 * hashes or scans a whole table then stays until the next ANALYZE, and
+	 * gets slower with every row (the accounts table, for one).  Key lookups
+	 * are right at any size, so the worker plans nothing else where it has
+	 * a choice.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_hashjoin", "off", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
 	worker_slot_attach(w.slot);
 	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov claim batch",

@@ -75,40 +75,37 @@ static SavedPlan linked_accounts = {
 	.argtypes = {INT8ARRAYOID},
 };
 
+/*
+ * These two statements reach the accounts through their primary key only
+ * (= ANY, ON CONFLICT), whatever the table's statistics say.
+ */
 static SavedPlan unlink_accounts = {
 	.sql =
-	"DELETE FROM xprov.account a USING xprov.op o "
-	" WHERE o.id = ANY ($1) AND a.lane_id = o.lane_id",
+	"DELETE FROM xprov.account a "
+	" WHERE a.lane_id = ANY (ARRAY(SELECT o.lane_id FROM xprov.op o WHERE o.id = ANY ($1)))",
 	.nargs = 1,
 	.argtypes = {UUIDARRAYOID},
 };
 
 /*
  * The account's target id and the attributes last provisioned: an update
- * merges into what was there (a JSON null removes an attribute).
+ * merges into what was there (a JSON null removes an attribute; a new row
+ * keeps the nulls until its first update, and the view strips them).
  */
 static SavedPlan link_accounts = {
 	.sql =
-	"WITH u AS ("
-	"  SELECT o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, "
-	"         o.attributes, x.target_uid "
-	"    FROM unnest($1::uuid[], $2::text[]) AS x(id, target_uid) "
-	"    JOIN xprov.op o ON o.id = x.id"
-	"), upd AS ("
-	"  UPDATE xprov.account a "
-	"     SET target_uid = coalesce(u.target_uid, a.target_uid), "
-	"         identity_id = coalesce(u.identity_id, a.identity_id), "
-	"         attributes = jsonb_strip_nulls(a.attributes || u.attributes), "
-	"         updated_at = now() "
-	"    FROM u WHERE a.lane_id = u.lane_id "
-	"  RETURNING a.lane_id"
-	") "
-	"INSERT INTO xprov.account (lane_id, tenant_id, connector_id, object_class, identity_id, "
-	"                           target_uid, attributes) "
-	"SELECT u.lane_id, u.tenant_id, u.connector_id, u.object_class, u.identity_id, "
-	"       u.target_uid, jsonb_strip_nulls(u.attributes) "
-	"  FROM u WHERE u.target_uid IS NOT NULL "
-	"   AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.lane_id = u.lane_id)",
+	"INSERT INTO xprov.account AS a (lane_id, tenant_id, connector_id, object_class, identity_id, "
+	"                                target_uid, attributes) "
+	"SELECT o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, "
+	"       x.target_uid, o.attributes "
+	"  FROM unnest($1::uuid[], $2::text[]) AS x(id, target_uid) "
+	"  JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = x.id) o ON true "
+	" WHERE x.target_uid IS NOT NULL "
+	"ON CONFLICT (lane_id) DO UPDATE "
+	"   SET target_uid = excluded.target_uid, "
+	"       identity_id = coalesce(excluded.identity_id, a.identity_id), "
+	"       attributes = jsonb_strip_nulls(a.attributes || excluded.attributes), "
+	"       updated_at = now()",
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
