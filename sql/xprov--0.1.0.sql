@@ -46,7 +46,9 @@ $$;
 CREATE TRIGGER connector_keep BEFORE DELETE OR TRUNCATE ON xprov.connector
 	FOR EACH STATEMENT EXECUTE FUNCTION xprov.connector_keep();
 
-CREATE SEQUENCE xprov.op_seq AS bigint CACHE 64;
+-- No cache: numbers must be handed out in call order across sessions (see
+-- lock_subject_lane in src/enqueue.c).
+CREATE SEQUENCE xprov.op_seq AS bigint;
 
 -- One row per subject ever queued to; never updated.  Holds the subject's
 -- identity so that the lane below, which churns, carries no unique index.

@@ -90,6 +90,24 @@ static SavedPlan enqueue_existing = {
 	ONE_OP_ARGS
 };
 
+/*
+ * Operations of a subject must be numbered in the order their enqueues
+ * commit: a number taken before waiting for another enqueue of the same
+ * subject could be lower than that one's, and the lane, which walks its
+ * operations in number order, would meet an operation it had already
+ * passed.  So the lane is locked first (until commit), the number taken
+ * after (xprov.op_seq has no cache: numbers are handed out in call order).
+ */
+static SavedPlan lock_subject_lane = {
+	.sql =
+	"SELECT l.lane_id FROM xprov.subject sj "
+	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
+	"                      WHERE l.lane_id = sj.lane_id LIMIT 1 FOR NO KEY UPDATE) l "
+	" WHERE sj.connector_id = $1 AND sj.object_class = $2 AND sj.subject = $3",
+	.nargs = 3,
+	.argtypes = {UUIDOID, TEXTOID, TEXTOID},
+};
+
 static SavedPlan enqueue_one = {
 	.sql =
 	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
@@ -128,6 +146,31 @@ static SavedPlan register_subjects = {
 	.argtypes = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
 };
 
+/*
+ * Lock the batch's existing lanes in lane order (the order completions lock
+ * them in too, so the two cannot deadlock), in a statement of its own.  enqueue_many then runs in a
+ * snapshot taken after every lock was granted.  Locking inside
+ * enqueue_many itself would leave its UPDATE with the snapshot from before
+ * a wait: a lane changed by the transaction waited for (a completion, a
+ * claim) is invisible to that snapshot at its new ctid, and the update
+ * would silently miss it, leaving an idle lane with work behind it.
+ */
+static SavedPlan lock_lanes = {
+	.sql =
+	"SELECT l.lane_id "
+	"  FROM (SELECT DISTINCT sj.lane_id "
+	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(connector_id, object_class, subject) "
+	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
+	"                              WHERE sj.connector_id = u.connector_id "
+	"                                AND sj.object_class = u.object_class "
+	"                                AND sj.subject = u.subject LIMIT 1) sj "
+	"         ORDER BY 1) h "
+	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
+	"                      WHERE l.lane_id = h.lane_id LIMIT 1 FOR NO KEY UPDATE) l",
+	.nargs = 3,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+};
+
 static SavedPlan enqueue_many = {
 	.sql =
 	"WITH input AS MATERIALIZED ("
@@ -142,7 +185,8 @@ static SavedPlan enqueue_many = {
 	/*
 	 * Lookups are LATERAL ... LIMIT 1 so that they stay index probes driven
 	 * by the batch, whatever the (generic) plan thinks of the tables' sizes.
-	 * Lanes are locked in subject order, the same in every transaction.
+	 * lock_lanes has locked the lanes already, so the versions this
+	 * statement's snapshot sees are the latest, and stay so.
 	 */
 	"), found AS MATERIALIZED ("
 	"  SELECT h.*, sj.lane_id, l.lane_ctid "
@@ -152,7 +196,7 @@ static SavedPlan enqueue_many = {
 	"                          AND sj.object_class = h.object_class "
 	"                          AND sj.subject = h.subject LIMIT 1) sj "
 	"    LEFT JOIN LATERAL (SELECT l.ctid AS lane_ctid FROM xprov.lane l "
-	"                        WHERE l.lane_id = sj.lane_id LIMIT 1 FOR NO KEY UPDATE) l ON true "
+	"                        WHERE l.lane_id = sj.lane_id LIMIT 1) l ON true "
 	"   ORDER BY h.connector_id, h.object_class, h.subject"
 	"), new_lane AS ("
 	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
@@ -301,14 +345,18 @@ enqueue_single(OpInput *op)
 	values[12] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
 	nulls[12] = op->idempotency_key ? ' ' : 'n';
 
-	saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
-	if (SPI_processed == 0)
-		saved_plan_execute(&enqueue_one, values, nulls, false, 0);
-	if (SPI_processed == 0)
+	for (int attempt = 0;; attempt++)
 	{
+		/* lock the lane first: its sequence number is then taken after every earlier enqueue committed */
+		saved_plan_execute(&lock_subject_lane, (Datum[]) {values[1], values[2], values[3]}, NULL, false, 0);
+		if (SPI_processed > 0)
+			saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
+		else
+			saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+		if (SPI_processed > 0)
+			break;
 		/* the subject was created concurrently: the next snapshot sees it */
-		saved_plan_execute(&enqueue_one, values, nulls, false, 0);
-		if (SPI_processed == 0)
+		if (attempt > 0)
 			raise_concurrent_subjects();
 	}
 	spi_note_ready_lanes(1);
@@ -406,20 +454,6 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 	if (n == 0)
 		return;
 
-	/* one sequence value per operation, in batch order: FIFO per subject */
-	saved_plan_execute(&next_seqs, (Datum[]) {Int32GetDatum(n)}, NULL, false, 0);
-	seqs = palloc(sizeof(int64) * n);
-	for (int i = 0; i < n; i++)
-		seqs[i] = spi_get_int64(i, 1);
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && seqs[j - 1] > seqs[j]; j--)
-		{
-			int64		tmp = seqs[j];
-
-			seqs[j] = seqs[j - 1];
-			seqs[j - 1] = tmp;
-		}
-
 	for (int c = 0; c < 14; c++)
 	{
 		cols[c] = palloc0(sizeof(Datum) * n);
@@ -431,7 +465,6 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 
 		if (!insert[i])
 			continue;
-		cols[0][k] = Int64GetDatum(seqs[k]);
 		cols[1][k] = UUIDPGetDatum(&op->id);
 		cols[2][k] = UUIDPGetDatum(&op->tenant_id);
 		cols[3][k] = UUIDPGetDatum(&op->connector_id);
@@ -452,10 +485,31 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 		k++;
 	}
 
-	for (int c = 0; c < 14; c++)
+	for (int c = 1; c < 14; c++)
 		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
 	saved_plan_execute(&register_subjects, (Datum[]) {args[2], args[3], args[7], args[12], args[13]},
 					   NULL, false, 0);
+	saved_plan_execute(&lock_lanes, (Datum[]) {args[3], args[7], args[12]}, NULL, false, 0);
+
+	/*
+	 * One sequence value per operation, in batch order (FIFO per subject),
+	 * taken once the lanes are locked (see lock_subject_lane).
+	 */
+	saved_plan_execute(&next_seqs, (Datum[]) {Int32GetDatum(n)}, NULL, false, 0);
+	seqs = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+		seqs[i] = spi_get_int64(i, 1);
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && seqs[j - 1] > seqs[j]; j--)
+		{
+			int64		tmp = seqs[j];
+
+			seqs[j] = seqs[j - 1];
+			seqs[j - 1] = tmp;
+		}
+	for (int k = 0; k < n; k++)
+		cols[0][k] = Int64GetDatum(seqs[k]);
+	args[0] = spi_array_arg(cols[0], nulls[0], n, types[0]);
 	saved_plan_execute(&enqueue_many, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }

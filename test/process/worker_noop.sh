@@ -80,6 +80,30 @@ id=$(q "SELECT xprov.enqueue('$tenant', '$noop', NULL, 'update', 'user', '{}', '
 check "a single enqueue is picked up at commit, not after the 10 min nap" \
 	"$(wait_for "SELECT status FROM xprov.operations WHERE id = '$id'" 5 completed)" completed
 
+# --- concurrent producers while the worker drains -----------------------
+# Two sessions enqueue batches to random subjects, often the same ones, while
+# the worker completes them: each subject's operations must run once each,
+# in the order their enqueues committed.
+cat >"$XPROV_CLUSTER_DIR/produce.sql" <<SQL
+SELECT count(*) FROM xprov.enqueue_batch((SELECT jsonb_agg(jsonb_build_object(
+	'tenant_id', '$tenant', 'connector_id', '$noop', 'target_uid', 'race-' || (random() * 300)::int,
+	'operation_type', 'update', 'object_class', 'user', 'attributes', '{}'::jsonb))
+	FROM generate_series(1, 10)));
+SELECT xprov.enqueue('$tenant', '$noop', NULL, 'update', 'user', '{}', 'race-' || (random() * 300)::int);
+SQL
+"$XPROV_PGBIN/pgbench" -n -c 2 -j 2 -T 6 -R 200 -f "$XPROV_CLUSTER_DIR/produce.sql" "$DB" >"$XPROV_CLUSTER_DIR/pgbench.log" 2>&1 || true
+check "the producers' operations all complete" "$(q "SELECT xprov.wait_idle('60 s')")" t
+check "none is left behind an idle lane" \
+	"$(q "SELECT count(*) FROM xprov.operations WHERE target_uid LIKE 'race-%' AND status <> 'completed'")" 0
+check "each completed once (results = operations)" \
+	"$(q "SELECT count(*) = (SELECT count(*) FROM xprov.op_result r JOIN xprov.op o ON o.id = r.op_id WHERE o.target_uid LIKE 'race-%')
+		FROM xprov.op WHERE target_uid LIKE 'race-%'")" t
+check "in commit order per subject" \
+	"$(q "SELECT count(*) FROM (SELECT r.finished_at, lag(r.finished_at) OVER w AS prev
+		FROM xprov.op o JOIN xprov.op_result r ON r.op_id = o.id WHERE o.target_uid LIKE 'race-%'
+		WINDOW w AS (PARTITION BY o.lane_id ORDER BY o.seq)) s WHERE prev > finished_at")" 0
+check "the worker met no error" "$(q "SELECT coalesce(last_error, '') FROM xprov.worker_status()")" ""
+
 # --- a disabled connector holds its operations --------------------------
 q "SELECT xprov.set_connector_enabled('$noop', false)" >/dev/null
 enqueue "$noop" 50 10 held
