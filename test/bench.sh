@@ -4,9 +4,9 @@
 # Starts its own private cluster (test/lib/cluster.sh, port $XPROV_PORT, default 55434) and
 # prints every xprov figure beside a baseline measured in the same run on the same cluster:
 # the machine is noisy, so only comparisons made in the same run mean anything. Every timed
-# loop is a pgbench custom script (-M prepared), so no process is spawned per call and no
-# PL/pgSQL runs in the loop.
+# client loop is a pgbench custom script (-M prepared), so no process is spawned per call.
 #
+# Part "queue" (the SQL API, external processors):
 #   1. enqueue, 1 op per transaction, 4 clients   vs  a plain INSERT of a similar row
 #   2. enqueue_batch, 1,000 ops per call          vs  INSERT ... SELECT FROM jsonb_to_recordset
 #                                                     of the same prebuilt JSON (and vs
@@ -15,18 +15,42 @@
 #      (dequeue(100), then complete_batch)            claim/complete loop, no per-subject order
 #   4. the same drains while a REPEATABLE READ snapshot pins the xmin horizon
 #   5. xprov.op n_dead_tup / n_tup_upd / n_tup_del after the drains (must be 0)
+# Part "worker" (the background worker, noop connector):
+#   6. drain the same 200k ops with 1 and 2      vs  the classic claim/complete loop run
+#      workers                                        inside the server (a PL/pgSQL procedure,
+#                                                     batches of 100, 2 commits per batch) in
+#                                                     1 and 2 sessions
+#   7. the 1-worker drain under a pinned snapshot, and xprov.op dead tuples after every drain
+# Part "latency":
+#   8. pickup latency (claim time - enqueue time)  vs  the same PL/pgSQL loop polling the jobs
+#      of a steady producer (pgbench -R, small        table every 1 ms when it finds nothing,
+#      batches, one commit each), 1 worker, clean     fed by the same producer
+#      and pinned
+# Part "http":
+#   9. drain of scim2 updates (one PATCH each) to  vs  curl --parallel (libcurl multi, the same
+#      a local nginx sink, 64 requests in flight      requests, 64 keep-alive connections)
+#      (skipped while xprov has no HTTP engine)
 #
-# Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of one database loaded once
-# with both queues, so all drains start from the same physical state, and the barred drains
-# run BENCH_REPEAT times, alternating xprov and baseline; the best run of each counts.
+# Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of a database loaded once,
+# so all drains start from the same physical state; the barred drains run BENCH_REPEAT times,
+# alternating xprov and baseline; the best run of each counts. The background workers serve
+# one database (xprov.database_name = xprov_bench_worker, dropped and copied afresh for each
+# worker run); xprov.workers is 0 except while a worker part runs, and is changed with
+# ALTER SYSTEM + pg_reload_conf().
 #
 # Benchmarks are not tests: the script exits 0 when a bar is missed (it prints FAIL) and
 # non-zero only when it cannot run at all. Knobs (environment):
-#   XPROV_PORT (55434)  BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
+#   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http")
+#   BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
 #   BENCH_CLAIM (100)  BENCH_REPEAT (2)  BENCH_DRAIN_CAP (120 s per drain)
 #   BENCH_PINNED_CAP (150 s)  BENCH_VARIANTS (1: also time the one-commit drain, and sample
 #   the per-op complete() drain for BENCH_SAMPLE_SECS (6) on the operations left by step 2)
 #   BENCH_PROFILE (0: 1 preloads pg_stat_statements and prints the top statements per xprov drain)
+#   BENCH_POLL_MS (50: how often the worker's shared-memory counters are read during a drain)
+#   BENCH_LAT_RATE (5000 ops/s offered)  BENCH_LAT_BATCH (10 ops per producer transaction)
+#   BENCH_LAT_SECS (20)  BENCH_HTTP_OPS (20000)  BENCH_HTTP_IN_FLIGHT (64)
+#   BENCH_NGINX_PORT (18434)  BENCH_PERF (0: 1 records a perf profile of the worker during the
+#   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data)
 #   XPROV_KEEP_CLUSTER (0: 1 keeps the cluster directory, see test/lib/cluster.sh)
 
 set -uo pipefail
@@ -46,6 +70,15 @@ PINNED_CAP=${BENCH_PINNED_CAP:-150}
 SAMPLE_SECS=${BENCH_SAMPLE_SECS:-6}
 VARIANTS=${BENCH_VARIANTS:-1}
 PROFILE=${BENCH_PROFILE:-0}
+PARTS=" ${BENCH_PARTS:-queue worker latency http} "
+POLL_MS=${BENCH_POLL_MS:-50}
+LAT_RATE=${BENCH_LAT_RATE:-5000}
+LAT_BATCH=${BENCH_LAT_BATCH:-10}
+LAT_SECS=${BENCH_LAT_SECS:-20}
+HTTP_OPS=${BENCH_HTTP_OPS:-20000}
+HTTP_IN_FLIGHT=${BENCH_HTTP_IN_FLIGHT:-64}
+NGINX_PORT=${BENCH_NGINX_PORT:-18434}
+PERF=${BENCH_PERF:-0}
 BATCH=1000                                   # ops per enqueue_batch call / batched INSERT
 NB=$(( (SUBJECTS + BATCH - 1) / BATCH ))     # prebuilt batches; batch b holds subjects b*1000 .. b*1000+999
 SUBJECTS=$(( NB * BATCH ))
@@ -53,10 +86,16 @@ DRAIN_OPS=$(( SUBJECTS * PER_SUBJECT ))
 MAIN_DB=xprov_bench                          # steps 1 and 2
 TPL_DB=xprov_bench_loaded                    # both queues loaded; copied for every drain
 RUN_DB=xprov_bench_drain                     # the copy being drained
+WORKER_DB=xprov_bench_worker                 # xprov.database_name: the workers' database
+WTPL_DB=xprov_bench_wloaded                  # a noop connector's queue, copied for every worker drain
 DB=$MAIN_DB                                  # the database q/pgbench talk to
 TENANT=00000000-0000-4000-8000-00000000be01
 CONN=''                                      # connector id, set by reset_xprov
 PIN_PID=''
+NGINX_PID=''
+W_CONN=''                                    # in $WTPL_DB: the loaded noop connector (disabled)
+W_WAKER=''                                   #   and a noop connector whose enqueue wakes the workers
+has_part() { [[ $PARTS == *" $1 "* ]]; }
 
 work=$(mktemp -d /tmp/xprov-bench.XXXXXX)
 chmod 755 "$work"
@@ -71,6 +110,8 @@ now_ns() { date +%s%N; }
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     stop_pin
+    poll_close
+    stop_nginx
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -118,18 +159,82 @@ setup_db() {
         id          bigint PRIMARY KEY,
         outcome     text NOT NULL,
         attempts    int NOT NULL,
-        finished_at timestamptz NOT NULL);
+        finished_at timestamptz NOT NULL,
+        created_at  timestamptz,              -- latency runs only: the job's enqueue time
+        started_at  timestamptz);             --   and its claim time
+    -- The same classic loop run inside the server (DESIGN.md §6: a raw in-database PL/pgSQL
+    -- SKIP LOCKED loop, batches of 100): claim (commit), complete (commit), until a claim
+    -- comes back empty or the cap runs out.
+    CREATE PROCEDURE bench_raw_drain(p_batch int, p_cap interval DEFAULT '10 minutes')
+    LANGUAGE plpgsql AS \$\$
+    DECLARE
+        v_ids bigint[];
+        v_n int;
+        v_deadline timestamptz := clock_timestamp() + p_cap;
+    BEGIN
+        LOOP
+            WITH c AS MATERIALIZED (
+                SELECT id FROM jobs WHERE state = 'ready' AND run_at <= now()
+                ORDER BY priority DESC, run_at, id LIMIT p_batch FOR UPDATE SKIP LOCKED),
+            u AS (
+                UPDATE jobs j SET state = 'running', attempts = j.attempts + 1,
+                                  locked_until = now() + interval '5 minutes'
+                FROM c WHERE j.id = c.id RETURNING j.*)
+            SELECT coalesce(array_agg(u.id), '{}'), count(*) INTO v_ids, v_n FROM u;
+            COMMIT;
+            EXIT WHEN v_n = 0 OR clock_timestamp() > v_deadline;
+            WITH d AS (DELETE FROM jobs WHERE id = ANY (v_ids) AND state = 'running' RETURNING id, attempts)
+            INSERT INTO job_result (id, outcome, attempts, finished_at)
+            SELECT id, 'completed', attempts, now() FROM d;
+            COMMIT;
+        END LOOP;
+    END \$\$;
+    -- The latency baseline: the same loop as a consumer that polls every p_nap seconds while
+    -- it finds nothing, until p_until (and then until the table is empty, at most p_grace more).
+    -- The claim transaction's now() is the claim time, as op_result.started_at is the worker's.
+    CREATE PROCEDURE bench_raw_consume(p_batch int, p_until timestamptz, p_nap float8 DEFAULT 0.001,
+                                       p_grace interval DEFAULT '60 seconds')
+    LANGUAGE plpgsql AS \$\$
+    DECLARE
+        v_ids bigint[];
+        v_n int;
+    BEGIN
+        LOOP
+            WITH c AS MATERIALIZED (
+                SELECT id FROM jobs WHERE state = 'ready' AND run_at <= now()
+                ORDER BY priority DESC, run_at, id LIMIT p_batch FOR UPDATE SKIP LOCKED),
+            u AS (
+                UPDATE jobs j SET state = 'running', attempts = j.attempts + 1,
+                                  locked_until = now() + interval '5 minutes'
+                FROM c WHERE j.id = c.id RETURNING j.*)
+            SELECT coalesce(array_agg(u.id), '{}'), count(*) INTO v_ids, v_n FROM u;
+            COMMIT;
+            EXIT WHEN clock_timestamp() > p_until + p_grace;
+            IF v_n = 0 THEN
+                EXIT WHEN clock_timestamp() > p_until;
+                PERFORM pg_sleep(p_nap);
+                COMMIT;
+                CONTINUE;
+            END IF;
+            WITH d AS (DELETE FROM jobs WHERE id = ANY (v_ids) AND state = 'running'
+                       RETURNING id, attempts, created_at, locked_until)
+            INSERT INTO job_result (id, outcome, attempts, finished_at, created_at, started_at)
+            SELECT id, 'completed', attempts, now(), created_at, locked_until - interval '5 minutes' FROM d;
+            COMMIT;
+        END LOOP;
+    END \$\$;
     CREATE TABLE bench_batch (n int PRIMARY KEY, payload jsonb NOT NULL);
     " || die "schema setup failed"
     if [ "$PROFILE" = 1 ]; then q "CREATE EXTENSION pg_stat_statements" || die "pg_stat_statements"; fi
 }
 
-# Fresh extension (fresh tables and statistics), one external connector, and the prebuilt
-# enqueue_batch payloads (NB arrays of 1000 operations on distinct subjects) for it.
+# Fresh extension (fresh tables and statistics), one connector (external unless KIND is given),
+# and the prebuilt enqueue_batch payloads (NB arrays of 1000 operations on distinct subjects) for it.
 reset_xprov() {
+    local kind=${1:-external}
     q "SET client_min_messages = warning; DROP EXTENSION IF EXISTS xprov CASCADE" >/dev/null || die "DROP EXTENSION xprov failed"
     q "CREATE EXTENSION xprov" || die "CREATE EXTENSION xprov failed (is it installed? make install)"
-    CONN=$(q "SELECT xprov.add_connector('$TENANT', 'bench', 'external', NULL, '{}')") || die "add_connector failed"
+    CONN=$(q "SELECT xprov.add_connector('$TENANT', 'bench', '$kind', NULL, '{}')") || die "add_connector failed"
     q "TRUNCATE bench_batch;
        INSERT INTO bench_batch
        SELECT b, jsonb_agg(jsonb_build_object(
@@ -241,6 +346,21 @@ EOF
 SELECT coalesce(array_agg(id), '{}') AS ids, count(*) AS n FROM xprov.dequeue($CLAIM) \gset
 $END_IF_EMPTY
 SELECT xprov.complete(id) FROM unnest(:ids::uuid[]) AS id;
+EOF
+
+    # pickup-latency producers: LAT_BATCH random subjects per transaction, committed at once
+    local rnd="SELECT (random() * ($SUBJECTS - 1))::int AS s FROM generate_series(1, $LAT_BATCH)"
+    cat >"$work/lat_xprov.sql" <<EOF
+SELECT count(*) FROM xprov.enqueue_batch((
+  SELECT jsonb_agg(jsonb_build_object('tenant_id', :tenant::uuid, 'connector_id', :conn::uuid,
+           'identity_id', $(subject_sql s), 'operation_type', 'update', 'object_class', 'User',
+           'attributes', $(attrs_sql s)))
+  FROM ($rnd) r));
+EOF
+    cat >"$work/lat_raw.sql" <<EOF
+INSERT INTO jobs (tenant_id, connector_id, subject, operation_type, object_class, attributes)
+SELECT :tenant::uuid, :conn::uuid, $(subject_sql s), 'update', 'User', $(attrs_sql s)
+FROM ($rnd) r;
 EOF
 
     local claim_raw="WITH c AS MATERIALIZED (
@@ -373,6 +493,371 @@ drain() {
     say "    $label: $D_DONE ops in ${D_SECS}s = $(fmt_rate "$D_RATE") ops/s$extra"
 }
 
+# ---------------------------------------------------------------- background workers
+# One psql session kept open (a coprocess) for cheap repeated queries while a drain runs: a
+# poll is one statement in an existing session, not a process and a connection.
+POLL_PID=''
+SLEEP_FD=''
+poll_open() {
+    coproc POLL { psql -X -q -At -d "$1" 2>&1; }
+    [ -n "$SLEEP_FD" ] || exec {SLEEP_FD}<> <(:)   # read -t on it sleeps without forking
+}
+# poll_q SQL: one statement (no semicolon) returning one line; the line is left in POLL_OUT
+poll_q() {
+    POLL_OUT=''
+    [ -n "${POLL[1]:-}" ] || return 1
+    printf '%s;\n' "$1" >&"${POLL[1]}" || return 1
+    IFS= read -r -t 30 POLL_OUT <&"${POLL[0]}"
+}
+poll_close() {
+    local fd=${POLL[1]:-}
+    [ -n "$fd" ] && exec {fd}>&-
+    [ -n "${POLL_PID:-}" ] && wait "$POLL_PID" 2>/dev/null
+    POLL_PID=''
+    return 0
+}
+nap() { read -r -t "$1" -u "$SLEEP_FD" _ 2>/dev/null; return 0; }
+epoch_s() { printf '%s' "${EPOCHSECONDS:-$(date +%s)}"; }
+ms_to_s() { awk -v m="$1" 'BEGIN { printf "%.3f", m / 1000 }'; }
+
+# xprov workers running, in any database
+workers_running() { qpg "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'xprov worker'"; }
+
+# set_workers N: xprov.workers = N (a SIGHUP setting), then wait until N workers run in
+# $WORKER_DB, each past its start-up (epoch taken) and idle.
+set_workers() {
+    local n=$1 got='' _
+    qpg "ALTER SYSTEM SET xprov.workers = $n" || die "ALTER SYSTEM SET xprov.workers failed"
+    qpg "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 1 900); do
+        if [ "$n" = 0 ]; then
+            got=$(workers_running)
+        else
+            got=$(psql -X -q -At -d "$WORKER_DB" -c "SELECT count(*) FROM xprov.worker_status()
+                  WHERE epoch IS NOT NULL AND state = 'idle'" 2>/dev/null)
+        fi
+        [ "$got" = "$n" ] && return 0
+        sleep 0.1
+    done
+    cluster_log | grep -i xprov | tail -10 >&2
+    die "expected $n idle xprov workers within 90 s, found ${got:-none}"
+}
+
+# fresh_worker_db [TEMPLATE]: stop the workers and make $WORKER_DB anew, as a copy of TEMPLATE
+# or (without one) empty but for the bench schema and the extension
+fresh_worker_db() {
+    [ "$(workers_running)" = 0 ] || set_workers 0
+    qpg "DROP DATABASE IF EXISTS $WORKER_DB" >/dev/null 2>&1 || die "DROP DATABASE $WORKER_DB failed"
+    if [ -n "${1:-}" ]; then
+        qpg "CREATE DATABASE $WORKER_DB TEMPLATE $1 STRATEGY FILE_COPY" || die "copying $1 failed"
+    else
+        DB=$WORKER_DB setup_db
+        DB=$WORKER_DB q "CREATE EXTENSION xprov" || die "CREATE EXTENSION xprov failed"
+    fi
+}
+
+# W_OP and W_LANE: table_stats of xprov.op and xprov.lane in $DB after a worker drain. A worker
+# reports its table counters at most once a second, after a transaction: a reload wakes it for
+# one more (empty) claim after that second, so that its last writes are counted too.
+worker_table_stats() {
+    sleep 1
+    qpg "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.3
+    q "SELECT pg_stat_force_next_flush()" >/dev/null
+    read -r W_OP W_LANE < <(q "SELECT string_agg(n_dead_tup || '|' || n_tup_upd || '|' || n_tup_del || '|' || n_tup_ins
+                                                 || '|' || n_tup_hot_upd, ' ' ORDER BY relid = 'xprov.lane'::regclass)
+                               FROM pg_stat_user_tables WHERE relid IN ('xprov.op'::regclass, 'xprov.lane'::regclass)")
+}
+
+worker_errors() {
+    psql -X -q -At -d "$WORKER_DB" -c "SELECT 'worker ' || worker || ': ' || last_error || ' (' || last_error_at || ')'
+        FROM xprov.worker_status() WHERE last_error IS NOT NULL" 2>/dev/null | sed 's/^/    last error of /'
+}
+
+# wait_done TARGET CAP: poll the workers' shared-memory counters (xprov.worker_status(), no
+# table is read) every POLL_MS until their sum reaches TARGET; sets W_MAX_IN_FLIGHT.
+# Returns 1 after CAP seconds.
+wait_done() {
+    local target=$1 cap=$2 done_ infl deadline
+    deadline=$(( $(epoch_s) + cap ))
+    W_MAX_IN_FLIGHT=0
+    while :; do
+        poll_q "SELECT coalesce(sum(operations_done), 0) || '|' || coalesce(max(in_flight), 0) FROM xprov.worker_status()"
+        done_=${POLL_OUT%%|*}; infl=${POLL_OUT#*|}
+        [[ $done_ =~ ^[0-9]+$ ]] || { say "    ERROR: polling the workers: $POLL_OUT" >&2; return 1; }
+        [ "$infl" -gt "$W_MAX_IN_FLIGHT" ] && W_MAX_IN_FLIGHT=$infl
+        [ "$done_" -ge "$target" ] && return 0
+        [ "$(epoch_s)" -ge "$deadline" ] && return 1
+        nap "$(ms_to_s "$POLL_MS")"
+    done
+}
+
+# worker_drain N PINNED CONN TEMPLATE OPS LABEL: the workers' database afresh from TEMPLATE, in
+# which CONN's OPS operations wait, disabled; N workers started and idle; then one statement
+# enables CONN and enqueues one operation on the waker connector, whose commit wakes the
+# workers as an application's enqueue does (enabling a connector alone wakes nobody: the
+# workers would find the work at their next nap, xprov.worker_nap). The drain ends when the
+# workers' counters reach OPS + 1. Time = from that statement to the last op_result row of
+# CONN (server clock), so the polling interval does not count. Sets W_RATE W_DONE W_SECS and,
+# for the pinned drain, W_OP / W_LANE (table counters while the pin is still held).
+worker_drain() {
+    local n=$1 pinned=$2 conn=$3 tpl=$4 ops=$5 label=$6 t0 done0 st ok=1 perf_pid=''
+    fresh_worker_db "$tpl"
+    DB=$WORKER_DB
+    settle
+    set_workers "$n"
+    [ "$pinned" = 1 ] && start_pin
+    poll_open "$WORKER_DB"
+    poll_q "SELECT coalesce(sum(operations_done), 0) FROM xprov.worker_status()"; done0=$POLL_OUT
+    if [ "$PERF" = 1 ] && [ "${PERF_DONE:-0}" = 0 ] && [ "$n" = 1 ] && command -v perf >/dev/null; then
+        local wpid
+        wpid=$(q "SELECT pid FROM xprov.worker_status() LIMIT 1")
+        perf record -q -g -p "$wpid" -o "$work/perf.data" -- sleep 5 >"$work/perf.log" 2>&1 &
+        perf_pid=$!
+        sleep 0.5
+    fi
+    poll_q "SELECT clock_timestamp(), xprov.set_connector_enabled('$conn', true),
+                   xprov.enqueue('$TENANT', '$W_WAKER', gen_random_uuid(), 'update', 'User', '{}')"
+    t0=${POLL_OUT%%|*}
+    [[ $t0 =~ ^[0-9] ]] || die "starting the drain failed: $POLL_OUT"
+    wait_done $(( done0 + ops + 1 )) "$DRAIN_CAP" || ok=0
+    worker_table_stats
+    [ "$pinned" = 1 ] && stop_pin
+    poll_close
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid"
+        PERF_DONE=1
+        perf report -i "$work/perf.data" --no-children --sort symbol -g none 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -60 >"$work/perf.top"
+        cp "$work/perf.data" /tmp/xprov-bench-worker.perf.data 2>/dev/null
+    fi
+    # and how many transactions recorded them (the xmin of their op_result rows)
+    read -r W_SECS W_COMMITS < <(q "SELECT round(extract(epoch FROM max(finished_at) - '$t0'::timestamptz), 3)
+                                          || ' ' || count(DISTINCT xmin::text)
+                                     FROM xprov.op_result WHERE connector_id = '$conn'" | tr '|' ' ')
+    st=$(q "SELECT pending, in_progress, failed, dead_letter, completed, skipped, cancelled FROM xprov.stats(NULL, '$conn')")
+    W_DONE=$(cut -d'|' -f5 <<<"$st")
+    if [ "$ok" = 0 ] || [ "$st" != "0|0|0|0|$ops|0|0" ]; then
+        say "    ERROR: worker drain incomplete after ${DRAIN_CAP}s: stats() pending|in_progress|failed|dead_letter|completed|skipped|cancelled = ${st:-?} (expected 0|0|0|0|$ops|0|0)" >&2
+        worker_errors >&2
+    fi
+    W_RATE=$(awk -v n="${W_DONE:-0}" -v s="${W_SECS:-0}" 'BEGIN { if (s > 0) printf "%.0f", n / s }')
+    local extra=''
+    [ "$W_DONE" != "$ops" ] && extra="  INCOMPLETE"
+    say "    $label: $W_DONE ops in ${W_SECS}s = $(fmt_rate "$W_RATE") ops/s$extra ($(awk -v c="$W_COMMITS" -v n="$W_DONE" \
+        'BEGIN { if (n > 0) printf "%.1f", n / c }') ops recorded per transaction)"
+    DB=$MAIN_DB
+}
+
+# raw_plpgsql_drain SESSIONS PINNED LABEL: CALL bench_raw_drain() in SESSIONS concurrent
+# sessions on a fresh copy of $TPL_DB (its jobs table holds the same DRAIN_OPS rows).
+# Sets D_RATE D_DONE D_SECS (and D_JOBS when pinned).
+raw_plpgsql_drain() {
+    local n=$1 pinned=$2 label=$3 t0 t1 i cap=$DRAIN_CAP pids=()
+    [ "$pinned" = 1 ] && cap=$PINNED_CAP
+    DB=$RUN_DB
+    qpg "DROP DATABASE IF EXISTS $RUN_DB" >/dev/null 2>&1
+    qpg "CREATE DATABASE $RUN_DB TEMPLATE $TPL_DB STRATEGY FILE_COPY" || die "copying $TPL_DB failed"
+    settle
+    [ "$pinned" = 1 ] && start_pin
+    t0=$(now_ns)
+    for i in $(seq 1 "$n"); do
+        psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "CALL bench_raw_drain($CLAIM, '$cap seconds')" \
+            >"$work/raw_plpgsql.$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || say "    psql: $(tail -1 "$work"/raw_plpgsql.*.log)" >&2; done
+    t1=$(now_ns)
+    [ "$pinned" = 1 ] && { D_JOBS=$(table_stats jobs); stop_pin; }
+    D_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    D_DONE=$(check_raw)
+    D_RATE=$(awk -v n="$D_DONE" -v s="$D_SECS" 'BEGIN { printf "%.0f", n / s }')
+    DB=$MAIN_DB
+    qpg "DROP DATABASE $RUN_DB" || die "DROP DATABASE $RUN_DB failed"
+    local extra=''
+    [ "$D_DONE" != "$DRAIN_OPS" ] && extra="  INCOMPLETE"
+    say "    $label: $D_DONE ops in ${D_SECS}s = $(fmt_rate "$D_RATE") ops/s$extra"
+}
+
+# ---------------------------------------------------------------- pickup latency
+# lat_stats SQL: "count|p50|p99|max|over_1s" (ms) of the latencies (column ms) SQL yields
+lat_stats() {
+    q "SELECT count(*) || '|' || coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1), 0)
+              || '|' || coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1), 0)
+              || '|' || coalesce(round(max(ms)::numeric, 1), 0) || '|' || count(*) FILTER (WHERE ms > 1000)
+       FROM ($1) x"
+}
+
+# producer SCRIPT: offer LAT_RATE ops/s for LAT_SECS seconds in transactions of LAT_BATCH ops
+# (pgbench -R: Poisson arrivals at LAT_RATE / LAT_BATCH transactions per second, 2 clients).
+# Sets P_LAT (the producer's mean transaction latency, ms).
+producer() {
+    local log="$work/$1.log"
+    pgbench -n -c 2 -j 2 -M prepared -R $(( LAT_RATE / LAT_BATCH )) -T "$LAT_SECS" \
+        -D tenant="$TENANT" -D conn="$CONN" -f "$work/$1.sql" -d "$DB" >"$log" 2>&1 \
+        || { say "    pgbench exited $?:" >&2; tail -5 "$log" | sed 's/^/    | /' >&2; }
+    # under -R, pgbench's latency includes the wait for the transaction's scheduled start
+    P_LAT=$(awk '/^latency average = / { l = $4 } /^rate limit schedule lag: avg / { g = $6 }
+                 END { if (l != "") printf "%.1f ms (+%.1f ms schedule lag)", l - g, g }' "$log")
+}
+
+# wait_results CONN N CAP: until CONN has N rows in xprov.op_result (untimed waits only)
+wait_results() {
+    local got='' _
+    for _ in $(seq 1 $(( $3 * 5 ))); do
+        got=$(q "SELECT count(*) FROM xprov.op_result WHERE connector_id = '$1'")
+        [ "$got" = "$2" ] && return 0
+        sleep 0.2
+    done
+    say "    ERROR: $got of $2 operations done after $3 s; lanes of the undone ones (state, op behind the lane's" >&2
+    say "      next_seq, count): $(q "SELECT string_agg(x, ', ') FROM (SELECT l.state::text || ' ' || (o.seq < l.next_seq) || ' ' || count(*) AS x
+          FROM xprov.op o JOIN xprov.lane l USING (lane_id) WHERE o.connector_id = '$1'
+           AND NOT EXISTS (SELECT 1 FROM xprov.op_result r WHERE r.op_id = o.id) GROUP BY l.state, o.seq < l.next_seq) y")" >&2
+    worker_errors >&2
+    return 1
+}
+
+# latency_xprov PINNED: 1 worker on an empty queue of a noop connector; every subject gets one
+# operation first (drained before timing: subjects and lanes exist, as in a running system);
+# then the producer runs. Latency of an operation = op_result.started_at (its lease time)
+# - op.created_at (the start of its enqueue transaction, committed right after).
+# Sets L_STATS (see lat_stats) and L_RATE (ops/s offered and enqueued).
+latency_xprov() {
+    local pinned=$1 t0 total
+    fresh_worker_db
+    DB=$WORKER_DB
+    CONN=$(q "SELECT xprov.add_connector('$TENANT', 'bench-latency', 'noop', NULL, '{}')") || die "add_connector failed"
+    q "DO \$\$ BEGIN
+         FOR b IN 0 .. $NB - 1 LOOP
+           PERFORM count(*) FROM xprov.enqueue_batch((
+             SELECT jsonb_agg(jsonb_build_object('tenant_id', '$TENANT', 'connector_id', '$CONN',
+                    'identity_id', bench_subject(s), 'operation_type', 'update', 'object_class', 'User',
+                    'attributes', bench_attrs(s)))
+               FROM generate_series(b * $BATCH, b * $BATCH + $BATCH - 1) s));
+         END LOOP; END \$\$" || die "warm-up enqueue failed"
+    set_workers 1
+    wait_results "$CONN" "$SUBJECTS" "$DRAIN_CAP"
+    q "VACUUM ANALYZE" >/dev/null
+    settle
+    [ "$pinned" = 1 ] && start_pin
+    t0=$(q "SELECT clock_timestamp()")
+    producer lat_xprov
+    total=$(q "SELECT count(*) FROM xprov.op WHERE connector_id = '$CONN'")
+    wait_results "$CONN" "$total" 5
+    L_LOST=$(( total - $(q "SELECT count(*) FROM xprov.op_result WHERE connector_id = '$CONN'") ))
+    [ "$pinned" = 1 ] && { worker_table_stats; stop_pin; }
+    L_STATS=$(lat_stats "SELECT extract(epoch FROM r.started_at - o.created_at) * 1000 AS ms
+                         FROM xprov.op o JOIN xprov.op_result r ON r.op_id = o.id
+                         WHERE o.connector_id = '$CONN' AND o.created_at >= '$t0'")
+    L_RATE=$(awk -v n="${L_STATS%%|*}" -v s="$LAT_SECS" 'BEGIN { printf "%.0f", n / s }')
+    worker_errors >&2
+    set_workers 0
+    DB=$MAIN_DB
+}
+
+# latency_raw PINNED: the same producer inserting into the classic jobs table, consumed by
+# bench_raw_consume (1 session, batches of $CLAIM, a 1 ms nap when a claim finds nothing).
+latency_raw() {
+    local pinned=$1 t0 cpid left
+    CONN=${CONN:-$TENANT}                      # any uuid: the jobs table only stores it
+    DB=$RUN_DB
+    qpg "DROP DATABASE IF EXISTS $RUN_DB" >/dev/null 2>&1
+    setup_db
+    q "VACUUM ANALYZE" >/dev/null
+    settle
+    [ "$pinned" = 1 ] && start_pin
+    t0=$(q "SELECT clock_timestamp()")
+    psql -X -q -v ON_ERROR_STOP=1 -d "$DB" \
+        -c "CALL bench_raw_consume($CLAIM, clock_timestamp() + interval '$(( LAT_SECS + 2 )) seconds')" \
+        >"$work/raw_consume.log" 2>&1 &
+    cpid=$!
+    producer lat_raw
+    wait "$cpid" || say "    consumer: $(tail -1 "$work/raw_consume.log")" >&2
+    [ "$pinned" = 1 ] && stop_pin
+    left=$(q "SELECT count(*) FROM jobs")
+    [ "$left" = 0 ] || say "    ERROR: the raw consumer left $left jobs (fell behind)" >&2
+    L_LOST=$left
+    L_STATS=$(lat_stats "SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms
+                         FROM job_result WHERE created_at >= '$t0'")
+    L_RATE=$(awk -v n="${L_STATS%%|*}" -v l="$left" -v s="$LAT_SECS" 'BEGIN { printf "%.0f", (n + l) / s }')
+    DB=$MAIN_DB
+    qpg "DROP DATABASE $RUN_DB" || die "DROP DATABASE $RUN_DB failed"
+}
+
+# ---------------------------------------------------------------- HTTP sink
+NGINX_DIR=''
+start_nginx() {
+    NGINX_DIR=$work/nginx
+    mkdir -p "$NGINX_DIR"
+    chmod 755 "$NGINX_DIR"
+    cat >"$NGINX_DIR/nginx.conf" <<NGINX
+# xprov bench: a static SCIM sink. Every request (any method, PATCH included) gets 200 and
+# the same small User resource; keep-alive connections are never closed by the server.
+worker_processes 1;
+daemon off;
+pid $NGINX_DIR/nginx.pid;
+error_log $NGINX_DIR/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+    client_body_buffer_size 64k;
+    client_body_temp_path $NGINX_DIR/body;
+    proxy_temp_path $NGINX_DIR/proxy;
+    fastcgi_temp_path $NGINX_DIR/fastcgi;
+    uwsgi_temp_path $NGINX_DIR/uwsgi;
+    scgi_temp_path $NGINX_DIR/scgi;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            default_type application/scim+json;
+            return 200 '{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":"2819c223-7f76-453a-919d-413861904646","userName":"bench"}';
+        }
+    }
+}
+NGINX
+    nginx -e "$NGINX_DIR/error.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" >"$NGINX_DIR/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    for _ in $(seq 1 50); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' -X PATCH "http://127.0.0.1:$NGINX_PORT/scim/v2/Users/x" 2>/dev/null)" = 200 ] && return 0
+        kill -0 "$NGINX_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$NGINX_DIR/error.log" "$NGINX_DIR/stdout.log" 2>/dev/null | tail -3 | sed 's/^/    nginx: /' >&2
+    stop_nginx
+    return 1
+}
+
+stop_nginx() {
+    [ -n "$NGINX_PID" ] || return 0
+    kill -QUIT "$NGINX_PID" 2>/dev/null
+    wait "$NGINX_PID" 2>/dev/null
+    NGINX_PID=''
+}
+
+# the PATCH that xprov's scim2 protocol sends for an update of bench_attrs(s) (shape and size)
+patch_body() {
+    q "SELECT jsonb_build_object('schemas', jsonb_build_array('urn:ietf:params:scim:api:messages:2.0:PatchOp'),
+              'Operations', jsonb_build_array(jsonb_build_object('op', 'replace', 'value', bench_attrs(12345) - 'userName')))"
+}
+
+# sink_baseline N: N PATCH requests with curl --parallel (libcurl's multi interface, as
+# xprov's engine), HTTP_IN_FLIGHT at once over keep-alive connections. Sets S_RATE S_OK S_SECS.
+sink_baseline() {
+    local n=$1 t0 t1
+    patch_body >"$work/patch.json"
+    t0=$(now_ns)
+    curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max "$HTTP_IN_FLIGHT" -X PATCH \
+        -H 'Content-Type: application/scim+json' --data-binary @"$work/patch.json" \
+        -w '%{stderr}%{http_code}\n' "http://127.0.0.1:$NGINX_PORT/scim/v2/Users/bench-[1-$n]" \
+        >/dev/null 2>"$work/curl.codes"
+    t1=$(now_ns)
+    S_OK=$(grep -c '^200$' "$work/curl.codes")
+    S_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    S_RATE=$(awk -v n="$S_OK" -v s="$S_SECS" 'BEGIN { printf "%.0f", n / s }')
+}
+
 # ================================================================ main
 command -v pgbench >/dev/null || die "pgbench not found"
 # xprov stays preloaded (cluster.sh does it): its claim cursor lives in shared memory.
@@ -387,6 +872,8 @@ settings=(
     "min_wal_size = '1GB'"
     "checkpoint_timeout = '30min'"
     "wal_buffers = '16MB'"
+    "xprov.database_name = '$WORKER_DB'"
+    "xprov.workers = 0"                      # raised (ALTER SYSTEM) only while a worker part runs
 )
 [ "$PROFILE" = 1 ] && settings+=("shared_preload_libraries = 'xprov, pg_cron, pg_stat_statements'"
                                  "pg_stat_statements.track = all")
@@ -399,6 +886,9 @@ say "  subjects $SUBJECTS, drain $DRAIN_OPS ops ($PER_SUBJECT per subject), clai
 say "  attributes $(q "SELECT octet_length(bench_attrs(12345)::text)") B of JSON, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 say ""
 
+parts_=${PARTS# }; say "  parts: ${parts_% }"
+say ""
+if has_part queue; then
 # ---- 1. enqueue, one op per transaction, 4 clients
 say "1. enqueue, 1 op/transaction, 4 clients, ${ENQ_SECS}s each"
 reset_xprov; reset_raw; settle
@@ -445,13 +935,19 @@ if [ "$VARIANTS" = 1 ]; then
     say "    sample, xprov dequeue + one complete() per op: $D_DONE ops in ${D_SECS}s = $(fmt_rate "$D_RATE") ops/s"
 fi
 
+fi # queue
+
 # ---- the loaded database that every drain copies
+if has_part queue || has_part worker; then
 say "   (loading $DRAIN_OPS operations into each queue)"
 DB=$TPL_DB setup_db
 DB=$TPL_DB reset_xprov
 DB=$TPL_DB load_xprov
 DB=$TPL_DB load_raw
 DB=$TPL_DB q "VACUUM ANALYZE" || die "VACUUM failed"
+fi
+
+if has_part queue; then
 
 # ---- 3 and 4. drains, clean and pinned
 say "3+4. drain $DRAIN_OPS ops over $SUBJECTS subjects, 1 client, claim $CLAIM; 'pinned' = REPEATABLE READ snapshot held open"
@@ -510,6 +1006,170 @@ last_op=${OP_ALL##* }; last_op=${last_op#*:}
 row "xprov.op dead/upd/del, every drain" "$(cut -d'|' -f1-3 <<<"$last_op" | tr '|' '/')" "" "" "= 0/0/0" "$v"
 row "xprov.lane vs jobs dead/upd/del, pinned" "$(cut -d'|' -f1-3 <<<"$LANE_PIN" | tr '|' '/')" \
     "$(cut -d'|' -f1-3 <<<"$JOBS_PIN" | tr '|' '/')" "" "info" ""
+fi # queue
+
+# ---- 6 and 7. the background worker's noop drain, clean, 2 workers, pinned
+if has_part worker; then
+part_t0=$SECONDS
+say "6+7. background worker drains $DRAIN_OPS ops over $SUBJECTS subjects of a noop connector; baseline = the"
+say "     classic loop as a PL/pgSQL procedure inside the server (claim $CLAIM SKIP LOCKED, commit, complete, commit)"
+say "   (loading $DRAIN_OPS operations for a disabled noop connector; xprov.batch_size = $(q 'SHOW xprov.batch_size'))"
+DB=$WTPL_DB setup_db
+DB=$WTPL_DB reset_xprov noop
+W_CONN=$CONN
+W_WAKER=$(DB=$WTPL_DB q "SELECT xprov.add_connector('$TENANT', 'bench-waker', 'noop', NULL, '{}')") || die "add_connector failed"
+DB=$WTPL_DB q "SELECT xprov.set_connector_enabled('$W_CONN', false)" >/dev/null || die "set_connector_enabled failed"
+DB=$WTPL_DB load_xprov
+DB=$WTPL_DB q "VACUUM ANALYZE" || die "VACUUM failed"
+WX1=''; WR1=''; WXP=''; WX_OK=1; WXP_OK=1; WR_OK=1
+W_OP_BAD=0; W_OP_ALL=''; W_LANE_PIN=''
+note_wop() {  # the operation log's counters after every worker drain
+    W_OP_ALL="$W_OP_ALL $1:${W_OP:-?}"
+    [ "$(cut -d'|' -f1-3 <<<"${W_OP:-x}")" = "0|0|0" ] || W_OP_BAD=1
+}
+for r_ in $(seq 1 "$REPEAT"); do
+    raw_plpgsql_drain 1 0 "run $r_ raw    PL/pgSQL loop, 1 session"
+    WR1=$(max "$WR1" "$D_RATE"); [ "$D_DONE" = "$DRAIN_OPS" ] || WR_OK=0
+    worker_drain 1 0 "$W_CONN" "$WTPL_DB" "$DRAIN_OPS" "run $r_ xprov  1 worker"
+    WX1=$(max "$WX1" "$W_RATE"); [ "$W_DONE" = "$DRAIN_OPS" ] || WX_OK=0; note_wop "1-worker"
+    worker_drain 1 1 "$W_CONN" "$WTPL_DB" "$DRAIN_OPS" "run $r_ xprov  1 worker, pinned"
+    WXP=$(max "$WXP" "$W_RATE"); [ "$W_DONE" = "$DRAIN_OPS" ] || WXP_OK=0; note_wop "pinned"
+    W_LANE_PIN=$W_LANE
+done
+raw_plpgsql_drain 2 0 "run 1 raw    PL/pgSQL loop, 2 sessions"
+WR2=$D_RATE; WR2_OK=$([ "$D_DONE" = "$DRAIN_OPS" ] && echo 1 || echo 0)
+worker_drain 2 0 "$W_CONN" "$WTPL_DB" "$DRAIN_OPS" "run 1 xprov  2 workers"
+WX2=$W_RATE; WX2_OK=$([ "$W_DONE" = "$DRAIN_OPS" ] && echo 1 || echo 0); note_wop "2-workers"
+raw_plpgsql_drain 1 1 "run 1 raw    PL/pgSQL loop, 1 session, pinned (once: it is slow)"
+WRP=$D_RATE; WRP_OK=$([ "$D_DONE" = "$DRAIN_OPS" ] && echo 1 || echo 0); W_JOBS_PIN=$D_JOBS
+set_workers 0
+say "    xprov.op counters (n_dead_tup|n_tup_upd|n_tup_del|n_tup_ins|n_tup_hot_upd) after each worker drain:"
+for s_ in $W_OP_ALL; do say "      ${s_%%:*}: ${s_#*:}"; done
+if [ -s "$work/perf.top" ]; then
+    say "    perf profile of the worker, 5 s of the first 1-worker drain (--no-children, by symbol;"
+    say "    call graphs: perf report -i /tmp/xprov-bench-worker.perf.data --no-children --sort symbol):"
+    sed 's/^/      /' "$work/perf.top"
+fi
+
+r=$(ratio "$WX1" "$WR1")
+if [ "$WX_OK$WR_OK" != 11 ]; then v="FAIL (incomplete)"
+elif ge "$WX1" 25000 && ge "$r" 0.7; then v=PASS; else v=FAIL; fi
+row "Worker drain, noop, 1 worker" "$WX1" "$WR1" "$r" ">= 25,000/s, >= 0.7x" "$v"
+v=''; [ "$WX2_OK$WR2_OK" = 11 ] || v="FAIL (incomplete)"
+row "Worker drain, noop, 2 workers (vs 2 sessions)" "$WX2" "$WR2" "$(ratio "$WX2" "$WR2")" "info" "$v"
+v=''; [ "$WXP_OK" = 1 ] || v="FAIL (incomplete)"
+[ "$WRP_OK" = 1 ] || v="${v:-info} (raw capped at ${PINNED_CAP}s)"
+row "Worker drain, noop, pinned snapshot" "$WXP" "$WRP" "$(ratio "$WXP" "$WRP")" "info" "$v"
+xr=$(ratio "$WXP" "$WX1"); rr=$(ratio "$WRP" "$WR1")
+if [ "$WXP_OK$WX_OK" != 11 ]; then v="FAIL (incomplete)"
+elif ge "$xr" 0.8; then v=PASS; else v=FAIL; fi
+row "Worker pinned / clean (each its own)" "${xr}x" "${rr}x" "" "xprov >= 0.8x" "$v"
+[ "$W_OP_BAD" = 0 ] && v=PASS || v=FAIL
+last_op=${W_OP_ALL##* }; last_op=${last_op#*:}
+row "xprov.op dead/upd/del, every worker drain" "$(cut -d'|' -f1-3 <<<"$last_op" | tr '|' '/')" "" "" "= 0/0/0" "$v"
+row "xprov.lane vs jobs dead/upd/del, pinned" "$(cut -d'|' -f1-3 <<<"$W_LANE_PIN" | tr '|' '/')" \
+    "$(cut -d'|' -f1-3 <<<"$W_JOBS_PIN" | tr '|' '/')" "" "info" ""
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # worker
+
+# ---- 8. pickup latency
+if has_part latency; then
+part_t0=$SECONDS
+say "8. pickup latency at a steady $(fmt_rate "$LAT_RATE") ops/s offered for ${LAT_SECS}s (pgbench -R: $LAT_BATCH random subjects of"
+say "   $SUBJECTS per transaction, 2 clients), noop connector, 1 worker, xprov.worker_nap = $(q 'SHOW xprov.worker_nap');"
+say "   latency = claim time - enqueue transaction start; baseline = the PL/pgSQL loop polling every 1 ms"
+lat_line() {  # LABEL STATS RATE: one result line; STATS gets "|lost" appended
+    local n p50 p99 mx slow
+    IFS='|' read -r n p50 p99 mx slow <<<"$2"
+    say "    $1: $(fmt_rate "$n") ops at $(fmt_rate "$3")/s, p50 $p50 ms, p99 $p99 ms, max $mx ms, $slow over 1 s,$( \
+        [ "${L_LOST:-0}" = 0 ] || printf ' %s NEVER DONE,' "$L_LOST") producer txn ${P_LAT:-?}"
+}
+lat_rows() {  # LABEL XPROV_STATS RAW_STATS BAR_MS XPROV_LOST
+    local xp50 xp99 xmx rp50 rp99 rmx v
+    IFS='|' read -r _ xp50 xp99 xmx _ <<<"$2"
+    IFS='|' read -r _ rp50 rp99 rmx _ <<<"$3"
+    if [ "${2%%|*}" = 0 ]; then v="FAIL (no data)"
+    elif [ "${5:-0}" != 0 ]; then v="FAIL ($5 ops never done)"
+    elif ge "$4" "$xp99"; then v=PASS; else v=FAIL; fi
+    row "$1, p99" "$xp99 ms" "$rp99 ms" "$(ratio "$xp99" "$rp99")" "<= $4 ms" "$v"
+    row "  p50 / max" "$xp50 / $xmx ms" "$rp50 / $rmx ms" "" "info" ""
+}
+latency_raw 0;   LR0=$L_STATS; lat_line "raw    clean " "$L_STATS" "$L_RATE"
+latency_xprov 0; LX0=$L_STATS; LX0_LOST=$L_LOST; lat_line "xprov  clean " "$L_STATS" "$L_RATE"
+latency_xprov 1; LX1=$L_STATS; LX1_LOST=$L_LOST; lat_line "xprov  pinned" "$L_STATS" "$L_RATE"
+LX1_OP=$W_OP
+latency_raw 1;   LR1=$L_STATS; lat_line "raw    pinned" "$L_STATS" "$L_RATE"
+say "    xprov.op counters after the pinned run: $LX1_OP"
+lat_rows "Pickup latency at $(fmt_rate "$LAT_RATE")/s, 1 worker" "$LX0" "$LR0" 20 "$LX0_LOST"
+lat_rows "Pickup latency, pinned snapshot" "$LX1" "$LR1" 100 "$LX1_LOST"
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # latency
+
+# ---- 9. HTTP drain to a local nginx sink
+if has_part http; then
+part_t0=$SECONDS
+say "9. HTTP drain: $(fmt_rate "$HTTP_OPS") scim2 updates over as many subjects (one PATCH each) to a local nginx sink"
+say "   (127.0.0.1:$NGINX_PORT, 1 worker process, keep-alive), 1 xprov worker, xprov.max_in_flight = $HTTP_IN_FLIGHT"
+HTPL_DB=xprov_bench_hloaded
+skip=''
+if ! command -v nginx >/dev/null; then skip="SKIP: nginx not installed (test/install-deps.sh)"
+elif ! command -v curl >/dev/null; then skip="SKIP: curl not installed"
+elif ! start_nginx; then skip="SKIP: nginx did not start on 127.0.0.1:$NGINX_PORT (BENCH_NGINX_PORT)"
+fi
+if [ -z "$skip" ]; then
+    DB=$HTPL_DB setup_db
+    DB=$HTPL_DB q "CREATE EXTENSION xprov" || die "CREATE EXTENSION xprov failed"
+    H_CONN=$(DB=$HTPL_DB q "SELECT xprov.add_connector('$TENANT', 'bench-scim', 'scim2', 'http://127.0.0.1:$NGINX_PORT/scim/v2', '{}')") \
+        || die "add_connector scim2 failed"
+    # does this build execute scim2 operations? (until the HTTP engine is merged, it does not)
+    probe=$(DB=$HTPL_DB q "SELECT coalesce(r->>'outcome', '') || '|' || coalesce(r->>'http_status', '') || '|' || coalesce(r->>'error', '')
+                           FROM (SELECT xprov.try_operation('$H_CONN', 'update', 'User', bench_attrs(1), 'bench-probe') AS r) x" 2>"$work/probe.err")
+    rc=$?
+    if [ $rc -ne 0 ] || [ -z "${probe%%|*}" ]; then
+        skip="SKIP: no HTTP engine (xprov.try_operation on a scim2 connector $([ $rc -ne 0 ] && echo "failed: $(head -1 "$work/probe.err")" || echo "returned NULL"))"
+    elif [ "${probe%%|*}" != completed ]; then
+        skip="SKIP: a scim2 update against the sink did not complete (try_operation: $probe)"
+    fi
+fi
+if [ -n "$skip" ]; then
+    say "    $skip"
+    row "HTTP drain, scim2 PATCH to nginx" "" "" "" ">= 10,000/s" "$skip"
+    stop_nginx
+else
+    H_WAKER=$(DB=$HTPL_DB q "SELECT xprov.add_connector('$TENANT', 'bench-waker', 'noop', NULL, '{}')") || die "add_connector failed"
+    DB=$HTPL_DB q "SELECT xprov.set_connector_enabled('$H_CONN', false)" >/dev/null || die "set_connector_enabled failed"
+    DB=$HTPL_DB q "DO \$\$ BEGIN
+         FOR b IN 0 .. ($HTTP_OPS - 1) / $BATCH LOOP
+           PERFORM count(*) FROM xprov.enqueue_batch((
+             SELECT jsonb_agg(jsonb_build_object('tenant_id', '$TENANT', 'connector_id', '$H_CONN',
+                    'target_uid', 'bench-' || s, 'operation_type', 'update', 'object_class', 'User',
+                    'attributes', bench_attrs(s) - 'userName'))
+               FROM generate_series(b * $BATCH, least(b * $BATCH + $BATCH, $HTTP_OPS) - 1) s));
+         END LOOP; END \$\$" || die "loading the scim2 operations failed"
+    DB=$HTPL_DB q "VACUUM ANALYZE" || die "VACUUM failed"
+    qpg "ALTER SYSTEM SET xprov.max_in_flight = $HTTP_IN_FLIGHT" || die "ALTER SYSTEM failed"
+    HX=''; HB=''; HX_OK=1; H_INFL=0
+    saved_waker=$W_WAKER; W_WAKER=$H_WAKER
+    for r_ in $(seq 1 "$REPEAT"); do
+        sink_baseline "$HTTP_OPS"
+        say "    run $r_ curl   --parallel-max $HTTP_IN_FLIGHT: $S_OK of $HTTP_OPS PATCH answered 200 in ${S_SECS}s = $(fmt_rate "$S_RATE") requests/s"
+        HB=$(max "$HB" "$S_RATE")
+        worker_drain 1 0 "$H_CONN" "$HTPL_DB" "$HTTP_OPS" "run $r_ xprov  1 worker"
+        HX=$(max "$HX" "$W_RATE"); [ "$W_DONE" = "$HTTP_OPS" ] || HX_OK=0
+        [ "$W_MAX_IN_FLIGHT" -gt "$H_INFL" ] && H_INFL=$W_MAX_IN_FLIGHT
+        say "      (most requests in flight seen in xprov.worker_status(): $W_MAX_IN_FLIGHT)"
+    done
+    W_WAKER=$saved_waker
+    set_workers 0
+    stop_nginx
+    if [ "$HX_OK" != 1 ]; then v="FAIL (incomplete)"
+    elif ge "$HX" 10000 && [ "$H_INFL" -ge 32 ]; then v=PASS
+    else v=FAIL; fi
+    row "HTTP drain, scim2 PATCH to nginx" "$HX" "$HB" "$(ratio "$HX" "$HB")" ">= 10,000/s, >= 32 in flight" "$v"
+    row "  most requests in flight (worker_status)" "$H_INFL" "$HTTP_IN_FLIGHT" "" "info" ""
+fi
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # http
 
 # ---------------------------------------------------------------- summary
 say ""
@@ -533,4 +1193,14 @@ say "  - Drains: one pgbench client (-M prepared) loops until a claim comes back
 say "    time of the pgbench run, on a fresh copy of the same loaded database; completion checked with xprov.stats()."
 say "  - Batched enqueue: both sides read the same prebuilt 1000-element jsonb from a table (building it is not timed)."
 say "  - Enqueue, 1 op/txn: commit-bound (synchronous_commit=on): the raw INSERT shows what this disk allows."
+say "  - Worker drains: the workers' database is a fresh copy of one loaded with the operations of a disabled noop"
+say "    connector; one statement enables it and enqueues an operation elsewhere (its commit wakes the workers); time"
+say "    runs from that statement to the last op_result row (server clock). Progress is polled every ${POLL_MS} ms from"
+say "    xprov.worker_status() (shared memory, no table read, no snapshot held). Baseline: the classic loop above as"
+say "    a PL/pgSQL procedure in the server (no client round trips), in 1 and 2 sessions, 2 commits per batch; the"
+say "    worker commits once per batch (it records batch k in the transaction that claims batch k+1)."
+say "  - Pickup latency: op_result.started_at (lease time) - op.created_at (start of the enqueue transaction, which"
+say "    commits at once); the baseline's is its claim transaction's start - the job's created_at."
+say "  - HTTP drain baseline: curl --parallel (libcurl multi, like xprov) sending the same PATCH to the same sink;"
+say "    the sink answers every PATCH with the same User id, so every account xprov links gets that target uid."
 exit 0
