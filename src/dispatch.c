@@ -485,8 +485,11 @@ dispatch_paused(TimestampTz now, Datum *ids_array)
 {
 	HASH_SEQ_STATUS seq;
 	ConnectorRuntime *rt;
-	Datum	   *ids = palloc(sizeof(Datum) * Max(hash_get_num_entries(runtimes), 1));
+	Datum	   *ids = NULL;
 	int			count = 0;
+
+	if (ids_array)
+		ids = palloc(sizeof(Datum) * Max(hash_get_num_entries(runtimes), 1));
 
 	hash_seq_init(&seq, runtimes);
 	while ((rt = hash_seq_search(&seq)) != NULL)
@@ -495,8 +498,9 @@ dispatch_paused(TimestampTz now, Datum *ids_array)
 
 		paused = paused || (rt->breaker == BREAKER_HALF_OPEN && rt->probing);
 		paused = paused || rt->hold_until > now;
-		if (paused)
-			ids[count++] = UUIDPGetDatum(&rt->id);
+		if (paused && ids)
+			ids[count] = UUIDPGetDatum(&rt->id);
+		count += paused ? 1 : 0;
 	}
 	if (ids_array)
 		*ids_array = spi_array_arg(ids, NULL, count, UUIDOID);

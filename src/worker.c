@@ -327,7 +327,9 @@ record_and_claim(void *arg)
 
 	if (!check_extension())
 	{
+		/* nothing to do here until xprov is installed: look again after a nap */
 		forget_finished();
+		w.want_claim = false;
 		return;
 	}
 	if (has_finished_work())
@@ -536,6 +538,9 @@ handle_responses(HttpRequest **done, int ndone)
 static void
 worker_loop(void)
 {
+	MemoryContext loop_cxt = AllocSetContextCreate(TopMemoryContext, "xprov worker loop",
+												   ALLOCSET_DEFAULT_SIZES);
+
 	for (;;)
 	{
 		HttpRequest *done[MAX_DONE_PER_WAIT];
@@ -544,6 +549,10 @@ worker_loop(void)
 		long		timeout;
 		bool		latch_set = false;
 		int			ndone;
+
+		/* what one turn allocates outside transactions and operations */
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
 
 		handle_signals();
 		collect_released();

@@ -19,7 +19,25 @@ check()
 	else
 		echo "not ok - $what: got '$got', want '$want'"
 		failures=$((failures + 1))
+		# a script may define on_check_failure to show what went wrong
+		if declare -F on_check_failure >/dev/null; then
+			on_check_failure
+		fi
 	fi
 }
 
 q() { psql -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+
+# wait_for SQL SECONDS WANT: poll SQL every 0.1 s until it returns WANT or
+# SECONDS pass; prints the last value (for check).
+wait_for()
+{
+	local sql="$1" seconds="$2" want="$3" got=""
+
+	for _ in $(seq 1 $((seconds * 10))); do
+		got=$(psql -qAtX -c "$sql" 2>/dev/null || true)
+		[ "$got" = "$want" ] && break
+		sleep 0.1
+	done
+	printf '%s' "$got"
+}

@@ -12,35 +12,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export XPROV_PORT="${XPROV_PORT:-55462}"
 . test/lib/cluster.sh
+. test/lib/check.sh
 
 DB=xprov_worker
-failures=0
-check()
-{
-	local what="$1" got="$2" want="$3"
-
-	if [ "$got" = "$want" ]; then
-		echo "ok - $what"
-	else
-		echo "not ok - $what: got '$got', want '$want'"
-		failures=$((failures + 1))
-	fi
-}
-q() { psql -qAtX -v ON_ERROR_STOP=1 -d "$DB" -c "$1"; }
 qp() { psql -qAtX -v ON_ERROR_STOP=1 -d postgres -c "$1"; }
 
-# Wait up to $2 seconds for query $1 to return $3.
-wait_for()
-{
-	local sql="$1" seconds="$2" want="$3" got=""
-
-	for _ in $(seq 1 $((seconds * 10))); do
-		got=$(psql -qAtX -d "$DB" -c "$sql" 2>/dev/null || true)
-		[ "$got" = "$want" ] && break
-		sleep 0.1
-	done
-	printf '%s' "$got"
-}
 
 worker_pids() { qp "SELECT string_agg(pid::text, ' ' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'xprov worker'"; }
 
@@ -56,6 +32,7 @@ enqueue()	# $1 connector, $2 count, $3 subjects, $4 tag
 completed() { q "SELECT completed FROM xprov.stats(connector_id => '$1')"; }
 
 cluster_start "xprov.database_name = '$DB'" "xprov.worker_nap = '10min'" >/dev/null
+export PGDATABASE=$DB
 qp "CREATE DATABASE $DB"
 q "CREATE EXTENSION xprov"
 

@@ -11,23 +11,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export XPROV_PORT="${XPROV_PORT:-55464}"
 REST_PORT="${XPROV_REST_TEST_PORT:-18331}"
 . test/lib/cluster.sh
+. test/lib/check.sh
 
 DB=xprov_worker
 REST=http://127.0.0.1:$REST_PORT
 TOKEN=s3cr3t-$RANDOM$RANDOM
-failures=0
-check()
-{
-	local what="$1" got="$2" want="$3"
-
-	if [ "$got" = "$want" ]; then
-		echo "ok - $what"
-	else
-		echo "not ok - $what: got '$got', want '$want'"
-		failures=$((failures + 1))
-	fi
-}
-q() { psql -qAtX -v ON_ERROR_STOP=1 -d "$DB" -c "$1"; }
 stat() { curl -sf "$REST/_admin/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 completed_within()	# $1 connector, $2 expected completed, $3 seconds
 {
@@ -43,6 +31,7 @@ completed_within()	# $1 connector, $2 expected completed, $3 seconds
 
 rest_pid=""
 cluster_start "xprov.database_name = '$DB'" "xprov.retry_base = '200ms'" >/dev/null
+export PGDATABASE=$DB
 trap '[ -n "$rest_pid" ] && kill $rest_pid; cluster_stop' EXIT
 python3 test/targets/rest_server.py --port "$REST_PORT" --token "$TOKEN" >"$XPROV_CLUSTER_DIR/rest.log" 2>&1 &
 rest_pid=$!

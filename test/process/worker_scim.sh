@@ -13,34 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export XPROV_PORT="${XPROV_PORT:-55463}"
 SCIM_PORT="${XPROV_SCIM_PORT:-18321}"
 . test/lib/cluster.sh
+. test/lib/check.sh
 
 DB=xprov_worker
 SCIM=http://127.0.0.1:$SCIM_PORT
-failures=0
-check()
-{
-	local what="$1" got="$2" want="$3"
-
-	if [ "$got" = "$want" ]; then
-		echo "ok - $what"
-	else
-		echo "not ok - $what: got '$got', want '$want'"
-		failures=$((failures + 1))
-		diagnose
-	fi
-}
-q() { psql -qAtX -v ON_ERROR_STOP=1 -d "$DB" -c "$1"; }
-wait_for()
-{
-	local sql="$1" seconds="$2" want="$3" got=""
-
-	for _ in $(seq 1 $((seconds * 10))); do
-		got=$(psql -qAtX -d "$DB" -c "$sql" 2>/dev/null || true)
-		[ "$got" = "$want" ] && break
-		sleep 0.1
-	done
-	printf '%s' "$got"
-}
 
 scim_pid=""
 scim_start()
@@ -83,7 +59,7 @@ done_within()	# $1 prefix, $2 seconds: wait until all of the prefix's operations
 		FROM xprov.operations WHERE attributes->>'userName' LIKE '$1%'" "$2" "$(q "SELECT count(*) || '/' || count(*) FROM xprov.operations WHERE attributes->>'userName' LIKE '$1%'")"
 }
 
-diagnose()
+on_check_failure()
 {
 	q "SELECT * FROM xprov.worker_status()"
 	q "SELECT lane_id, state, attempts, attempt_base, run_at, last_error FROM xprov.lane WHERE state <> 'i'"
@@ -108,6 +84,7 @@ done_ok()	# all operations of prefix $1 completed: "completed/total"
 
 cluster_start "xprov.database_name = '$DB'" "xprov.retry_base = '200ms'" "xprov.retry_max = '2s'" \
 	"xprov.max_attempts = 4" "xprov.http_timeout = '5s'" >/dev/null
+export PGDATABASE=$DB
 trap 'scim_stop; cluster_stop' EXIT
 scim_start
 psql -qAtX -d postgres -c "CREATE DATABASE $DB"
