@@ -235,6 +235,11 @@ CREATE VIEW xprov.connectors AS
 		   xprov.mask_secrets(c.config) AS config, c.enabled, c.created_at
 	  FROM xprov.connector c;
 
+CREATE FUNCTION xprov._rewind_claims()
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_rewind_claims'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION xprov.set_connector_enabled(connector_id uuid, enabled boolean)
 RETURNS void
 LANGUAGE plpgsql
@@ -250,6 +255,10 @@ BEGIN
 		RAISE EXCEPTION 'connector % does not exist', connector_id
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'List connectors with SELECT * FROM xprov.connectors.';
+	END IF;
+	IF enabled THEN
+		-- its waiting operations: claimable again, and the workers told at commit
+		PERFORM xprov._rewind_claims();
 	END IF;
 END
 $$;

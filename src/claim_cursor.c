@@ -469,3 +469,21 @@ claim_cursor_forget_database(void)
 		}
 	SpinLockRelease(&cursor_shared->mutex);
 }
+
+/*
+ * Rewind both claimants' cursors to the start of the ready index when this
+ * transaction commits (which also wakes the workers): lanes that claims
+ * passed over, such as those of a disabled connector, become claimable.
+ */
+void
+claim_cursor_rewind_at_commit(void)
+{
+	if (cursor_shared == NULL)
+		return;
+	register_callbacks();
+	for (int i = 0; i < 2; i++)
+	{
+		claim_key_set_min(&pending[i].key);
+		pending[i].has = true;
+	}
+}

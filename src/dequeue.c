@@ -26,6 +26,7 @@
 #include "xprov.h"
 
 PG_FUNCTION_INFO_V1(xprov_dequeue);
+PG_FUNCTION_INFO_V1(xprov_rewind_claims);
 
 
 /*
@@ -210,4 +211,15 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * Called when a connector is enabled: its lanes may lie behind the claim
+ * cursors, which passed them over while it was disabled.
+ */
+Datum
+xprov_rewind_claims(PG_FUNCTION_ARGS)
+{
+	claim_cursor_rewind_at_commit();
+	PG_RETURN_VOID();
 }
