@@ -471,17 +471,18 @@ claim_cursor_forget_database(void)
 }
 
 /*
- * Rewind both claimants' cursors to the start of the ready index when this
- * transaction commits (which also wakes the workers): lanes that claims
- * passed over, such as those of a disabled connector, become claimable.
+ * Rewind the cursors (the worker's only, or both) to the start of the
+ * ready index from this transaction's own claims on, and for everyone when
+ * it commits (which also wakes the workers): lanes that claims passed over,
+ * such as those of a disabled or paused connector, become claimable.
  */
 void
-claim_cursor_rewind_at_commit(void)
+claim_cursor_rewind_at_commit(bool worker_only)
 {
 	if (cursor_shared == NULL)
 		return;
 	register_callbacks();
-	for (int i = 0; i < 2; i++)
+	for (int i = worker_only ? 1 : 0; i < 2; i++)
 	{
 		claim_key_set_min(&pending[i].key);
 		pending[i].has = true;

@@ -50,6 +50,6 @@ extern void claim_cursor_note_lease(char claimant, TimestampTz expires);
 /* For the worker's fallback timer, and after the extension was recreated. */
 extern TimestampTz claim_cursor_next_due(char claimant);
 extern void claim_cursor_forget_database(void);
-extern void claim_cursor_rewind_at_commit(void);
+extern void claim_cursor_rewind_at_commit(bool worker_only);
 
 #endif							/* CLAIM_CURSOR_H */

@@ -220,6 +220,6 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 Datum
 xprov_rewind_claims(PG_FUNCTION_ARGS)
 {
-	claim_cursor_rewind_at_commit();
+	claim_cursor_rewind_at_commit(false);
 	PG_RETURN_VOID();
 }

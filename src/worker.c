@@ -72,6 +72,7 @@ typedef struct Worker
 	int			held;			/* HTTP operations in memory */
 	bool		want_claim;
 	bool		resume_pending; /* a paused connector resumes: look then */
+	bool		rewind_claims;	/* and claim from the start of the index */
 	TimestampTz last_look;
 	int64		done;
 	int64		failed;
@@ -341,6 +342,12 @@ record_and_claim(void *arg)
 	capacity = claim_capacity();
 	if (!claim || capacity <= 0)
 		return;
+	if (w.rewind_claims)
+	{
+		/* a paused connector resumed: its lanes may lie behind the cursor */
+		claim_cursor_rewind_at_commit(true);
+		w.rewind_claims = false;
+	}
 	/* the noop ids just recorded lived here */
 	MemoryContextReset(w.batch_cxt);
 	dispatch_paused(GetCurrentTimestamp(), &paused);
@@ -589,6 +596,7 @@ worker_loop(void)
 		{
 			/* the pause is over: claim the connector's operations for a probe */
 			w.resume_pending = false;
+			w.rewind_claims = true;
 			w.want_claim = true;
 		}
 	}
