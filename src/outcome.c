@@ -605,7 +605,7 @@ outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **re
 	{
 		if (!is_leased_by(&ops[i], leased_by))
 			continue;
-		for (int j = 0; j < count; j++)
+		for (int j = 0; (target_uids || results) && j < count; j++)
 		{
 			if (memcmp(&ids[j], &ops[i].id, UUID_LEN) != 0)
 				continue;

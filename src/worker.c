@@ -297,12 +297,17 @@ check_extension(void)
 	return true;
 }
 
+/* HTTP operations the worker keeps in memory: twice what can be in flight. */
+static int
+max_held(void)
+{
+	return Max(xprov_max_in_flight * 2, xprov_batch_size);
+}
+
 static int
 claim_capacity(void)
 {
-	int			max_held = Max(xprov_max_in_flight * 2, xprov_batch_size);
-
-	return Min(xprov_batch_size, max_held - w.held);
+	return Min(xprov_batch_size, max_held() - w.held);
 }
 
 /*
@@ -312,10 +317,8 @@ claim_capacity(void)
 static bool
 claim_wanted(void)
 {
-	int			max_held = Max(xprov_max_in_flight * 2, xprov_batch_size);
-
 	return w.want_claim &&
-		claim_capacity() >= Max(1, Min(xprov_batch_size, max_held / 2));
+		claim_capacity() >= Max(1, Min(xprov_batch_size, max_held() / 2));
 }
 
 static void

@@ -280,11 +280,15 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 static void
 fill_linked_accounts(WorkOp *ops)
 {
-	Datum		lanes[1024];
+	Datum	   *lanes;
 	int			count = 0;
 	Datum		arg;
 
-	for (WorkOp *op = ops; op && count < lengthof(lanes); op = op->next)
+	for (WorkOp *op = ops; op; op = op->next)
+		count++;
+	lanes = palloc(sizeof(Datum) * Max(count, 1));
+	count = 0;
+	for (WorkOp *op = ops; op; op = op->next)
 		if (op->target_uid == NULL)
 			lanes[count++] = Int64GetDatum(op->lane_id);
 	if (count == 0)
@@ -424,6 +428,12 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	}
 	if (count == 0)
 		return;
+	/* noop operations alone carry neither: no per-operation matching then */
+	if (count == work->nnoop)
+	{
+		uids = NULL;
+		results = NULL;
+	}
 	*done += outcome_complete(ids, count, uids, results, tag);
 	if (nunlinked > 0)
 	{
