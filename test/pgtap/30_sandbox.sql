@@ -9,7 +9,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(113);
+SELECT plan(132);
 \ir common.psql
 -- backstop: a script that escapes its deadline fails this file instead of hanging the suite
 SET LOCAL statement_timeout = '60s';
@@ -95,6 +95,10 @@ SELECT is(pg_temp.run('function hook(ctx) { return ctx; }',
 SELECT is(pg_temp.run('function hook(ctx) { return { up: ctx.name.toUpperCase(), len: ctx.name.length }; }',
                       '{"name": "zoë"}'),
           'OK: {"up": "ZOË", "len": 3}', 'JavaScript string functions see non-ASCII text as characters');
+SELECT is(pg_temp.run($js$function hook(ctx) { return ['\uD83D\uDE00', '\u00e9'.length]; }$js$), 'OK: ["😀", 1]',
+          'a character outside the BMP written as a surrogate pair in JavaScript comes back as UTF-8');
+SELECT matches(pg_temp.run($js$function hook(ctx) { return ['\uD800']; }$js$), '^([0-9A-Z]{5}: |OK: \["\uFFFD"\]$)',
+               'a lone surrogate in the result is refused or replaced, never stored as broken text');
 SELECT is(pg_temp.run($js$function hook(ctx) { return [42, 'two', 1.5, ['nested']]; }$js$),
           'OK: [42, "two", 1.5, ["nested"]]', 'a hook may return an array of scalars');
 SELECT is(pg_temp.run($js$
@@ -124,6 +128,12 @@ SELECT matches(pg_temp.run(E'function hook(ctx) {\n  var a = 1;\n  var b = ;\n  
                '^(42601|38000): .*\mline 3\M', 'execute_script: the same syntax error is refused naming line 3');
 SELECT matches(pg_temp.val(E'function hook(ctx) {\n  var f = (x) => x;\n  return f(1);\n}'),
                '^42601: .*\mline 2\M', 'validate_script: an arrow function (not ES5) on line 2 -> 42601 naming line 2');
+SELECT matches(pg_temp.val(E'function hook(ctx) { return 1; }\nreturn hook; }\nthis is @@@ not JavaScript((('),
+               '^42601: ', 'validate_script: a stray } followed by text that is not JavaScript -> 42601');
+SELECT matches(pg_temp.val(E'function hook(ctx) { return 1; }\n}'), '^42601: .*\mline 2\M',
+               'validate_script: a stray } on line 2 -> 42601 naming line 2');
+SELECT matches(pg_temp.val(E'return 1;\nfunction hook(ctx) { return 1; }'), '^42601: ',
+               'validate_script: return outside a function -> 42601');
 SELECT throws_ok($$SELECT xprov.validate_script('var x = 1;')$$, '42P13', NULL,
                  'validate_script: a script without function hook -> 42P13');
 SELECT throws_ok($$SELECT xprov.validate_script('function Hook(ctx) { return 1; }')$$, '42P13', NULL,
@@ -162,7 +172,9 @@ SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the catch l
 SELECT matches(pg_temp.run('while(true){} function hook(ctx) { return 1; }', p_name => 'toplevel'),
                '^38000: hook exceeded its time limit', 'a loop at the script''s top level -> 38000 time limit');
 SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the top-level loop: a normal transform runs');
+SET LOCAL xprov.hook_max_timeout = '500ms';   -- in case validation allows the largest timeout
 SELECT FROM pg_temp.val('while(true){} function hook(ctx) { }', 'validate-loop');
+RESET xprov.hook_max_timeout;
 SELECT cmp_ok(pg_temp.ms('validate-loop'), '<', 6000::float8,
               'validate_script of a script whose top level never ends returns (within 6 s)');
 SELECT matches(pg_temp.run($js$function hook(ctx) { return /(a+)+b/.test('a'.repeat(40)); }$js$, p_name => 'regexp'),
@@ -204,6 +216,30 @@ $js$, '{}', 2000),
                'a result of 300,000 objects -> 38000 too large or memory limit');
 SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after enormous results: a normal transform runs');
 
+-- ---------------------------------------------------------------- hostile: long loops inside built-ins
+-- Built-ins written in C that walk a huge sparse array allocate nothing, so
+-- only the deadline can stop them (2e7 elements take seconds here).
+SELECT matches(pg_temp.run('function hook(ctx) { var a = []; a.length = 2e7; return a.indexOf(1); }', p_name => 'indexOf'),
+               '^38000: hook exceeded its time limit of 100 ms',
+               'Array.prototype.indexOf over a sparse array of 2e7 -> 38000 time limit of 100 ms');
+SELECT cmp_ok(pg_temp.ms('indexOf'), '<', 2000::float8, 'indexOf inside a built-in stops within 2 s');
+SELECT matches(pg_temp.run($js$function hook(ctx) { var a = []; a.length = 2e7; return a.join('').length; }$js$),
+               '^38000: hook exceeded its time limit of 100 ms',
+               'Array.prototype.join over a sparse array of 2e7 -> 38000 time limit of 100 ms');
+SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the long built-in loops: a normal transform runs');
+
+-- ---------------------------------------------------------------- hostile: error and result values
+SELECT matches(pg_temp.run('function hook(ctx) { return { toJSON: function () { while(true){} } }; }'),
+               '^38000: hook exceeded its time limit of 100 ms', 'a result whose toJSON never returns -> 38000 time limit');
+SELECT matches(pg_temp.run('function hook(ctx) { throw { toString: function () { while(true){} } }; }', p_name => 'throw-loop'),
+               '^38000: hook ', 'a thrown value whose toString never returns -> 38000');
+SELECT cmp_ok(pg_temp.ms('throw-loop'), '<', 2000::float8, 'showing that thrown value stops within 2 s');
+SELECT matches(pg_temp.run($js$function hook(ctx) { throw new Error('bad \uD800 text'); }$js$),
+               '^38000: hook failed: Error: bad', 'an error message with a lone surrogate is reported (as valid text)');
+SELECT cmp_ok(length(pg_temp.run($js$function hook(ctx) { throw new Error('x'.repeat(1e6)); }$js$)), '<', 100000,
+              'a 1 MB error message is shortened');
+SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after hostile error and result values: a normal transform runs');
+
 -- ---------------------------------------------------------------- no code from strings
 SELECT matches(pg_temp.run($js$function hook(ctx) { return this.constructor.constructor('return this')(); }$js$),
                '^38000: hook failed: ', 'this.constructor.constructor(''return this'')() is refused');
@@ -220,6 +256,17 @@ SELECT matches(pg_temp.run($js$function hook(ctx) { return (function () {}).cons
 SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the code-generation attempts: a normal transform runs');
 
 -- ---------------------------------------------------------------- frozen realm, strict mode
+CREATE FUNCTION pg_temp.frozen() RETURNS text LANGUAGE sql AS $$
+    SELECT pg_temp.run($js$function hook(ctx) {
+        return [Object.isFrozen(Object.prototype), Object.isFrozen(Array.prototype), Object.isFrozen(String.prototype),
+                Object.isFrozen(Function.prototype), Object.isFrozen(JSON), Object.isFrozen(Math),
+                Object.isFrozen(Object), Object.isFrozen(Error.prototype), typeof Duktape, typeof eval];
+    }$js$)
+$$;
+SELECT is(pg_temp.frozen(), 'OK: [true, true, true, true, true, true, true, true, "undefined", "function"]',
+          'the built-ins are frozen; Duktape is gone');
+SELECT is(pg_temp.run('function hook(ctx) { return [Object.isExtensible(globalThis), Object.isFrozen(globalThis)]; }'),
+          'OK: [false, true]', 'the global object is frozen (Object.isFrozen(globalThis))');
 SELECT matches(pg_temp.run('function hook(ctx) { Object.prototype.polluted = 1; return 1; }'),
                '^38000: hook failed: TypeError', 'Object.prototype.polluted = 1 -> 38000 TypeError');
 SELECT is(pg_temp.run('function hook(ctx) { return ({}).polluted === undefined; }'), 'OK: true',
@@ -283,6 +330,14 @@ SELECT is(ARRAY(SELECT pg_temp.run('function hook(ctx) { hook.calls = (hook.call
                   FROM generate_series(1, 3)),
           ARRAY['OK: 1', 'OK: 1', 'OK: 1'], 'nor state kept on the hook function');
 
+-- ---------------------------------------------------------------- fatal engine error
+-- xprov._sandbox_force_fatal() (a test helper) takes duktape's fatal-error path: the
+-- heap is thrown away and the next call builds a fresh one, sanitized like the first
+SELECT FROM pg_temp.outcome('SELECT xprov._sandbox_force_fatal()');
+SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after a fatal engine error: a normal transform runs');
+SELECT is(pg_temp.frozen(), 'OK: [true, true, true, true, true, true, true, true, "undefined", "function"]',
+          'the rebuilt heap is frozen and sanitized too');
+
 -- ---------------------------------------------------------------- bad arguments
 SELECT throws_ok($$SELECT xprov.execute_script(NULL, '{}')$$, '22004', NULL, 'execute_script: NULL script -> 22004');
 SELECT throws_ok($$SELECT xprov.validate_script(NULL)$$, '22004', NULL, 'validate_script: NULL script -> 22004');
@@ -311,7 +366,7 @@ SELECT throws_ok($$SELECT xprov.execute_script('function hook(ctx) { return 1; }
 SELECT throws_ok($$SELECT xprov.execute_script('function hook(ctx) { return 1; }', '{}', 100, 65537)$$, '22023', NULL,
                  'execute_script: memory_kb above xprov.hook_max_memory (default 64MB) -> 22023');
 SELECT matches(pg_temp.run('function hook(ctx) { return 1; }', '{}', 100, 64),
-               '^(OK: 1|38000: hook exceeded its memory limit of 64 kB)$', 'execute_script: memory_kb 64 is accepted');
+               '^(OK: 1$|38000: hook exceeded its memory limit of 64 kB)', 'execute_script: memory_kb 64 is accepted');
 SELECT is(pg_temp.run('function hook(ctx) { return 1; }', '{}', 100, 65536), 'OK: 1',
           'execute_script: memory_kb equal to xprov.hook_max_memory is accepted');
 SET LOCAL xprov.hook_max_memory = '1MB';
@@ -330,18 +385,18 @@ SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the rejecte
 CREATE TEMP TABLE _big AS
     SELECT jsonb_build_object('attributes', jsonb_build_object('blob', repeat('x', 4 * 1024 * 1024))) AS ctx;
 SELECT matches(pg_temp.run('function hook(ctx) { return { n: ctx.attributes.blob.length }; }', (SELECT ctx FROM _big), 1000),
-               '^(OK: \{"n": 4194304\}|38000: hook exceeded its memory limit of 16384 kB)$',
+               '^(OK: \{"n": 4194304\}$|38000: hook exceeded its memory limit of 16384 kB)',
                'a 4 MB context runs within 16384 kB or fails with the memory limit');
 SELECT matches(pg_temp.run('function hook(ctx) { return { n: ctx.attributes.blob.length }; }', (SELECT ctx FROM _big),
                            1000, 1024),
-               '^(OK: \{"n": 4194304\}|38000: hook exceeded its memory limit of 1024 kB)$',
+               '^(OK: \{"n": 4194304\}$|38000: hook exceeded its memory limit of 1024 kB)',
                'a 4 MB context with memory_kb 1024 runs or fails with the memory limit');
 SELECT matches(pg_temp.run('function hook(ctx) { return ctx; }', (SELECT ctx FROM _big), 1000, 65536),
-               '^38000: hook (result is too large|exceeded its memory limit of 65536 kB)$',
+               '^38000: hook (result is too large|exceeded its memory limit of 65536 kB)',
                'echoing a 4 MB context -> 38000 too large (or memory limit)');
 SELECT matches(pg_temp.run('function hook(ctx) { return 1; }',
                            ('{"attributes": ' || repeat('[', 2000) || repeat(']', 2000) || '}')::jsonb, 1000),
-               '^(OK: 1|38000: hook )', 'a context nested 2,000 deep runs or fails with 38000');
+               '^(OK: 1$|38000: hook )', 'a context nested 2,000 deep runs or fails with 38000');
 SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the oversized contexts: a normal transform runs');
 
 -- ---------------------------------------------------------------- statement_timeout

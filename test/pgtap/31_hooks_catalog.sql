@@ -6,7 +6,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(85);
+SELECT plan(86);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -209,6 +209,9 @@ SELECT is(ARRAY[left(pg_temp.add_opts('{"order": "1"}'), 5), left(pg_temp.add_op
 SELECT matches(pg_temp.outcome(format('SELECT xprov.add_hook(%L, NULL, NULL, %L, %L)',
                                       pg_temp.id('t1'), 'before', pg_temp.js('syntax'))),
                '^42601: .*\mline 3\M', 'a script that does not compile -> 42601 naming line 3');
+SELECT throws_ok($$SELECT xprov.add_hook(gen_random_uuid(), NULL, NULL, 'before',
+                                       E'function hook(ctx) { return 1; }\nreturn hook; }\nthis is @@@ not JavaScript(((')$$,
+                 '42601', NULL, 'a script with a stray } followed by text that is not JavaScript -> 42601');
 SELECT throws_ok($$SELECT xprov.add_hook(pg_temp.id('t1'), NULL, NULL, 'before', pg_temp.js('nohook'))$$, '42P13', NULL,
                  'a script without function hook -> 42P13');
 SELECT is(pg_temp.nhooks(), 9::bigint, 'the refused calls created nothing (nine: the two accepted ones above)');
