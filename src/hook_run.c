@@ -130,12 +130,16 @@ print_json(WorkOp *op, const cJSON *value)
 {
 	char	   *text = cJSON_PrintUnformatted(value);
 	char	   *copy;
+	MemoryContext old;
 
 	if (text == NULL)
 		return NULL;
-	copy = MemoryContextStrdup(op->cxt, text);
+	old = MemoryContextSwitchTo(op->cxt);
+	copy = pstrdup(text);
 	cJSON_free(text);
-	return pg_any_to_server(copy, strlen(copy), PG_UTF8);
+	copy = pg_any_to_server(copy, strlen(copy), PG_UTF8);
+	MemoryContextSwitchTo(old);
+	return copy;
 }
 
 static bool
@@ -224,8 +228,10 @@ apply_on_error(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
 	if (cJSON_IsFalse(retry) && op->outcome.kind != OUTCOME_DEAD)
 	{
 		op->outcome.kind = OUTCOME_DEAD;
-		op->outcome.error = psprintf("%s (not retried: an on_error hook returned {retry: false})",
-									 op->outcome.error ? op->outcome.error : "failed");
+		op->outcome.error =
+			MemoryContextStrdup(op->cxt,
+								psprintf("%s (not retried: an on_error hook returned {retry: false})",
+										 op->outcome.error ? op->outcome.error : "failed"));
 		verdict->outcome = "no_retry";
 	}
 	return true;
