@@ -188,7 +188,14 @@ apply_before(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
 	}
 	if (attributes)
 	{
-		op->attributes = print_json(op, attributes);
+		char	   *printed = print_json(op, attributes);
+
+		if (printed == NULL)
+		{
+			verdict->error = pstrdup("out of memory printing the hook's attributes");
+			return false;
+		}
+		op->attributes = printed;
 		op->attributes_replaced = true;
 		verdict->outcome = "attributes";
 	}
