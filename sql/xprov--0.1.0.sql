@@ -125,7 +125,8 @@ CREATE TABLE xprov.op_result (
 	finished_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
 	target_uid	text,
 	result		jsonb,
-	reason		text
+	reason		text,
+	hooks		jsonb					-- what the hooks of the last attempt did
 ) WITH (autovacuum_analyze_scale_factor = 0.02);
 
 CREATE TABLE xprov.op_failure (
@@ -137,7 +138,8 @@ CREATE TABLE xprov.op_failure (
 										-- p connector unavailable (attempt not counted),
 										-- r worker restarted mid-attempt
 	http_status	integer,
-	error		text
+	error		text,
+	hooks		jsonb					-- what the hooks of this attempt did
 );
 CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
 
@@ -407,14 +409,15 @@ CREATE VIEW xprov.operation_attempts AS
 		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
 						  WHEN 'e' THEN 'lease_expired' WHEN 'p' THEN 'connector_unavailable'
 						  WHEN 'r' THEN 'worker_restarted' END AS outcome,
-		   f.http_status, f.error, f.finished_at - f.started_at AS duration
+		   f.http_status, f.error, f.finished_at - f.started_at AS duration, f.hooks
 	  FROM xprov.op_failure f
 	  JOIN xprov.op o ON o.id = f.op_id
 	UNION ALL
 	SELECT r.op_id, r.tenant_id, r.connector_id, r.attempts, r.started_at, r.finished_at,
-		   'completed', NULL::integer, NULL::text, r.finished_at - r.started_at
+		   CASE r.status WHEN 'c' THEN 'completed' ELSE 'skipped' END, NULL::integer,
+		   CASE r.status WHEN 's' THEN r.reason END, r.finished_at - r.started_at, r.hooks
 	  FROM xprov.op_result r
-	 WHERE r.status = 'c' AND r.attempts > 0;
+	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;
 
 CREATE VIEW xprov.accounts AS
 	SELECT a.tenant_id, a.connector_id, a.object_class, a.identity_id, a.target_uid,
@@ -465,3 +468,244 @@ AS $$
 		   h.dead_letter, f.completed, f.skipped, f.cancelled
 	  FROM unfinished u, heads h, finished f
 $$;
+
+-- Hooks ----------------------------------------------------------------------
+
+-- Tenants' JavaScript hooks; see README "Hooks".  A hook is never deleted
+-- (attempt histories name its versions), only disabled.
+CREATE TABLE xprov.hook (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	connector_id uuid,						-- NULL: every connector of the tenant
+	object_class text CHECK (object_class <> ''),	-- NULL: every object class
+	phase		text NOT NULL CHECK (phase IN ('before', 'after', 'on_error')),
+	version		integer NOT NULL DEFAULT 1,
+	script		text NOT NULL,
+	timeout_ms	integer NOT NULL,
+	memory_kb	integer NOT NULL,
+	failure		text NOT NULL CHECK (failure IN ('fatal', 'ignore')),
+	run_order	integer NOT NULL DEFAULT 0,
+	enabled		boolean NOT NULL DEFAULT true,
+	created_seq	bigint GENERATED ALWAYS AS IDENTITY,	-- creation order, for ties
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE xprov.hook_version (
+	hook_id		uuid NOT NULL REFERENCES xprov.hook (id),
+	version		integer NOT NULL,
+	script		text NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (hook_id, version)
+);
+
+CREATE FUNCTION xprov.validate_script(script text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_validate_script'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.execute_script(script text, context jsonb, timeout_ms integer DEFAULT 100,
+									 memory_kb integer DEFAULT 16384)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'xprov_execute_script'
+LANGUAGE C VOLATILE;
+
+-- Benchmark helper: microseconds per call of the sandbox alone.
+CREATE FUNCTION xprov._sandbox_bench(script text, context jsonb, timeout_ms integer,
+									 memory_kb integer, calls integer)
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'xprov_sandbox_bench'
+LANGUAGE C VOLATILE;
+
+-- Test helper: duktape's fatal-error path on purpose; the next call rebuilds the heap.
+CREATE FUNCTION xprov._sandbox_force_fatal()
+RETURNS text
+AS 'MODULE_PATHNAME', 'xprov_sandbox_force_fatal'
+LANGUAGE C VOLATILE;
+
+-- Tells the workers, at commit, to reload the hooks.
+CREATE FUNCTION xprov._hooks_changed()
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_hooks_changed'
+LANGUAGE C VOLATILE;
+
+-- Options with their defaults filled in; refuses what is not allowed.
+CREATE FUNCTION xprov._hook_options(options jsonb)
+RETURNS TABLE (timeout_ms integer, memory_kb integer, failure text, run_order integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	unknown text;
+	max_timeout integer := (SELECT s.setting::integer FROM pg_settings s
+							 WHERE s.name = 'xprov.hook_max_timeout');
+	max_memory integer := (SELECT s.setting::integer FROM pg_settings s
+							WHERE s.name = 'xprov.hook_max_memory');
+BEGIN
+	IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+		RAISE EXCEPTION 'hook options must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass ''{}'' for the defaults.';
+	END IF;
+	SELECT string_agg(k, ', ') INTO unknown
+	  FROM jsonb_object_keys(options) k
+	 WHERE k NOT IN ('timeout_ms', 'memory_kb', 'failure', 'order');
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown hook options: %', unknown
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Hook options are timeout_ms, memory_kb, failure and order.';
+	END IF;
+	timeout_ms := xprov._hook_int_option(options, 'timeout_ms', 100, 1, max_timeout,
+										 'xprov.hook_max_timeout');
+	memory_kb := xprov._hook_int_option(options, 'memory_kb', 16384, 64, max_memory,
+										'xprov.hook_max_memory');
+	run_order := xprov._hook_int_option(options, 'order', 0, -1000000, 1000000, NULL);
+	failure := coalesce(options ->> 'failure', 'fatal');
+	IF options ? 'failure' AND (jsonb_typeof(options -> 'failure') <> 'string'
+								OR failure NOT IN ('fatal', 'ignore')) THEN
+		RAISE EXCEPTION 'hook option failure must be "fatal" or "ignore"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('failure was %s.', options -> 'failure');
+	END IF;
+	RETURN NEXT;
+END
+$$;
+
+CREATE FUNCTION xprov._hook_int_option(options jsonb, name text, default_value integer,
+									   low integer, high integer, setting text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	value jsonb := options -> name;
+BEGIN
+	IF value IS NULL THEN
+		RETURN default_value;
+	END IF;
+	IF jsonb_typeof(value) <> 'number' OR value::text !~ '^-?[0-9]+$'
+	   OR value::numeric NOT BETWEEN low AND high THEN
+		RAISE EXCEPTION 'hook option % must be an integer from % to %', name, low, high
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%s was %s.', name, value),
+				  HINT = CASE WHEN setting IS NOT NULL
+							  THEN format('The upper bound is the setting %s.', setting) END;
+	END IF;
+	RETURN value::integer;
+END
+$$;
+
+CREATE FUNCTION xprov._raise_unknown_hook(hook_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	RAISE EXCEPTION 'hook % does not exist', hook_id
+		USING ERRCODE = 'undefined_object',
+			  HINT = 'List hooks with SELECT * FROM xprov.hooks.';
+END
+$$;
+
+CREATE FUNCTION xprov.add_hook(tenant_id uuid, connector_id uuid, object_class text, phase text,
+							   script text, options jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	o record;
+	owner uuid;
+	new_id uuid;
+BEGIN
+	IF tenant_id IS NULL OR phase IS NULL OR script IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, phase and script must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF phase NOT IN ('before', 'after', 'on_error') THEN
+		RAISE EXCEPTION 'unknown hook phase "%"', phase
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use before, after or on_error.';
+	END IF;
+	IF object_class IS NOT NULL AND btrim(object_class) = '' THEN
+		RAISE EXCEPTION 'object_class must not be empty'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass NULL for a hook that applies to every object class.';
+	END IF;
+	IF connector_id IS NOT NULL THEN
+		SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = add_hook.connector_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'connector % does not exist', connector_id
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'List connectors with SELECT * FROM xprov.connectors.';
+		END IF;
+		IF owner <> tenant_id THEN
+			RAISE EXCEPTION 'connector % belongs to another tenant', connector_id
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	SELECT * INTO o FROM xprov._hook_options(options);
+	PERFORM xprov.validate_script(script);
+	INSERT INTO xprov.hook AS h (tenant_id, connector_id, object_class, phase, script, timeout_ms,
+								 memory_kb, failure, run_order)
+	VALUES (add_hook.tenant_id, add_hook.connector_id, add_hook.object_class, add_hook.phase,
+			add_hook.script, o.timeout_ms, o.memory_kb, o.failure, o.run_order)
+	RETURNING h.id INTO new_id;
+	INSERT INTO xprov.hook_version (hook_id, version, script) VALUES (new_id, 1, add_hook.script);
+	PERFORM xprov._hooks_changed();
+	RETURN new_id;
+END
+$$;
+
+CREATE FUNCTION xprov.update_hook(hook_id uuid, script text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	new_version integer;
+BEGIN
+	IF script IS NULL THEN
+		RAISE EXCEPTION 'script must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM xprov.validate_script(script);
+	UPDATE xprov.hook h SET version = h.version + 1, script = update_hook.script, updated_at = now()
+	 WHERE h.id = update_hook.hook_id
+	RETURNING h.version INTO new_version;
+	IF NOT FOUND THEN
+		PERFORM xprov._raise_unknown_hook(hook_id);
+	END IF;
+	INSERT INTO xprov.hook_version (hook_id, version, script)
+	VALUES (update_hook.hook_id, new_version, update_hook.script);
+	PERFORM xprov._hooks_changed();
+	RETURN new_version;
+END
+$$;
+
+CREATE FUNCTION xprov.set_hook_enabled(hook_id uuid, enabled boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	IF enabled IS NULL THEN
+		RAISE EXCEPTION 'enabled must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	UPDATE xprov.hook h SET enabled = set_hook_enabled.enabled, updated_at = now()
+	 WHERE h.id = set_hook_enabled.hook_id;
+	IF NOT FOUND THEN
+		PERFORM xprov._raise_unknown_hook(hook_id);
+	END IF;
+	PERFORM xprov._hooks_changed();
+END
+$$;
+
+CREATE VIEW xprov.hooks AS
+	SELECT h.id, h.tenant_id, h.connector_id, h.object_class, h.phase, h.version, h.enabled,
+		   h.run_order AS "order", h.timeout_ms, h.memory_kb, h.failure, h.script,
+		   h.created_at, h.updated_at
+	  FROM xprov.hook h;
+
+CREATE VIEW xprov.hook_versions AS
+	SELECT v.hook_id, v.version, v.script, v.created_at
+	  FROM xprov.hook_version v;

@@ -38,6 +38,7 @@
 
 #include "connector.h"
 #include "http.h"
+#include "mem_util.h"
 #include "xprov.h"
 
 #define HTTP_MAX_WAIT_MS		250
@@ -600,20 +601,6 @@ http_engine_start(HttpRequest *request, const Connector *connector,
  * Completion
  */
 
-/* A palloc'd copy, or NULL when memory is short (never raises). */
-static char *
-copy_out(MemoryContext cxt, const char *data, size_t len)
-{
-	char	   *copy = MemoryContextAllocExtended(cxt, len + 1, MCXT_ALLOC_NO_OOM);
-
-	if (copy != NULL)
-	{
-		memcpy(copy, data, len);
-		copy[len] = '\0';
-	}
-	return copy;
-}
-
 /*
  * "What libcurl says[: what the system said] (libcurl's details)", e.g.
  * "Couldn't connect to server: Connection refused (Failed to connect to
@@ -671,15 +658,15 @@ fill_response(EasySlot *slot, CURLcode code)
 
 	if (slot->body_len > 0)
 	{
-		response->body = copy_out(cxt, slot->body, slot->body_len);
+		response->body = copy_bytes_no_oom(cxt, slot->body, slot->body_len);
 		response->body_len = response->body ? slot->body_len : 0;
 		if (response->body == NULL)
 			response->body_truncated = true;
 	}
 	if (slot->etag != NULL)
-		response->etag = copy_out(cxt, slot->etag, strlen(slot->etag));
+		response->etag = copy_bytes_no_oom(cxt, slot->etag, strlen(slot->etag));
 	if (slot->location != NULL)
-		response->location = copy_out(cxt, slot->location, strlen(slot->location));
+		response->location = copy_bytes_no_oom(cxt, slot->location, strlen(slot->location));
 }
 
 static HttpRequest *

@@ -11,6 +11,7 @@
 
 #include <signal.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -32,6 +33,7 @@
 
 PG_FUNCTION_INFO_V1(xprov_worker_status);
 PG_FUNCTION_INFO_V1(xprov_wait_idle);
+PG_FUNCTION_INFO_V1(xprov_hooks_changed);
 
 typedef struct WorkerSlot
 {
@@ -53,6 +55,7 @@ typedef struct WorkerShared
 {
 	slock_t		mutex;
 	int			launcher_pid;
+	pg_atomic_uint64 config_generation; /* bumped when hooks change */
 	WorkerSlot	slots[XPROV_MAX_WORKERS];
 } WorkerShared;
 
@@ -83,6 +86,7 @@ worker_shmem_startup(void)
 	{
 		memset(worker_shared, 0, sizeof(WorkerShared));
 		SpinLockInit(&worker_shared->mutex);
+		pg_atomic_init_u64(&worker_shared->config_generation, 1);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -115,6 +119,53 @@ worker_wake_at_commit(void)
 			procno >= 0 && procno < (int) ProcGlobal->allProcCount)
 			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
+}
+
+static bool config_change_pending = false;
+static bool config_callback_registered = false;
+
+static void
+config_change_callback(XactEvent event, void *arg)
+{
+	if (!config_change_pending)
+		return;
+	if (event == XACT_EVENT_COMMIT && worker_shared != NULL)
+	{
+		pg_atomic_fetch_add_u64(&worker_shared->config_generation, 1);
+		worker_wake_at_commit();
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		config_change_pending = false;
+}
+
+/*
+ * The current transaction changes what workers load once (hooks): when it
+ * commits, they reload it before their next claim.
+ */
+void
+worker_config_changed_at_commit(void)
+{
+	if (!config_callback_registered)
+	{
+		RegisterXactCallback(config_change_callback, NULL);
+		config_callback_registered = true;
+	}
+	config_change_pending = true;
+}
+
+/* xprov._hooks_changed(): called by the hook catalog functions */
+Datum
+xprov_hooks_changed(PG_FUNCTION_ARGS)
+{
+	worker_config_changed_at_commit();
+	PG_RETURN_VOID();
+}
+
+uint64
+worker_config_generation(void)
+{
+	return worker_shared ? pg_atomic_read_u64(&worker_shared->config_generation) : 0;
 }
 
 /*

@@ -24,6 +24,10 @@ extern void worker_shmem_init(void);
 /* backends */
 extern void worker_wake_at_commit(void);
 extern void worker_stop_for_database(Oid dboid);
+extern void worker_config_changed_at_commit(void);
+
+/* bumped by every committed change of hooks; 0 without shared memory */
+extern uint64 worker_config_generation(void);
 
 /* the launcher */
 extern void worker_shmem_set_launcher(int pid);

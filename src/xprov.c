@@ -38,6 +38,8 @@ int			xprov_http_connect_timeout_ms = 5 * 1000;
 int			xprov_worker_lease_ms = 30 * 60 * 1000;
 int			xprov_worker_nap_ms = 5 * 1000;
 int			xprov_max_response_kb = 1024;
+int			xprov_hook_max_timeout_ms = 5 * 1000;
+int			xprov_hook_max_memory_kb = 64 * 1024;
 
 void		_PG_init(void);
 
@@ -153,11 +155,31 @@ define_worker_settings(void)
 							NULL, NULL, NULL);
 }
 
+static void
+define_hook_settings(void)
+{
+	DefineCustomIntVariable("xprov.hook_max_timeout",
+							"Largest time limit a JavaScript hook may ask for.",
+							"Hooks asking for more are refused; hooks defined before a lowering are held to it.",
+							&xprov_hook_max_timeout_ms,
+							5 * 1000, 1, 60 * 1000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.hook_max_memory",
+							"Largest memory limit a JavaScript hook may ask for.",
+							"Hooks asking for more are refused; hooks defined before a lowering are held to it.",
+							&xprov_hook_max_memory_kb,
+							64 * 1024, 64, 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+}
+
 void
 _PG_init(void)
 {
 	define_queue_settings();
 	define_worker_settings();
+	define_hook_settings();
 	MarkGUCPrefixReserved("xprov");
 
 	if (process_shared_preload_libraries_in_progress)

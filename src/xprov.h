@@ -31,4 +31,8 @@ extern int	xprov_worker_lease_ms;
 extern int	xprov_worker_nap_ms;
 extern int	xprov_max_response_kb;
 
+/* JavaScript hooks (xprov.c) */
+extern int	xprov_hook_max_timeout_ms;
+extern int	xprov_hook_max_memory_kb;
+
 #endif							/* XPROV_H */

@@ -1,0 +1,73 @@
+/*-------------------------------------------------------------------------
+ *
+ * sandbox.h
+ *	  Running tenants' JavaScript hooks in a duktape sandbox.
+ *
+ * One duktape heap per process, built on first use: strict mode, frozen
+ * built-ins and global object, no Duktape/Buffer/CBOR/Proxy/Reflect/
+ * performance globals, eval and Function refusing strings.  Each call runs
+ * under a deadline (checked by the interpreter and the regexp engine, sticky
+ * once tripped) and a memory cap (a counting allocator).  A fatal duktape
+ * error abandons the heap, frees every block it had, and the next call
+ * builds a fresh one.
+ *
+ * A script is a program that defines function hook(ctx).  Its top level
+ * runs on every call, in a fresh scope, so nothing it creates survives into
+ * the next call; the compiled program is cached under the caller's key.
+ *
+ * sandbox_run() never lets a PostgreSQL error happen while duktape frames
+ * are on the stack, and never lets a duktape error escape: it reports
+ * everything in SandboxCall.  Its results are palloc'd in the caller's
+ * memory context once duktape has returned (which may throw out of memory,
+ * as any palloc).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SANDBOX_H
+#define SANDBOX_H
+
+/* Largest JSON result a hook may return. */
+#define SANDBOX_MAX_RESULT (1024 * 1024)
+
+/* Smallest memory_kb a call may ask for. */
+#define SANDBOX_MIN_MEMORY_KB 64
+
+typedef enum SandboxStatus
+{
+	SANDBOX_OK = 0,
+	SANDBOX_COMPILE_ERROR,		/* the script does not compile */
+	SANDBOX_NO_HOOK,			/* it does not define function hook(ctx) */
+	SANDBOX_THREW,				/* the script threw */
+	SANDBOX_TIMEOUT,			/* it ran past its deadline */
+	SANDBOX_MEMORY,				/* it needed more than its memory cap */
+	SANDBOX_TOO_LARGE,			/* its result is over SANDBOX_MAX_RESULT */
+	SANDBOX_CANCELLED,			/* query cancel or shutdown: the caller must
+								 * CHECK_FOR_INTERRUPTS() */
+	SANDBOX_FATAL				/* duktape itself failed; heap rebuilt */
+} SandboxStatus;
+
+typedef struct SandboxCall
+{
+	/* in */
+	const char *cache_key;		/* compiled program cached under this key;
+								 * NULL: the script text is the key */
+	const char *script;
+	const char *context;		/* JSON text passed as ctx; NULL: only check
+								 * that the script defines hook() */
+	int			timeout_ms;
+	int			memory_kb;
+
+	/* out */
+	SandboxStatus status;
+	char	   *result;			/* JSON text, NULL if hook returned nothing */
+	char	   *error;			/* when status != SANDBOX_OK */
+	int64		duration_us;
+} SandboxCall;
+
+extern void sandbox_run(SandboxCall *call);
+
+/* Tests: bytes the heap holds; the fatal-error path taken on purpose. */
+extern size_t sandbox_heap_bytes(void);
+extern void sandbox_force_fatal(SandboxCall *call);
+
+#endif							/* SANDBOX_H */
