@@ -17,6 +17,7 @@ extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, Timestamp
 /* Columns of xprov.queued_operation, as dequeue_claim() returns them first. */
 #define QUEUED_OPERATION_NATTS 15
 #define QOP_ID				1
+#define QOP_TENANT_ID		2
 #define QOP_CONNECTOR_ID	3
 #define QOP_IDENTITY_ID		4
 #define QOP_TARGET_UID		5

@@ -90,9 +90,9 @@ static SavedPlan finish_ops = {
 	.sql =
 	"WITH r AS ("
 	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
-	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[]) "
+	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::jsonb[]) "
 	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, "
-	"         connector_id, idempotency_key)"
+	"         connector_id, idempotency_key, hooks)"
 	"), fin AS ("
 	"  SELECT r.*, "
 	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
@@ -101,9 +101,9 @@ static SavedPlan finish_ops = {
 	"   WHERE l.ctid = ANY ($7)"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
-	"                               target_uid, result, reason) "
+	"                               target_uid, result, reason, hooks) "
 	"  SELECT id, tenant_id, connector_id, status::\"char\", CASE WHEN is_head THEN attempts ELSE 0 END, "
-	"         CASE WHEN is_head THEN leased_at END, target_uid, result, reason FROM fin"
+	"         CASE WHEN is_head THEN leased_at END, target_uid, result, reason, hooks FROM fin"
 	"), keys AS ("
 	"  DELETE FROM xprov.idempotency i USING fin "
 	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id "
@@ -138,9 +138,9 @@ static SavedPlan finish_ops = {
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
 	"  FROM nxt WHERE l.ctid = ANY ($7) AND l.ctid = nxt.lane_ctid "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
-	.nargs = 11,
+	.nargs = 12,
 	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
-	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID},
+	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, JSONBARRAYOID},
 };
 
 static SavedPlan fail_op = {
@@ -152,9 +152,9 @@ static SavedPlan fail_op = {
 	"             least($8, $7 * power(2, least(l.attempts - 1, 62))) * (0.5 + random() / 2))) AS due "
 	"    FROM xprov.lane l WHERE l.ctid = $10"
 	"), history AS ("
-	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, http_status, error) "
+	"  INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, http_status, error, hooks) "
 	"  SELECT $2, f.attempt_base + f.attempts, f.leased_at, "
-	"         CASE WHEN f.dead THEN 'd' ELSE 'f' END, $9, $3 FROM f"
+	"         CASE WHEN f.dead THEN 'd' ELSE 'f' END, $9, $3, $11 FROM f"
 	") "
 	"UPDATE xprov.lane l "
 	"   SET state = CASE WHEN f.dead THEN 'd' ELSE 'r' END, "
@@ -162,9 +162,9 @@ static SavedPlan fail_op = {
 	"       last_error = $3, leased_at = NULL, lease_expires = NULL, leased_by = NULL "
 	"  FROM f WHERE l.ctid = $10 "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
-	.nargs = 10,
+	.nargs = 11,
 	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID,
-	TIDOID},
+	TIDOID, JSONBOID},
 };
 
 /*
@@ -338,14 +338,15 @@ is_leased(const LockedOp *op)
  */
 static void
 finish_operations(const LockedOp *ops, int count, char status,
-				  char **target_uids, Jsonb **results, const char *reason)
+				  char **target_uids, Jsonb **results, const char *reason, Jsonb **hooks)
 {
 	enum
 	{
-		SEQ, LANE, STATUS, TARGET_UID, RESULT, REASON, CTID, ID, TENANT, CONNECTOR, IDEM_KEY, NCOLS
+		SEQ, LANE, STATUS, TARGET_UID, RESULT, REASON, CTID, ID, TENANT, CONNECTOR, IDEM_KEY, HOOKS,
+		NCOLS
 	};
 	static const Oid types[NCOLS] = {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
-	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID};
+	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, JSONBOID};
 	Datum		args[NCOLS];
 	char		status_text[2] = {status, '\0'};
 
@@ -401,6 +402,11 @@ finish_operations(const LockedOp *ops, int count, char status,
 					if (!nulls[i])
 						values[i] = CStringGetTextDatum(op->idempotency_key);
 					break;
+				case HOOKS:
+					nulls[i] = hooks == NULL || hooks[i] == NULL;
+					if (!nulls[i])
+						values[i] = JsonbPGetDatum(hooks[i]);
+					break;
 			}
 		}
 		args[c] = spi_array_arg(values, nulls, count, types[c]);
@@ -420,7 +426,7 @@ xprov_complete(PG_FUNCTION_ARGS)
 	op = lock_one(fcinfo);
 	if (!is_leased(&op))
 		raise_wrong_status(&op, "complete", "in_progress");
-	finish_operations(&op, 1, 'c', &target_uid, &result, NULL);
+	finish_operations(&op, 1, 'c', &target_uid, &result, NULL, NULL);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -453,7 +459,7 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
 	for (int i = 0; i < found; i++)
 		if (!is_leased(&ops[i]))
 			raise_wrong_status(&ops[i], "complete", "in_progress");
-	finish_operations(ops, found, 'c', NULL, NULL, NULL);
+	finish_operations(ops, found, 'c', NULL, NULL, NULL, NULL);
 	SPI_finish();
 	PG_RETURN_INT64(found);
 }
@@ -464,10 +470,10 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
  */
 static void
 record_failure(const LockedOp *op, const char *error, bool permanent,
-			   const Interval *retry_after, int http_status)
+			   const Interval *retry_after, int http_status, Jsonb *hooks)
 {
-	Datum		args[10];
-	char		nulls[10];
+	Datum		args[11];
+	char		nulls[11];
 
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(op->lane_id);
@@ -482,6 +488,8 @@ record_failure(const LockedOp *op, const char *error, bool permanent,
 	args[8] = Int32GetDatum(http_status);
 	nulls[8] = http_status == 0 ? 'n' : ' ';
 	args[9] = PointerGetDatum(&op->lane_ctid);
+	args[10] = PointerGetDatum(hooks);
+	nulls[10] = hooks == NULL ? 'n' : ' ';
 	saved_plan_execute(&fail_op, args, nulls, false, 0);
 	spi_note_ready_lanes(1);
 }
@@ -503,7 +511,7 @@ xprov_fail(PG_FUNCTION_ARGS)
 		raise_wrong_status(&op, "fail", "in_progress");
 	record_failure(&op, text_to_cstring(PG_GETARG_TEXT_PP(1)),
 				   !PG_ARGISNULL(2) && PG_GETARG_BOOL(2),
-				   PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3), 0);
+				   PG_ARGISNULL(3) ? NULL : PG_GETARG_INTERVAL_P(3), 0, NULL);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -541,7 +549,7 @@ xprov_skip(PG_FUNCTION_ARGS)
 	op = lock_one(fcinfo);
 	if (op.finished || (op.is_head && op.lane_state == 'l'))
 		raise_wrong_status(&op, "skip", "pending, failed or dead_letter");
-	finish_operations(&op, 1, 's', NULL, NULL, reason);
+	finish_operations(&op, 1, 's', NULL, NULL, reason, NULL);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -555,7 +563,7 @@ xprov_cancel(PG_FUNCTION_ARGS)
 	op = lock_one(fcinfo);
 	if (strcmp(status_name(&op), "pending") != 0)
 		raise_wrong_status(&op, "cancel", "pending");
-	finish_operations(&op, 1, 'x', NULL, NULL, "cancelled");
+	finish_operations(&op, 1, 'x', NULL, NULL, "cancelled", NULL);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -566,6 +574,8 @@ xprov_cancel(PG_FUNCTION_ARGS)
  * out and was reclaimed) is passed over with a log line instead of failing
  * the whole batch.
  */
+static bool lock_leased(const pg_uuid_t *id, int64 leased_by, LockedOp *op);
+
 static bool
 is_leased_by(const LockedOp *op, int64 leased_by)
 {
@@ -578,18 +588,20 @@ is_leased_by(const LockedOp *op, int64 leased_by)
 }
 
 /*
- * Complete operations; target_uids and results are parallel to ids and may
- * be NULL, as may their entries.  Returns how many were recorded.
+ * Complete operations; target_uids, results and hooks are parallel to ids
+ * and may be NULL, as may their entries.  Returns how many were recorded.
  */
 int
 outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **results,
-				 int64 leased_by)
+				 Jsonb **hooks, int64 leased_by)
 {
 	Datum	   *id_datums = palloc(sizeof(Datum) * count);
 	LockedOp   *ops;
 	LockedOp   *mine;
 	char	  **mine_uids = palloc0(sizeof(char *) * count);
 	Jsonb	  **mine_results = palloc0(sizeof(Jsonb *) * count);
+	Jsonb	  **mine_hooks = palloc0(sizeof(Jsonb *) * count);
+	bool		per_op = target_uids || results || hooks;
 	int			found;
 	int			kept = 0;
 
@@ -605,19 +617,32 @@ outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **re
 	{
 		if (!is_leased_by(&ops[i], leased_by))
 			continue;
-		for (int j = 0; (target_uids || results) && j < count; j++)
+		for (int j = 0; per_op && j < count; j++)
 		{
 			if (memcmp(&ids[j], &ops[i].id, UUID_LEN) != 0)
 				continue;
 			mine_uids[kept] = target_uids ? target_uids[j] : NULL;
 			mine_results[kept] = results ? results[j] : NULL;
+			mine_hooks[kept] = hooks ? hooks[j] : NULL;
 			break;
 		}
 		mine[kept++] = ops[i];
 	}
 	if (kept > 0)
-		finish_operations(mine, kept, 'c', mine_uids, mine_results, NULL);
+		finish_operations(mine, kept, 'c', mine_uids, mine_results, NULL, mine_hooks);
 	return kept;
+}
+
+/* A before hook finished the operation without calling the target. */
+bool
+outcome_skip(const pg_uuid_t *id, const char *reason, Jsonb *hooks, int64 leased_by)
+{
+	LockedOp	op;
+
+	if (!lock_leased(id, leased_by, &op))
+		return false;
+	finish_operations(&op, 1, 's', NULL, NULL, reason, &hooks);
+	return true;
 }
 
 static bool
@@ -632,7 +657,7 @@ lock_leased(const pg_uuid_t *id, int64 leased_by, LockedOp *op)
 
 bool
 outcome_fail(const pg_uuid_t *id, const char *error, bool permanent, int retry_after_ms,
-			 int http_status, int64 leased_by)
+			 int http_status, Jsonb *hooks, int64 leased_by)
 {
 	LockedOp	op;
 	Interval	retry_after = {0};
@@ -640,7 +665,8 @@ outcome_fail(const pg_uuid_t *id, const char *error, bool permanent, int retry_a
 	if (!lock_leased(id, leased_by, &op))
 		return false;
 	retry_after.time = (int64) retry_after_ms * 1000;
-	record_failure(&op, error, permanent, retry_after_ms >= 0 ? &retry_after : NULL, http_status);
+	record_failure(&op, error, permanent, retry_after_ms >= 0 ? &retry_after : NULL, http_status,
+				   hooks);
 	return true;
 }
 

@@ -18,9 +18,10 @@
 #include "utils/uuid.h"
 
 extern int	outcome_complete(const pg_uuid_t *ids, int count, char **target_uids,
-							 Jsonb **results, int64 leased_by);
+							 Jsonb **results, Jsonb **hooks, int64 leased_by);
 extern bool outcome_fail(const pg_uuid_t *id, const char *error, bool permanent,
-						 int retry_after_ms, int http_status, int64 leased_by);
+						 int retry_after_ms, int http_status, Jsonb *hooks, int64 leased_by);
+extern bool outcome_skip(const pg_uuid_t *id, const char *reason, Jsonb *hooks, int64 leased_by);
 extern bool outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error,
 							int http_status, int64 leased_by);
 

@@ -162,3 +162,16 @@ protocol_classify(WorkOp *op, const HttpResponse *response, const char *what)
 		outcome->error = describe_response(response, what);
 	MemoryContextSwitchTo(old);
 }
+
+void
+op_retry_after_error(WorkOp *op, const char *what)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(op->cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	op->outcome.kind = OUTCOME_RETRY;
+	op->outcome.retry_after_ms = -1;
+	op->outcome.error = what ? psprintf("%s: %s", what, edata->message) : edata->message;
+}

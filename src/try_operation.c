@@ -247,6 +247,8 @@ outcome_name(OutcomeKind kind)
 			return "connector";
 		case OUTCOME_RELEASE:
 			return "release";
+		case OUTCOME_SKIPPED:
+			return "skipped";
 		case OUTCOME_NONE:
 			break;
 	}

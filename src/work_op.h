@@ -40,8 +40,10 @@ typedef enum OutcomeKind
 								 * (connection refused, 401/403): record the
 								 * error, open the circuit breaker, do not
 								 * count the attempt */
-	OUTCOME_RELEASE				/* never attempted (breaker open, shutdown):
+	OUTCOME_RELEASE,			/* never attempted (breaker open, shutdown):
 								 * give the lease back, attempt not counted */
+	OUTCOME_SKIPPED				/* a before hook finished it without calling
+								 * the target (error = the reason) */
 } OutcomeKind;
 
 typedef struct OpOutcome
@@ -64,7 +66,9 @@ typedef struct WorkOp
 	pg_uuid_t	id;
 	char		id_text[UUID_TEXT_LEN];
 	pg_uuid_t	connector_id;
-	struct Connector *connector;
+	pg_uuid_t	tenant_id;
+	struct Connector *connector;	/* NULL for noop */
+	bool		noop;			/* completes in-process (after its hooks) */
 	OpType		type;
 	char	   *object_class;
 	char	   *identity_id;	/* text form, or NULL */
@@ -74,6 +78,15 @@ typedef struct WorkOp
 	int			attempt;		/* 1 for the first attempt */
 	int64		lane_id;		/* the subject's lane */
 	MemoryContext cxt;			/* owns the WorkOp and all it points to */
+
+	/* hooks (hook_run.c) */
+	bool		has_hooks;		/* some hook applies: run the phases */
+	char	   *shadow;			/* JSON: the account as last provisioned, or
+								 * NULL */
+	bool		attributes_replaced;	/* a before hook changed attributes */
+	char	   *shadow_attributes;	/* JSON from an after hook, or NULL */
+	bool		hook_verdict;	/* the outcome is a hook's doing: no on_error */
+	struct StringInfoData *hook_log;	/* JSON array items, or NULL */
 
 	/* protocol state */
 	int			step;			/* protocol-defined; 0 before begin() */
@@ -87,5 +100,12 @@ typedef struct WorkOp
 } WorkOp;
 
 extern const char *op_type_name(OpType type);
+
+/*
+ * In a PG_CATCH block: the error (out of memory, most likely) becomes a
+ * transient failure of the operation, retried with backoff.  what, if not
+ * NULL, prefixes the message.
+ */
+extern void op_retry_after_error(WorkOp *op, const char *what);
 
 #endif							/* WORK_OP_H */

@@ -40,6 +40,8 @@
 #include "claim_cursor.h"
 #include "connector.h"
 #include "dispatch.h"
+#include "hook_cache.h"
+#include "hook_run.h"
 #include "http.h"
 #include "protocol.h"
 #include "worker.h"
@@ -83,7 +85,11 @@ static Worker w;
 static void
 finish_op(WorkOp *op)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
+
+	/* after / on_error hooks see the outcome and may change it */
+	hook_run_outcome(op);
+	now = GetCurrentTimestamp();
 
 	if (op->outcome.kind == OUTCOME_CONNECTOR)
 	{
@@ -144,15 +150,7 @@ step_op(WorkOp *op, const HttpResponse *response)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		/* out of memory, most likely: this operation is retried later */
-		MemoryContextSwitchTo(op->cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		op->outcome.kind = OUTCOME_RETRY;
-		op->outcome.retry_after_ms = -1;
-		op->outcome.error = edata->message;
+		op_retry_after_error(op, NULL);
 		more = false;
 	}
 	PG_END_TRY();
@@ -286,6 +284,7 @@ check_extension(void)
 		w.extension = extension;
 		w.tag = 0;
 		claim_cursor_forget_database();
+		hook_cache_forget();
 	}
 	if (!OidIsValid(extension))
 		return false;
@@ -474,6 +473,21 @@ handle_signals(void)
  * The loop
  */
 
+/* Before hooks, then the target: in-process for noop, else over HTTP. */
+static void
+start_op(WorkOp *op)
+{
+	if (!hook_run_before(op))
+		finish_op(op);
+	else if (op->noop)
+	{
+		op->outcome.kind = OUTCOME_COMPLETED;
+		finish_op(op);
+	}
+	else
+		step_op(op, NULL);
+}
+
 static void
 start_claimed(void)
 {
@@ -485,7 +499,7 @@ start_claimed(void)
 		WorkOp	   *next = op->next;
 
 		op->next = NULL;
-		step_op(op, NULL);
+		start_op(op);
 		op = next;
 	}
 }

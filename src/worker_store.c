@@ -22,6 +22,8 @@
 #include "connector.h"
 #include "dequeue.h"
 #include "dispatch.h"
+#include "hook_cache.h"
+#include "hook_run.h"
 #include "outcome.h"
 #include "spi_util.h"
 #include "worker_store.h"
@@ -75,6 +77,17 @@ static SavedPlan linked_accounts = {
 	.argtypes = {INT8ARRAYOID},
 };
 
+/* The same, with the account as hooks see it (ctx.shadow). */
+static SavedPlan hook_accounts = {
+	.sql =
+	"SELECT a.lane_id, a.target_uid, "
+	"       jsonb_build_object('target_uid', a.target_uid, "
+	"                          'attributes', jsonb_strip_nulls(a.attributes))::text "
+	"  FROM xprov.account a WHERE a.lane_id = ANY ($1)",
+	.nargs = 1,
+	.argtypes = {INT8ARRAYOID},
+};
+
 /*
  * These two statements reach the accounts through their primary key only
  * (= ANY, ON CONFLICT), whatever the table's statistics say.
@@ -97,8 +110,8 @@ static SavedPlan link_accounts = {
 	"INSERT INTO xprov.account AS a (lane_id, tenant_id, connector_id, object_class, identity_id, "
 	"                                target_uid, attributes) "
 	"SELECT o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, "
-	"       x.target_uid, o.attributes "
-	"  FROM unnest($1::uuid[], $2::text[]) AS x(id, target_uid) "
+	"       x.target_uid, coalesce(x.attributes::jsonb, o.attributes) "
+	"  FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(id, target_uid, attributes) "
 	"  JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = x.id) o ON true "
 	" WHERE x.target_uid IS NOT NULL "
 	"ON CONFLICT (lane_id) DO UPDATE "
@@ -106,6 +119,17 @@ static SavedPlan link_accounts = {
 	"       identity_id = coalesce(excluded.identity_id, a.identity_id), "
 	"       attributes = jsonb_strip_nulls(a.attributes || excluded.attributes), "
 	"       updated_at = now()",
+	.nargs = 3,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+};
+
+/* An after hook's shadow_attributes replace what the account records. */
+static SavedPlan replace_account_attributes = {
+	.sql =
+	"UPDATE xprov.account a SET attributes = x.attributes::jsonb, updated_at = now() "
+	"  FROM unnest($1::uuid[], $2::text[]) AS x(id, attributes) "
+	"  JOIN LATERAL (SELECT o.lane_id FROM xprov.op o WHERE o.id = x.id) o ON true "
+	" WHERE a.lane_id = o.lane_id",
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
@@ -264,6 +288,8 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	strlcpy(op->id_text, SPI_getvalue(tuple, desc, QOP_ID), sizeof(op->id_text));
 	memcpy(&op->connector_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)),
 		   UUID_LEN);
+	memcpy(&op->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
+		   UUID_LEN);
 	op->identity_id = copy_text_column(tuple, desc, QOP_IDENTITY_ID);
 	op->target_uid = copy_text_column(tuple, desc, QOP_TARGET_UID);
 	op->type = op_type_from_text(SPI_getvalue(tuple, desc, QOP_OPERATION_TYPE));
@@ -276,12 +302,16 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	return op;
 }
 
-/* Operations that name no target_uid address the account linked before. */
+/*
+ * Operations that name no target_uid address the account linked before;
+ * operations with hooks also show it to them (ctx.shadow).
+ */
 static void
 fill_linked_accounts(WorkOp *ops)
 {
 	Datum	   *lanes;
 	int			count = 0;
+	bool		for_hooks = false;
 	Datum		arg;
 
 	for (WorkOp *op = ops; op; op = op->next)
@@ -289,23 +319,48 @@ fill_linked_accounts(WorkOp *ops)
 	lanes = palloc(sizeof(Datum) * Max(count, 1));
 	count = 0;
 	for (WorkOp *op = ops; op; op = op->next)
-		if (op->target_uid == NULL)
+		if (op->target_uid == NULL || op->has_hooks)
+		{
 			lanes[count++] = Int64GetDatum(op->lane_id);
+			for_hooks |= op->has_hooks;
+		}
 	if (count == 0)
 		return;
 	/* not read-only: the same transaction may just have linked the account */
 	arg = spi_array_arg(lanes, NULL, count, INT8OID);
-	saved_plan_execute(&linked_accounts, &arg, NULL, false, 0);
+	saved_plan_execute(for_hooks ? &hook_accounts : &linked_accounts, &arg, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		int64		lane_id = spi_get_int64(row, 1);
+		HeapTuple	tuple = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 
 		for (WorkOp *op = ops; op; op = op->next)
-			if (op->lane_id == lane_id && op->target_uid == NULL)
-				op->target_uid = MemoryContextStrdup(op->cxt,
-													 SPI_getvalue(SPI_tuptable->vals[row],
-																  SPI_tuptable->tupdesc, 2));
+		{
+			if (op->lane_id != lane_id)
+				continue;
+			if (op->target_uid == NULL)
+				op->target_uid = MemoryContextStrdup(op->cxt, SPI_getvalue(tuple, desc, 2));
+			if (op->has_hooks)
+				op->shadow = MemoryContextStrdup(op->cxt, SPI_getvalue(tuple, desc, 3));
+		}
 	}
+}
+
+/* Whether a claimed row has hooks to run (no text is made when none exist). */
+static bool
+row_has_hooks(SPITupleTable *rows, uint64 row, const pg_uuid_t *connector_id)
+{
+	bool		isnull;
+	pg_uuid_t	tenant_id;
+	char	   *object_class;
+
+	if (hook_cache_empty())
+		return false;
+	memcpy(&tenant_id, DatumGetUUIDP(SPI_getbinval(rows->vals[row], rows->tupdesc, QOP_TENANT_ID, &isnull)),
+		   UUID_LEN);
+	object_class = SPI_getvalue(rows->vals[row], rows->tupdesc, QOP_OBJECT_CLASS);
+	return hook_cache_any(&tenant_id, connector_id, object_class);
 }
 
 void
@@ -337,14 +392,17 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 			   UUID_LEN);
 	}
 	refresh_connectors(connector_ids, (int) count, now);
+	hook_cache_refresh();
 
 	result->claimed = (int) count;
 	result->noop_ids = MemoryContextAlloc(batch_cxt, sizeof(pg_uuid_t) * count);
 	for (uint64 row = 0; row < count; row++)
 	{
 		KindEntry  *entry = kind_entry(&connector_ids[row], false);
+		bool		noop = entry != NULL && entry->kind == CONNECTOR_NOOP;
+		bool		has_hooks = row_has_hooks(rows, row, &connector_ids[row]);
 
-		if (entry != NULL && entry->kind == CONNECTOR_NOOP)
+		if (noop && !has_hooks)
 		{
 			bool		isnull;
 
@@ -356,6 +414,8 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 		{
 			WorkOp	   *op = make_work_op(rows, row, ops_cxt);
 
+			op->noop = noop;
+			op->has_hooks = has_hooks;
 			if (tail)
 				tail->next = op;
 			else
@@ -380,6 +440,86 @@ result_jsonb(const char *text)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 }
 
+/* The accounts of completed operations: linked, re-linked or gone. */
+static void
+record_accounts(WorkOp *ops)
+{
+	int			capacity = 0;
+	Datum	   *linked_ids;
+	Datum	   *linked_uids;
+	bool	   *uid_nulls;
+	Datum	   *linked_attributes;
+	bool	   *attribute_nulls;
+	Datum	   *unlinked_ids;
+	Datum	   *shadow_ids;
+	Datum	   *shadow_attributes;
+	int			nlinked = 0;
+	int			nunlinked = 0;
+	int			nshadow = 0;
+
+	for (WorkOp *op = ops; op; op = op->next)
+		capacity++;
+	capacity = Max(capacity, 1);
+	linked_ids = palloc(sizeof(Datum) * capacity);
+	linked_uids = palloc0(sizeof(Datum) * capacity);
+	uid_nulls = palloc0(sizeof(bool) * capacity);
+	linked_attributes = palloc0(sizeof(Datum) * capacity);
+	attribute_nulls = palloc0(sizeof(bool) * capacity);
+	unlinked_ids = palloc(sizeof(Datum) * capacity);
+	shadow_ids = palloc(sizeof(Datum) * capacity);
+	shadow_attributes = palloc(sizeof(Datum) * capacity);
+
+	for (WorkOp *op = ops; op; op = op->next)
+	{
+		const char *uid = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
+
+		/* noop targets have no accounts */
+		if (op->outcome.kind != OUTCOME_COMPLETED || op->noop)
+			continue;
+		if (op->outcome.unlinked)
+		{
+			unlinked_ids[nunlinked++] = UUIDPGetDatum(&op->id);
+			continue;
+		}
+		linked_ids[nlinked] = UUIDPGetDatum(&op->id);
+		uid_nulls[nlinked] = uid == NULL;
+		if (uid != NULL)
+			linked_uids[nlinked] = CStringGetTextDatum(uid);
+		attribute_nulls[nlinked] = !op->attributes_replaced;
+		if (op->attributes_replaced)
+			linked_attributes[nlinked] = CStringGetTextDatum(op->attributes);
+		nlinked++;
+		if (op->shadow_attributes != NULL && uid != NULL)
+		{
+			shadow_ids[nshadow] = UUIDPGetDatum(&op->id);
+			shadow_attributes[nshadow++] = CStringGetTextDatum(op->shadow_attributes);
+		}
+	}
+	if (nunlinked > 0)
+	{
+		Datum		arg = spi_array_arg(unlinked_ids, NULL, nunlinked, UUIDOID);
+
+		saved_plan_execute(&unlink_accounts, &arg, NULL, false, 0);
+	}
+	if (nlinked > 0)
+	{
+		Datum		args[3];
+
+		args[0] = spi_array_arg(linked_ids, NULL, nlinked, UUIDOID);
+		args[1] = spi_array_arg(linked_uids, uid_nulls, nlinked, TEXTOID);
+		args[2] = spi_array_arg(linked_attributes, attribute_nulls, nlinked, TEXTOID);
+		saved_plan_execute(&link_accounts, args, NULL, false, 0);
+	}
+	if (nshadow > 0)
+	{
+		Datum		args[2];
+
+		args[0] = spi_array_arg(shadow_ids, NULL, nshadow, UUIDOID);
+		args[1] = spi_array_arg(shadow_attributes, NULL, nshadow, TEXTOID);
+		saved_plan_execute(&replace_account_attributes, args, NULL, false, 0);
+	}
+}
+
 static void
 record_completions(FinishedWork *work, int64 tag, int64 *done)
 {
@@ -387,23 +527,16 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	pg_uuid_t  *ids;
 	char	  **uids;
 	Jsonb	  **results;
-	Datum	   *linked_ids;
-	Datum	   *linked_uids;
-	bool	   *linked_nulls;
-	Datum	   *unlinked_ids;
+	Jsonb	  **hooks;
 	int			count = 0;
-	int			nlinked = 0;
-	int			nunlinked = 0;
 
 	for (WorkOp *op = work->ops; op; op = op->next)
 		capacity++;
-	ids = palloc(sizeof(pg_uuid_t) * Max(capacity, 1));
-	uids = palloc0(sizeof(char *) * Max(capacity, 1));
-	results = palloc0(sizeof(Jsonb *) * Max(capacity, 1));
-	linked_ids = palloc(sizeof(Datum) * Max(capacity, 1));
-	linked_uids = palloc(sizeof(Datum) * Max(capacity, 1));
-	linked_nulls = palloc0(sizeof(bool) * Max(capacity, 1));
-	unlinked_ids = palloc(sizeof(Datum) * Max(capacity, 1));
+	capacity = Max(capacity, 1);
+	ids = palloc(sizeof(pg_uuid_t) * capacity);
+	uids = palloc0(sizeof(char *) * capacity);
+	results = palloc0(sizeof(Jsonb *) * capacity);
+	hooks = palloc0(sizeof(Jsonb *) * capacity);
 
 	for (int i = 0; i < work->nnoop; i++)
 		ids[count++] = work->noop_ids[i];
@@ -414,41 +547,17 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 		ids[count] = op->id;
 		uids[count] = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
 		results[count] = result_jsonb(op->outcome.result);
+		hooks[count] = hook_log_jsonb(op);
 		count++;
-		if (op->outcome.unlinked)
-			unlinked_ids[nunlinked++] = UUIDPGetDatum(&op->id);
-		else
-		{
-			linked_ids[nlinked] = UUIDPGetDatum(&op->id);
-			linked_nulls[nlinked] = uids[count - 1] == NULL;
-			linked_uids[nlinked] = linked_nulls[nlinked] ? (Datum) 0 :
-				CStringGetTextDatum(uids[count - 1]);
-			nlinked++;
-		}
 	}
 	if (count == 0)
 		return;
-	/* noop operations alone carry neither: no per-operation matching then */
+	/* noop operations alone carry nothing: no per-operation matching then */
 	if (count == work->nnoop)
-	{
-		uids = NULL;
-		results = NULL;
-	}
-	*done += outcome_complete(ids, count, uids, results, tag);
-	if (nunlinked > 0)
-	{
-		Datum		arg = spi_array_arg(unlinked_ids, NULL, nunlinked, UUIDOID);
-
-		saved_plan_execute(&unlink_accounts, &arg, NULL, false, 0);
-	}
-	if (nlinked > 0)
-	{
-		Datum		args[2];
-
-		args[0] = spi_array_arg(linked_ids, NULL, nlinked, UUIDOID);
-		args[1] = spi_array_arg(linked_uids, linked_nulls, nlinked, TEXTOID);
-		saved_plan_execute(&link_accounts, args, NULL, false, 0);
-	}
+		*done += outcome_complete(ids, count, NULL, NULL, NULL, tag);
+	else
+		*done += outcome_complete(ids, count, uids, results, hooks, tag);
+	record_accounts(work->ops);
 }
 
 static void
@@ -463,8 +572,11 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 		case OUTCOME_RETRY:
 		case OUTCOME_DEAD:
 			if (outcome_fail(&op->id, error, outcome->kind == OUTCOME_DEAD,
-							 outcome->retry_after_ms, outcome->http_status, tag))
+							 outcome->retry_after_ms, outcome->http_status, hook_log_jsonb(op), tag))
 				(*failed)++;
+			break;
+		case OUTCOME_SKIPPED:
+			outcome_skip(&op->id, error, hook_log_jsonb(op), tag);
 			break;
 		case OUTCOME_CONNECTOR:
 			if (outcome_release(&op->id,
