@@ -8,7 +8,8 @@
 #   - two before hooks chained by their order option;
 #   - scope: object class, disabled hooks, other tenants, connector-NULL hooks;
 #   - skip, veto (fatal and failure "ignore"), after hooks (shadow_attributes,
-#     ctx.response.status), on_error hooks ({retry: false}, and nothing);
+#     ctx.response, ctx.shadow, the other ctx fields), on_error hooks
+#     ({retry: false}, and nothing); nothing survives from one call to the next;
 #   - update_hook: new operations run the new version;
 #   - noop connectors with hooks (transform and skip);
 #   - hostile hooks (endless loops, a loop in finally, a catch that tries to
@@ -146,7 +147,7 @@ $$;
 
 SELECT xprov.add_connector(:'tm', name, 'scim2', :'scim', '{"timeout_ms": 2000}')
   FROM unnest(ARRAY['scim_transform', 'scim_order', 'scim_skip', 'scim_veto', 'scim_veto_ignore',
-					'scim_after', 'scim_noretry', 'scim_retry', 'scim_ok']) name;
+					'scim_after', 'scim_noretry', 'scim_retry', 'scim_ok', 'scim_state']) name;
 SELECT xprov.add_connector(:'tm', name, 'noop', NULL)
   FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe',
 					'h_loop', 'h_finally', 'h_catch', 'h_memory', 'h_regex', 'h_recursion',
@@ -207,16 +208,29 @@ $js$, v.options::jsonb)
   FROM (VALUES ('veto', 'scim_veto', '{}'),
 			   ('veto_ignore', 'scim_veto_ignore', '{"failure": "ignore"}')) v(name, connector, options);
 
--- after: what the account records, with the target's answer
+-- after: what the account records, with the target's answer and the context
 SELECT named_hook('after', :'tm', 'scim_after', 'user', 'after', $js$
 function hook(ctx) {
 	return { shadow_attributes: {
-		userName: ctx.attributes.userName,
+		userName: ctx.attributes.userName || ctx.shadow.attributes.userName,
 		recorded_by: 'after',
 		http_status: ctx.response.status,
 		uid: ctx.response.target_uid,
-		phase_ok: ctx.operation_type === 'create' && ctx.object_class === 'user'
+		kind: ctx.operation_type + '/' + ctx.object_class,
+		shadow_uid: ctx.shadow === null ? 'none' : ctx.shadow.target_uid,
+		ctx: [ctx.operation_id, ctx.tenant_id, ctx.connector_id, ctx.identity_id, ctx.attempt].join(' ')
 	} };
+}
+$js$);
+
+-- state: the top level runs at every call, so nothing survives between calls
+SELECT named_hook('state', :'tm', 'scim_state', 'user', 'before', $js$
+var calls = [];
+function hook(ctx) {
+	calls.push(ctx.operation_id);
+	var a = ctx.attributes;
+	a.calls = calls.length;
+	return { attributes: a };
 }
 $js$);
 
@@ -298,7 +312,7 @@ SELECT named_hook('slow', :'tm', 'noop_kill', 'user', 'before',
 
 SELECT named_hook('probe', :'tm', 'noop_probe', 'user', 'before', 'function hook(ctx) { }');
 SQL
-check "27 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 27
+check "28 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 28
 
 # Hooks defined last are in force once a probe operation shows the probe hook.
 probe=""
@@ -403,13 +417,31 @@ check "veto, failure ignore: the user reached the target as enqueued" "$(target_
 a1=$(enq "$TM" scim_after create user '{"userName": "after.one", "displayName": "After One"}' a1)
 check "after: the operation completes" "$(wait_status "$a1" completed 10)" completed
 check "after: the account records the shadow_attributes" \
-	"$(q "SELECT (attributes - 'uid')::text FROM xprov.accounts WHERE identity_id = md5('a1')::uuid")" \
-	'{"phase_ok": true, "userName": "after.one", "http_status": 201, "recorded_by": "after"}'
+	"$(q "SELECT (attributes - 'uid' - 'ctx')::text FROM xprov.accounts WHERE identity_id = md5('a1')::uuid")" \
+	'{"kind": "create/user", "userName": "after.one", "shadow_uid": "none", "http_status": 201, "recorded_by": "after"}'
 check "after: ctx.response.target_uid is the account's target_uid" \
 	"$(q "SELECT attributes->>'uid' = target_uid FROM xprov.accounts WHERE identity_id = md5('a1')::uuid")" t
+check "after: ctx has operation_id, tenant_id, connector_id, identity_id, attempt" \
+	"$(q "SELECT attributes->>'ctx' FROM xprov.accounts WHERE identity_id = md5('a1')::uuid")" \
+	"$a1 $TM $(conn scim_after) $(q "SELECT md5('a1')::uuid") 1"
 check "after: the target got the attributes sent (not the shadow)" "$(target_user after.one displayName)" \
 	"displayName=After One"
 check "after: the history shows it" "$(hooks_of "$a1")" "after/after/v1/shadow_attributes"
+a2=$(enq "$TM" scim_after update user '{"displayName": "After Two"}' a1)
+check "after, on an update: completes" "$(wait_status "$a2" completed 10)" completed
+check "after, on an update: the target has the update" "$(target_user after.one displayName)" "displayName=After Two"
+check "after, on an update: ctx.shadow is the account as last provisioned; the status is the PATCH's" \
+	"$(q "SELECT (attributes - 'uid' - 'ctx' - 'shadow_uid')::text || ' ' || (attributes->>'shadow_uid' = target_uid)
+		FROM xprov.accounts WHERE identity_id = md5('a1')::uuid")" \
+	'{"kind": "update/user", "userName": "after.one", "http_status": 200, "recorded_by": "after"} true'
+
+# --- nothing survives from one call to the next --------------------------------
+for i in 1 2 3; do enq "$TM" scim_state create user "{\"userName\": \"state.$i\"}" "state$i" >/dev/null; done
+check "state: three creates complete" \
+	"$(wait_for "SELECT count(*) FILTER (WHERE status = 'completed') FROM xprov.operations
+		WHERE connector_id = '$(conn scim_state)'" 15 3)" 3
+check "state: each call started afresh (a top-level array held one element each time)" \
+	"$(q "SELECT string_agg(attributes->>'calls', ' ') FROM xprov.accounts WHERE connector_id = '$(conn scim_state)'")" "1 1 1"
 
 # --- on_error --------------------------------------------------------------------
 q "SELECT xprov.wait_idle('10 s')" >/dev/null
@@ -491,7 +523,7 @@ hostile h_regex 'time limit'
 hostile h_recursion 'RangeError|limit'
 hostile h_escape 'Error'
 hostile h_pollute 'TypeError'
-hostile h_big 'too large'
+hostile h_big 'too large|larger than'
 check "no server process crashed or was restarted" "$(crashes)" "$crashes0"
 check "the worker is still the same" "$(worker_pid)" "$pid0"
 
@@ -500,6 +532,9 @@ k=$(enq "$TM" noop_kill create user '{}' kill1)
 check "kill: the slow hook's operation is in progress" "$(wait_status "$k" in_progress 10)" in_progress
 sleep 0.5
 check "kill: still in progress (the hook runs)" "$(status "$k")" in_progress
+check "kill: the worker holds no transaction or snapshot while the hook runs" \
+	"$(q "SELECT coalesce(xact_start::text, 'none') || ' ' || coalesce(backend_xmin::text, 'none')
+		FROM pg_stat_activity WHERE pid = $pid0")" "none none"
 kill -9 "$pid0"
 sleep 2
 check "kill: the launcher starts a new worker" \
