@@ -126,7 +126,8 @@ CREATE TABLE xprov.op_result (
 	target_uid	text,
 	result		jsonb,
 	reason		text,
-	hooks		jsonb					-- what the hooks of the last attempt did
+	hooks		text					-- what the hooks of the last attempt did: JSON
+										-- (text: parsed when read, not on the hot path)
 ) WITH (autovacuum_analyze_scale_factor = 0.02);
 
 CREATE TABLE xprov.op_failure (
@@ -139,7 +140,7 @@ CREATE TABLE xprov.op_failure (
 										-- r worker restarted mid-attempt
 	http_status	integer,
 	error		text,
-	hooks		jsonb					-- what the hooks of this attempt did
+	hooks		text					-- what the hooks of this attempt did: JSON, as above
 );
 CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
 
@@ -409,13 +410,13 @@ CREATE VIEW xprov.operation_attempts AS
 		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
 						  WHEN 'e' THEN 'lease_expired' WHEN 'p' THEN 'connector_unavailable'
 						  WHEN 'r' THEN 'worker_restarted' END AS outcome,
-		   f.http_status, f.error, f.finished_at - f.started_at AS duration, f.hooks
+		   f.http_status, f.error, f.finished_at - f.started_at AS duration, f.hooks::jsonb AS hooks
 	  FROM xprov.op_failure f
 	  JOIN xprov.op o ON o.id = f.op_id
 	UNION ALL
 	SELECT r.op_id, r.tenant_id, r.connector_id, r.attempts, r.started_at, r.finished_at,
 		   CASE r.status WHEN 'c' THEN 'completed' ELSE 'skipped' END, NULL::integer,
-		   CASE r.status WHEN 's' THEN r.reason END, r.finished_at - r.started_at, r.hooks
+		   CASE r.status WHEN 's' THEN r.reason END, r.finished_at - r.started_at, r.hooks::jsonb
 	  FROM xprov.op_result r
 	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;
 

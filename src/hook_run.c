@@ -376,13 +376,10 @@ hook_run_outcome(WorkOp *op)
 		run_phase(op, HOOK_ON_ERROR);
 }
 
-Jsonb *
-hook_log_jsonb(const WorkOp *op)
+char *
+hook_log_json(const WorkOp *op)
 {
-	char	   *text;
-
 	if (op->hook_log == NULL)
 		return NULL;
-	text = psprintf("[%s]", op->hook_log->data);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	return psprintf("[%s]", op->hook_log->data);
 }

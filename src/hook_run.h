@@ -31,7 +31,7 @@ extern bool hook_run_before(WorkOp *op);
  */
 extern void hook_run_outcome(WorkOp *op);
 
-/* What the hooks did in this attempt, as jsonb for the history; or NULL. */
-extern Jsonb *hook_log_jsonb(const WorkOp *op);
+/* What the hooks did in this attempt, as JSON text for the history; or NULL. */
+extern char *hook_log_json(const WorkOp *op);
 
 #endif							/* HOOK_RUN_H */

@@ -90,7 +90,7 @@ static SavedPlan finish_ops = {
 	.sql =
 	"WITH r AS ("
 	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
-	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::jsonb[]) "
+	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[]) "
 	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, "
 	"         connector_id, idempotency_key, hooks)"
 	"), fin AS ("
@@ -140,7 +140,7 @@ static SavedPlan finish_ops = {
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 12,
 	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
-	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, JSONBARRAYOID},
+	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
 };
 
 static SavedPlan fail_op = {
@@ -164,7 +164,7 @@ static SavedPlan fail_op = {
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 11,
 	.argtypes = {INT8OID, UUIDOID, TEXTOID, BOOLOID, INTERVALOID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID,
-	TIDOID, JSONBOID},
+	TIDOID, TEXTOID},
 };
 
 /*
@@ -338,7 +338,7 @@ is_leased(const LockedOp *op)
  */
 static void
 finish_operations(const LockedOp *ops, int count, char status,
-				  char **target_uids, Jsonb **results, const char *reason, Jsonb **hooks)
+				  char **target_uids, Jsonb **results, const char *reason, char **hooks)
 {
 	enum
 	{
@@ -346,7 +346,7 @@ finish_operations(const LockedOp *ops, int count, char status,
 		NCOLS
 	};
 	static const Oid types[NCOLS] = {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
-	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, JSONBOID};
+	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID};
 	Datum		args[NCOLS];
 	char		status_text[2] = {status, '\0'};
 
@@ -405,7 +405,7 @@ finish_operations(const LockedOp *ops, int count, char status,
 				case HOOKS:
 					nulls[i] = hooks == NULL || hooks[i] == NULL;
 					if (!nulls[i])
-						values[i] = JsonbPGetDatum(hooks[i]);
+						values[i] = CStringGetTextDatum(hooks[i]);
 					break;
 			}
 		}
@@ -470,7 +470,7 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
  */
 static void
 record_failure(const LockedOp *op, const char *error, bool permanent,
-			   const Interval *retry_after, int http_status, Jsonb *hooks)
+			   const Interval *retry_after, int http_status, const char *hooks)
 {
 	Datum		args[11];
 	char		nulls[11];
@@ -488,7 +488,7 @@ record_failure(const LockedOp *op, const char *error, bool permanent,
 	args[8] = Int32GetDatum(http_status);
 	nulls[8] = http_status == 0 ? 'n' : ' ';
 	args[9] = PointerGetDatum(&op->lane_ctid);
-	args[10] = PointerGetDatum(hooks);
+	args[10] = hooks ? CStringGetTextDatum(hooks) : (Datum) 0;
 	nulls[10] = hooks == NULL ? 'n' : ' ';
 	saved_plan_execute(&fail_op, args, nulls, false, 0);
 	spi_note_ready_lanes(1);
@@ -593,14 +593,14 @@ is_leased_by(const LockedOp *op, int64 leased_by)
  */
 int
 outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **results,
-				 Jsonb **hooks, int64 leased_by)
+				 char **hooks, int64 leased_by)
 {
 	Datum	   *id_datums = palloc(sizeof(Datum) * count);
 	LockedOp   *ops;
 	LockedOp   *mine;
 	char	  **mine_uids = palloc0(sizeof(char *) * count);
 	Jsonb	  **mine_results = palloc0(sizeof(Jsonb *) * count);
-	Jsonb	  **mine_hooks = palloc0(sizeof(Jsonb *) * count);
+	char	  **mine_hooks = palloc0(sizeof(char *) * count);
 	bool		per_op = target_uids || results || hooks;
 	int			found;
 	int			kept = 0;
@@ -635,7 +635,7 @@ outcome_complete(const pg_uuid_t *ids, int count, char **target_uids, Jsonb **re
 
 /* A before hook finished the operation without calling the target. */
 bool
-outcome_skip(const pg_uuid_t *id, const char *reason, Jsonb *hooks, int64 leased_by)
+outcome_skip(const pg_uuid_t *id, const char *reason, char *hooks, int64 leased_by)
 {
 	LockedOp	op;
 
@@ -657,7 +657,7 @@ lock_leased(const pg_uuid_t *id, int64 leased_by, LockedOp *op)
 
 bool
 outcome_fail(const pg_uuid_t *id, const char *error, bool permanent, int retry_after_ms,
-			 int http_status, Jsonb *hooks, int64 leased_by)
+			 int http_status, const char *hooks, int64 leased_by)
 {
 	LockedOp	op;
 	Interval	retry_after = {0};

@@ -5,8 +5,9 @@
  *
  * The SQL functions xprov.complete/fail/retry/skip/cancel live in
  * outcome.c too.  These entry points take the worker's lease tag and skip
- * (with a log line) operations it no longer holds.  The caller is connected
- * to SPI inside a transaction.
+ * (with a log line) operations it no longer holds.  hooks arguments are the
+ * JSON text of what the attempt's hooks did (hook_log_json), or NULL.  The
+ * caller is connected to SPI inside a transaction.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,10 +19,11 @@
 #include "utils/uuid.h"
 
 extern int	outcome_complete(const pg_uuid_t *ids, int count, char **target_uids,
-							 Jsonb **results, Jsonb **hooks, int64 leased_by);
+							 Jsonb **results, char **hooks, int64 leased_by);
 extern bool outcome_fail(const pg_uuid_t *id, const char *error, bool permanent,
-						 int retry_after_ms, int http_status, Jsonb *hooks, int64 leased_by);
-extern bool outcome_skip(const pg_uuid_t *id, const char *reason, Jsonb *hooks, int64 leased_by);
+						 int retry_after_ms, int http_status, const char *hooks,
+						 int64 leased_by);
+extern bool outcome_skip(const pg_uuid_t *id, const char *reason, char *hooks, int64 leased_by);
 extern bool outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error,
 							int http_status, int64 leased_by);
 

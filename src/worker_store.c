@@ -319,11 +319,16 @@ fill_linked_accounts(WorkOp *ops)
 	lanes = palloc(sizeof(Datum) * Max(count, 1));
 	count = 0;
 	for (WorkOp *op = ops; op; op = op->next)
+	{
+		/* noop targets have no accounts: nothing to address or show */
+		if (op->noop)
+			continue;
 		if (op->target_uid == NULL || op->has_hooks)
 		{
 			lanes[count++] = Int64GetDatum(op->lane_id);
 			for_hooks |= op->has_hooks;
 		}
+	}
 	if (count == 0)
 		return;
 	/* not read-only: the same transaction may just have linked the account */
@@ -527,7 +532,7 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	pg_uuid_t  *ids;
 	char	  **uids;
 	Jsonb	  **results;
-	Jsonb	  **hooks;
+	char	  **hooks;
 	int			count = 0;
 
 	for (WorkOp *op = work->ops; op; op = op->next)
@@ -536,7 +541,7 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	ids = palloc(sizeof(pg_uuid_t) * capacity);
 	uids = palloc0(sizeof(char *) * capacity);
 	results = palloc0(sizeof(Jsonb *) * capacity);
-	hooks = palloc0(sizeof(Jsonb *) * capacity);
+	hooks = palloc0(sizeof(char *) * capacity);
 
 	for (int i = 0; i < work->nnoop; i++)
 		ids[count++] = work->noop_ids[i];
@@ -547,7 +552,7 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 		ids[count] = op->id;
 		uids[count] = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
 		results[count] = result_jsonb(op->outcome.result);
-		hooks[count] = hook_log_jsonb(op);
+		hooks[count] = hook_log_json(op);
 		count++;
 	}
 	if (count == 0)
@@ -572,11 +577,11 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 		case OUTCOME_RETRY:
 		case OUTCOME_DEAD:
 			if (outcome_fail(&op->id, error, outcome->kind == OUTCOME_DEAD,
-							 outcome->retry_after_ms, outcome->http_status, hook_log_jsonb(op), tag))
+							 outcome->retry_after_ms, outcome->http_status, hook_log_json(op), tag))
 				(*failed)++;
 			break;
 		case OUTCOME_SKIPPED:
-			outcome_skip(&op->id, error, hook_log_jsonb(op), tag);
+			outcome_skip(&op->id, error, hook_log_json(op), tag);
 			break;
 		case OUTCOME_CONNECTOR:
 			if (outcome_release(&op->id,

@@ -30,6 +30,11 @@
 #   9. drain of scim2 updates (one PATCH each) to  vs  curl --parallel (libcurl multi, the same
 #      a local nginx sink, 64 requests in flight      requests, 64 keep-alive connections)
 #      (skipped while xprov has no HTTP engine)
+# Part "hooks" (JavaScript hooks):
+#  10. us per sandbox call: small transform and a   vs  an empty hook(ctx) on the same ctx
+#      25-line SCIM mapping (cached, JSON in/out)
+#  11. noop drain with one before hook              vs  the same drain without it (same run)
+#  12. hostile hooks: time to stop vs the deadline
 #
 # Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of a database loaded once,
 # so all drains start from the same physical state; the barred drains run BENCH_REPEAT times,
@@ -40,7 +45,8 @@
 #
 # Benchmarks are not tests: the script exits 0 when a bar is missed (it prints FAIL) and
 # non-zero only when it cannot run at all. Knobs (environment):
-#   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http")
+#   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http hooks")
+#   BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)
 #   BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
 #   BENCH_CLAIM (100)  BENCH_REPEAT (2)  BENCH_DRAIN_CAP (120 s per drain)
 #   BENCH_PINNED_CAP (150 s)  BENCH_VARIANTS (1: also time the one-commit drain, and sample
@@ -70,7 +76,9 @@ PINNED_CAP=${BENCH_PINNED_CAP:-150}
 SAMPLE_SECS=${BENCH_SAMPLE_SECS:-6}
 VARIANTS=${BENCH_VARIANTS:-1}
 PROFILE=${BENCH_PROFILE:-0}
-PARTS=" ${BENCH_PARTS:-queue worker latency http} "
+PARTS=" ${BENCH_PARTS:-queue worker latency http hooks} "
+HOOK_CALLS=${BENCH_HOOK_CALLS:-20000}
+HOSTILE_MS=${BENCH_HOSTILE_MS:-100}
 POLL_MS=${BENCH_POLL_MS:-50}
 LAT_RATE=${BENCH_LAT_RATE:-5000}
 LAT_BATCH=${BENCH_LAT_BATCH:-10}
@@ -88,6 +96,8 @@ TPL_DB=xprov_bench_loaded                    # both queues loaded; copied for ev
 RUN_DB=xprov_bench_drain                     # the copy being drained
 WORKER_DB=xprov_bench_worker                 # xprov.database_name: the workers' database
 WTPL_DB=xprov_bench_wloaded                  # a noop connector's queue, copied for every worker drain
+HOOK_TPL_DB=xprov_bench_hooked               # the same with a before hook on the noop connector
+HOOK_FN_DB=xprov_bench_hooks                 # sandbox figures (parts 10 and 12)
 DB=$MAIN_DB                                  # the database q/pgbench talk to
 TENANT=00000000-0000-4000-8000-00000000be01
 CONN=''                                      # connector id, set by reset_xprov
@@ -541,6 +551,19 @@ set_workers() {
     done
     cluster_log | grep -i xprov | tail -10 >&2
     die "expected $n idle xprov workers within 90 s, found ${got:-none}"
+}
+
+# build_worker_template: $WTPL_DB with DRAIN_OPS operations of a disabled noop connector
+# ($W_CONN) and a waker connector ($W_WAKER); once per run (the worker and hooks parts share it)
+build_worker_template() {
+    [ -n "$W_CONN" ] && return 0
+    DB=$WTPL_DB setup_db
+    DB=$WTPL_DB reset_xprov noop
+    W_CONN=$CONN
+    W_WAKER=$(DB=$WTPL_DB q "SELECT xprov.add_connector('$TENANT', 'bench-waker', 'noop', NULL, '{}')") || die "add_connector failed"
+    DB=$WTPL_DB q "SELECT xprov.set_connector_enabled('$W_CONN', false)" >/dev/null || die "set_connector_enabled failed"
+    DB=$WTPL_DB load_xprov
+    DB=$WTPL_DB q "VACUUM ANALYZE" || die "VACUUM failed"
 }
 
 # fresh_worker_db [TEMPLATE]: stop the workers and make $WORKER_DB anew, as a copy of TEMPLATE
@@ -1014,13 +1037,7 @@ part_t0=$SECONDS
 say "6+7. background worker drains $DRAIN_OPS ops over $SUBJECTS subjects of a noop connector; baseline = the"
 say "     classic loop as a PL/pgSQL procedure inside the server (claim $CLAIM SKIP LOCKED, commit, complete, commit)"
 say "   (loading $DRAIN_OPS operations for a disabled noop connector; xprov.batch_size = $(q 'SHOW xprov.batch_size'))"
-DB=$WTPL_DB setup_db
-DB=$WTPL_DB reset_xprov noop
-W_CONN=$CONN
-W_WAKER=$(DB=$WTPL_DB q "SELECT xprov.add_connector('$TENANT', 'bench-waker', 'noop', NULL, '{}')") || die "add_connector failed"
-DB=$WTPL_DB q "SELECT xprov.set_connector_enabled('$W_CONN', false)" >/dev/null || die "set_connector_enabled failed"
-DB=$WTPL_DB load_xprov
-DB=$WTPL_DB q "VACUUM ANALYZE" || die "VACUUM failed"
+build_worker_template
 WX1=''; WR1=''; WXP=''; WX_OK=1; WXP_OK=1; WR_OK=1
 W_OP_BAD=0; W_OP_ALL=''; W_LANE_PIN=''
 note_wop() {  # the operation log's counters after every worker drain
@@ -1170,6 +1187,128 @@ else
 fi
 say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
 fi # http
+
+# ---- 10-12. JavaScript hooks
+if has_part hooks; then
+part_t0=$SECONDS
+say "10. sandbox cost per hook call (xprov._sandbox_bench: the worker's path, a cached compiled hook, JSON ctx in,"
+say "    JSON result out, $HOOK_CALLS calls, best of 3); baseline = an empty hook(ctx) on the same ctx"
+qpg "DROP DATABASE IF EXISTS $HOOK_FN_DB" >/dev/null 2>&1
+qpg "CREATE DATABASE $HOOK_FN_DB" || die "CREATE DATABASE $HOOK_FN_DB failed"
+DB=$HOOK_FN_DB
+q "CREATE EXTENSION xprov" || die "CREATE EXTENSION xprov failed"
+q "DROP TABLE IF EXISTS bench_hook;
+   CREATE TABLE bench_hook (name text PRIMARY KEY, script text, ctx jsonb);
+   INSERT INTO bench_hook VALUES
+   ('small', \$js\$function hook(ctx) {
+  var a = ctx.attributes;
+  return { attributes: { userName: (a.givenName + '.' + a.familyName).toLowerCase() } };
+}\$js\$, '{\"attributes\": {\"givenName\": \"Ada\", \"familyName\": \"Lovelace\"}}'),
+   ('mapping', \$js\$function clean(s) { return String(s || '').replace(/^\\s+|\\s+\$/g, ''); }
+function hook(ctx) {
+  var hr = ctx.attributes, out = { schemas: ['urn:ietf:params:scim:schemas:core:2.0:User'] };
+  var given = clean(hr.first_name), family = clean(hr.last_name);
+  out.userName = (given + '.' + family).toLowerCase().replace(/[^a-z0-9.]/g, '');
+  out.name = { givenName: given, familyName: family, formatted: given + ' ' + family };
+  out.displayName = hr.preferred_name ? clean(hr.preferred_name) : given + ' ' + family;
+  out.emails = [{ value: clean(hr.work_email).toLowerCase(), type: 'work', primary: true }];
+  if (hr.home_email) out.emails.push({ value: clean(hr.home_email).toLowerCase(), type: 'home' });
+  out.phoneNumbers = [];
+  if (hr.phone) out.phoneNumbers.push({ value: hr.phone.replace(/[^0-9+]/g, ''), type: 'work' });
+  out.title = clean(hr.job_title);
+  out.active = hr.status === 'active' || hr.status === 'leave';
+  out.locale = hr.country === 'DE' ? 'de-DE' : hr.country === 'FR' ? 'fr-FR' : 'en-US';
+  var ent = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User';
+  out.schemas.push(ent);
+  out[ent] = { employeeNumber: String(hr.employee_id), department: clean(hr.department),
+               costCenter: hr.cost_center, organization: 'Example Corp' };
+  if (hr.manager_id) out[ent].manager = { value: String(hr.manager_id) };
+  if (hr.start_date && hr.start_date > '2026-01-01') out.title = out.title + ' (new)';
+  var groups = [];
+  for (var i = 0; i < (hr.roles || []).length; i++) groups.push('role-' + hr.roles[i]);
+  out.groups = groups;
+  return { attributes: out };
+}\$js\$, '{\"attributes\": {\"employee_id\": 48213, \"first_name\": \" Ada \", \"last_name\": \"Lovelace\", \"preferred_name\": \"Ada L.\", \"work_email\": \"Ada.Lovelace@Example.com\", \"home_email\": \"ada@home.example\", \"phone\": \"+44 (20) 7946-0958\", \"job_title\": \"Analyst\", \"status\": \"active\", \"country\": \"DE\", \"department\": \"Engines\", \"cost_center\": \"CC-1843\", \"manager_id\": 1815, \"start_date\": \"2026-03-01\", \"roles\": [\"analyst\", \"writer\"]}}'),
+   ('empty', 'function hook(ctx) { }', NULL);
+   UPDATE bench_hook SET ctx = (SELECT ctx FROM bench_hook WHERE name = 'small') WHERE name = 'empty';" \
+    || die "creating bench_hook failed"
+hook_us() {  # hook_us NAME: best of 3 of the µs per call
+    local best='' v_ _
+    for _ in 1 2 3; do
+        v_=$(q "SELECT round(xprov._sandbox_bench(script, ctx, 1000, 16384, $HOOK_CALLS)::numeric, 2) FROM bench_hook WHERE name = '$1'") \
+            || die "xprov._sandbox_bench($1) failed"
+        best=$(awk -v a="$best" -v b="$v_" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }')
+    done
+    printf '%s' "$best"
+}
+HU_EMPTY=$(hook_us empty); HU_SMALL=$(hook_us small); HU_MAP=$(hook_us mapping)
+say "    empty hook: $HU_EMPTY us/call; small transform: $HU_SMALL us/call; 25-line SCIM mapping: $HU_MAP us/call"
+say "    (ctx sizes: small $(q "SELECT length(ctx::text) FROM bench_hook WHERE name = 'small'") B, mapping $(q "SELECT length(ctx::text) FROM bench_hook WHERE name = 'mapping'") B)"
+[ -n "$HU_SMALL" ] && ge 5 "$HU_SMALL" && v=PASS || v=FAIL
+row "Hook call, small transform (us)" "$HU_SMALL" "$HU_EMPTY" "" "<= 5 us" "$v"
+row "Hook call, 25-line SCIM mapping (us)" "$HU_MAP" "$HU_EMPTY" "" "info" ""
+
+say "11. background worker noop drain of $DRAIN_OPS ops, one before hook (the small transform on the ops' own"
+say "    attributes) vs none; the same loaded database, alternating, best of $REPEAT each"
+build_worker_template
+qpg "DROP DATABASE IF EXISTS $HOOK_TPL_DB" >/dev/null 2>&1
+qpg "CREATE DATABASE $HOOK_TPL_DB TEMPLATE $WTPL_DB STRATEGY FILE_COPY" || die "copying $WTPL_DB failed"
+DB=$HOOK_TPL_DB q "SELECT xprov.add_hook('$TENANT', '$W_CONN', NULL, 'before', \$js\$function hook(ctx) {
+  var a = ctx.attributes;
+  a.userName = (a.givenName + '.' + a.familyName).toLowerCase();
+  return { attributes: a };
+}\$js\$)" >/dev/null || die "add_hook failed"
+HK_PLAIN=''; HK_HOOKED=''; HK_OK=1
+for r_ in $(seq 1 "$REPEAT"); do
+    worker_drain 1 0 "$W_CONN" "$WTPL_DB" "$DRAIN_OPS" "run $r_ xprov  1 worker, no hook"
+    HK_PLAIN=$(max "$HK_PLAIN" "$W_RATE"); [ "$W_DONE" = "$DRAIN_OPS" ] || HK_OK=0
+    worker_drain 1 0 "$W_CONN" "$HOOK_TPL_DB" "$DRAIN_OPS" "run $r_ xprov  1 worker, 1 before hook"
+    HK_HOOKED=$(max "$HK_HOOKED" "$W_RATE"); [ "$W_DONE" = "$DRAIN_OPS" ] || HK_OK=0
+done
+HK_HIST=$(DB=$WORKER_DB q "SELECT count(*) FROM xprov.op_result WHERE hooks IS NOT NULL")
+say "    op_result rows with a hook history in the last hooked drain: $HK_HIST"
+set_workers 0
+r=$(ratio "$HK_HOOKED" "$HK_PLAIN")
+if [ "$HK_OK" != 1 ]; then v="FAIL (incomplete)"
+elif ge "$r" 0.9; then v=PASS; else v=FAIL; fi
+row "Worker drain, noop + 1 before hook" "$HK_HOOKED" "$HK_PLAIN" "$r" ">= 0.9x (<= 10 % slower)" "$v"
+
+say "12. hostile hooks: time from call to error with a $HOSTILE_MS ms deadline (xprov.execute_script), best of 3"
+DB=$HOOK_FN_DB
+q "CREATE OR REPLACE FUNCTION bench_stop_ms(script text, timeout_ms int) RETURNS text LANGUAGE plpgsql AS \$\$
+   DECLARE t0 timestamptz; best float8; took float8; msg text;
+   BEGIN
+     FOR i IN 1 .. 3 LOOP
+       t0 := clock_timestamp();
+       BEGIN
+         PERFORM xprov.execute_script(script, '{}', timeout_ms);
+         msg := 'no error';
+       EXCEPTION WHEN OTHERS THEN msg := SQLERRM;
+       END;
+       took := extract(epoch FROM clock_timestamp() - t0) * 1000;
+       best := least(coalesce(best, took), took);
+     END LOOP;
+     RETURN round(best::numeric, 1) || '|' || msg;
+   END \$\$" || die "creating bench_stop_ms failed"
+HS_WORST=0; HS_BAD=0
+while IFS='|' read -r hname hscript; do
+    IFS='|' read -r hms hmsg < <(q "SELECT bench_stop_ms(\$js\$$hscript\$js\$, $HOSTILE_MS)")
+    hr=$(awk -v a="$hms" -v b="$HOSTILE_MS" 'BEGIN { printf "%.2f", a / b }')
+    say "    $hname: ${hms} ms = ${hr}x the deadline ($hmsg)"
+    [[ $hmsg == hook\ * ]] || HS_BAD=1
+    [ "$hname" = "memory bomb" ] || HS_WORST=$(max "$HS_WORST" "$hr")
+done <<'HOSTILE'
+while(true){}|function hook(ctx) { while (true) {} }
+try/finally loops|function hook(ctx) { try { while (true) {} } finally { while (true) {} } }
+catch-and-continue loop|function hook(ctx) { for (;;) { try { for (;;) {} } catch (e) {} } }
+catastrophic regexp|function hook(ctx) { return /(a+)+b/.test(new Array(60).join('a')); }
+memory bomb|function hook(ctx) { var a = []; while (true) a.push(new Array(1e6)); }
+HOSTILE
+if [ "$HS_BAD" = 0 ] && ge 2 "$HS_WORST"; then v=PASS; else v=FAIL; fi
+row "Hostile hooks, worst stop / deadline" "${HS_WORST}x" "" "" "<= 2x" "$v"
+DB=$MAIN_DB
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # hooks
 
 # ---------------------------------------------------------------- summary
 say ""
