@@ -590,7 +590,8 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('%s was %s.', name, value),
 				  HINT = CASE WHEN setting IS NOT NULL
-							  THEN format('The upper bound is the setting %s.', setting) END;
+							  THEN format('The upper bound is the setting %s.', setting)
+							  ELSE 'Pass a whole number.' END;
 	END IF;
 	RETURN value::integer;
 END

@@ -22,10 +22,12 @@
 #   duktape.h     copied unchanged.  It must sit next to duk_config.h: it
 #                 includes "duk_config.h" with quotes, so the header in the
 #                 same directory always wins over -I ordering.
-#   duktape.c     copied with one edit: the regexp executor, which is C code
-#                 the interrupt counter never reaches, polls the same timeout
-#                 check every 64k steps.  Without it a ReDoS pattern runs for
-#                 seconds past the deadline (research: 7.8 s vs 50 ms).
+#   duktape.c     copied with two kinds of edits, for C code the interrupt
+#                 counter never reaches: the regexp executor polls the same
+#                 timeout check every 64k steps (without it a ReDoS pattern
+#                 runs for seconds past the deadline; research: 7.8 s vs
+#                 50 ms), and so do property reads and writes every 16k
+#                 calls (built-ins that loop over an array's length in C).
 #
 # Every edit replaces a line that must match Debian's text EXACTLY, and the
 # number of matches is checked.  If duktape-dev changes these lines, the build
@@ -134,11 +136,24 @@ if grep -n 'visibility("default")' "$tmpdir/duk_config.h" >&2; then
 fi
 
 # --- duktape.c ----------------------------------------------------------------
+# Property reads and writes poll the timeout check every 16k calls: built-ins
+# such as indexOf, join, reverse or forEach loop over an array's length in C,
+# where the interpreter's interrupt counter never runs, and a sparse array
+# with length 1e8 would otherwise keep a hook busy for seconds past its
+# deadline.  getprop/putprop may throw anyway (getters, setters), so every
+# caller already copes with an error here.
+PROP_CHECK='{ static duk_uint32_t xprov_prop_steps; if (DUK_UNLIKELY((++xprov_prop_steps & 0x3fffU) == 0U) && xprov_js_exec_timeout_check(thr->heap->heap_udata)) { DUK_ERROR_RANGE(thr, "execution timeout"); } }  /* xprov: C loops obey the deadline */'
 replace_lines "$SRC/duktape.c" "$tmpdir/duktape.c" \
 	1 "${TAB}${TAB}if (re_ctx->steps_count >= re_ctx->steps_limit) {" \
-	  "${TAB}${TAB}if (re_ctx->steps_count >= re_ctx->steps_limit || ((re_ctx->steps_count & 0xffffU) == 0U && xprov_js_exec_timeout_check(re_ctx->thr->heap->heap_udata))) {  /* xprov: regexp obeys the deadline */"
+	  "${TAB}${TAB}if (re_ctx->steps_count >= re_ctx->steps_limit || ((re_ctx->steps_count & 0xffffU) == 0U && xprov_js_exec_timeout_check(re_ctx->thr->heap->heap_udata))) {  /* xprov: regexp obeys the deadline */" \
+	1 "${TAB}DUK_STATS_INC(thr->heap, stats_getprop_all);" \
+	  "${TAB}DUK_STATS_INC(thr->heap, stats_getprop_all);\n${TAB}${PROP_CHECK}" \
+	1 "${TAB}DUK_STATS_INC(thr->heap, stats_putprop_all);" \
+	  "${TAB}DUK_STATS_INC(thr->heap, stats_putprop_all);\n${TAB}${PROP_CHECK}"
 grep -q 'xprov_js_exec_timeout_check(re_ctx->thr->heap->heap_udata)' "$tmpdir/duktape.c" ||
 	fail "regexp timeout patch not applied"
+[ "$(grep -c 'xprov: C loops obey the deadline' "$tmpdir/duktape.c")" = 2 ] ||
+	fail "property access timeout patch not applied"
 
 cp "$SRC/duktape.h" "$tmpdir/duktape.h"
 

@@ -249,6 +249,13 @@ refuse_code_generation(duk_context *ctx)
 static duk_ret_t
 build_realm(duk_context *ctx, void *udata)
 {
+	/*
+	 * The stash is a hidden property of the global object, made on first
+	 * use: make it before the global object is frozen.
+	 */
+	duk_push_global_stash(ctx);
+	duk_pop(ctx);
+
 	duk_push_string(ctx, "realm");
 	duk_compile_string_filename(ctx, DUK_COMPILE_FUNCTION | DUK_COMPILE_STRICT, realm_setup);
 	duk_push_global_object(ctx);
@@ -323,9 +330,9 @@ typedef struct CallState
 	bool		no_hook;
 } CallState;
 
-/* Leaves the wrapper on the stack. */
+/* Leaves the compiled program on the stack. */
 static void
-push_wrapper(duk_context *ctx, CallState *state)
+push_program(duk_context *ctx, CallState *state)
 {
 	duk_push_global_stash(ctx);
 	duk_get_prop_string(ctx, -1, "cache");
@@ -347,18 +354,19 @@ push_wrapper(duk_context *ctx, CallState *state)
 	}
 
 	/*
-	 * The script is wrapped in a function that runs its top level and
-	 * returns its hook.  Calling the wrapper for each call gives the hook a
-	 * fresh scope: top-level variables do not survive.  The prefix has no
-	 * newline, so line numbers are the script's own.
+	 * The script is compiled as strict eval code: its declarations live in
+	 * a fresh environment each time the program runs (not on the frozen
+	 * global object), so top-level variables do not survive from one call
+	 * to the next.  The appended expression is the program's completion
+	 * value: its hook.  It starts on a new line, so line numbers are the
+	 * script's own and a trailing // comment cannot swallow it.
 	 */
 	state->stage = STAGE_COMPILE;
-	duk_push_string(ctx, "function () {'use strict';");
 	duk_push_string(ctx, state->call->script);
-	duk_push_string(ctx, "\n;return typeof hook === 'function' ? hook : undefined;\n}");
-	duk_concat(ctx, 3);
+	duk_push_string(ctx, "\n;(typeof hook === 'function' ? hook : undefined);\n");
+	duk_concat(ctx, 2);
 	duk_push_string(ctx, "hook");
-	duk_compile(ctx, DUK_COMPILE_FUNCTION | DUK_COMPILE_STRICT);
+	duk_compile(ctx, DUK_COMPILE_EVAL | DUK_COMPILE_STRICT);
 	duk_dup(ctx, -1);
 	duk_put_prop_lstring(ctx, -3, state->key, state->key_len);
 	heap.cached++;
@@ -376,7 +384,7 @@ call_body(duk_context *ctx, void *udata)
 	CallState  *state = udata;
 	SandboxCall *call = state->call;
 
-	push_wrapper(ctx, state);
+	push_program(ctx, state);
 	state->stage = STAGE_TOP_LEVEL;
 	duk_call(ctx, 0);
 	if (!duk_is_function(ctx, -1))
@@ -477,6 +485,22 @@ make_valid_utf8(char *text)
 	}
 }
 
+/*
+ * "(line 3, end of input)": the line is past the script's end (the program
+ * has two lines appended), so say only "(end of input)".
+ */
+static void
+drop_end_of_input_line(char *error)
+{
+	char	   *start = strstr(error, "(line ");
+	char	   *rest = start ? strstr(start, ", end of input)") : NULL;
+
+	if (rest == NULL)
+		return;
+	rest += strlen(", ");
+	memmove(start + 1, rest, strlen(rest) + 1);
+}
+
 /* The error value is on top of the stack; the deadline has not tripped. */
 static void
 describe_error(duk_context *ctx, CallState *state)
@@ -500,7 +524,11 @@ describe_error(duk_context *ctx, CallState *state)
 		make_valid_utf8(call->error);
 
 	if (state->stage == STAGE_COMPILE)
+	{
 		call->status = SANDBOX_COMPILE_ERROR;
+		if (call->error != NULL)
+			drop_end_of_input_line(call->error);
+	}
 	else if (state->no_hook)
 		call->status = SANDBOX_NO_HOOK;
 	else
