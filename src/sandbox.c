@@ -358,10 +358,16 @@ push_program(duk_context *ctx, CallState *state)
 	 * a fresh environment each time the program runs (not on the frozen
 	 * global object), so top-level variables do not survive from one call
 	 * to the next.  The appended expression is the program's completion
-	 * value: its hook.  It starts on a new line, so line numbers are the
-	 * script's own and a trailing // comment cannot swallow it.
+	 * value: its hook.  It starts on a new line, so that a trailing //
+	 * comment cannot swallow it.  The script is compiled alone first: a
+	 * syntax error is then reported at the script's own line, not at the
+	 * appended one where the parser may notice it.
 	 */
 	state->stage = STAGE_COMPILE;
+	duk_push_string(ctx, state->call->script);
+	duk_push_string(ctx, "hook");
+	duk_compile(ctx, DUK_COMPILE_EVAL | DUK_COMPILE_STRICT);
+	duk_pop(ctx);
 	duk_push_string(ctx, state->call->script);
 	duk_push_string(ctx, "\n;(typeof hook === 'function' ? hook : undefined);\n");
 	duk_concat(ctx, 2);
@@ -485,22 +491,6 @@ make_valid_utf8(char *text)
 	}
 }
 
-/*
- * "(line 3, end of input)": the line is past the script's end (the program
- * has two lines appended), so say only "(end of input)".
- */
-static void
-drop_end_of_input_line(char *error)
-{
-	char	   *start = strstr(error, "(line ");
-	char	   *rest = start ? strstr(start, ", end of input)") : NULL;
-
-	if (rest == NULL)
-		return;
-	rest += strlen(", ");
-	memmove(start + 1, rest, strlen(rest) + 1);
-}
-
 /* The error value is on top of the stack; the deadline has not tripped. */
 static void
 describe_error(duk_context *ctx, CallState *state)
@@ -524,11 +514,7 @@ describe_error(duk_context *ctx, CallState *state)
 		make_valid_utf8(call->error);
 
 	if (state->stage == STAGE_COMPILE)
-	{
 		call->status = SANDBOX_COMPILE_ERROR;
-		if (call->error != NULL)
-			drop_end_of_input_line(call->error);
-	}
 	else if (state->no_hook)
 		call->status = SANDBOX_NO_HOOK;
 	else

@@ -191,6 +191,18 @@ SQL
 )
 say "SELECT name, kind, base_url, config, enabled FROM xprov.connectors;   -- the token is masked"
 table -c "SELECT name, kind, base_url, config, enabled FROM xprov.connectors"
+echo
+say "A JavaScript hook for the tenant's users (runs in the worker's sandbox before each request):"
+HOOK_JS='function hook(ctx) {
+  var a = ctx.attributes;
+  if (ctx.operation_type === "create" && a.name && a.name.givenName)
+    a.nickName = a.name.givenName.toLowerCase();
+  return { attributes: a };
+}'
+q -v tenant="$TENANT" -v conn="$CONN" -v js="$HOOK_JS" >/dev/null <<'SQL'
+SELECT xprov.add_hook(:'tenant', :'conn', 'user', 'before', :'js', '{"timeout_ms": 50}');
+SQL
+sed 's/^/      /' <<<"$HOOK_JS"
 
 # --- 2. the application's transaction --------------------------------------------
 
@@ -557,6 +569,7 @@ SQL
 curl -sf "$SCIM/_admin/users" -o "$XPROV_CLUSTER_DIR/target-users.json"
 q -v conn="$CONN" -o "$XPROV_CLUSTER_DIR/app-employees.json" <<'SQL'
 SELECT json_agg(json_build_object('user_name', e.user_name, 'uid', a.target_uid, 'title', e.title,
+		   'given_name', e.given_name,
 		   'department', e.department, 'active', e.active))
   FROM app.employee e
   LEFT JOIN xprov.accounts a ON a.identity_id = e.id AND a.connector_id = :'conn'
@@ -571,7 +584,7 @@ by_name = {}
 for u in users:
     by_name.setdefault(u["userName"].lower(), []).append(u)
 want = {e["user_name"].lower(): e for e in emps}
-present = missing = duplicated = wrong_link = stale = 0
+present = missing = duplicated = wrong_link = stale = no_nick = 0
 for name, e in want.items():
     found = by_name.get(name, [])
     if not found:
@@ -586,11 +599,13 @@ for name, e in want.items():
     if (u.get("title"), u.get(ext, {}).get("department"), u.get("active")) != \
             (e["title"], e["department"], e["active"]):
         stale += 1
+    if u.get("nickName") != e["given_name"].lower():
+        no_nick += 1
 extra = sum(len(v) for k, v in by_name.items() if k not in want)
-print(present, missing, duplicated, extra, wrong_link, stale)
+print(present, missing, duplicated, extra, wrong_link, stale, no_nick)
 PY
 )
-read -r present missing duplicated extra wrong_link stale <<<"$compared"
+read -r present missing duplicated extra wrong_link stale no_nick <<<"$compared"
 read -r accounts account_uids <<<"$(q -F ' ' -c "SELECT count(*), count(DISTINCT target_uid) FROM xprov.accounts WHERE connector_id = '$CONN'")"
 target_users=$(scim_stat users)
 target_dups=$(scim_stat 'len(duplicate_usernames)')
@@ -605,6 +620,12 @@ say "Accounts:  xprov.accounts $(num "$accounts") linked ($(num "$account_uids")
 say "           directory (/_admin/stats) $(num "$target_users") users, $target_dups duplicate userNames, $(num "$disabled_on_target") disabled"
 say "           the directory compared with app.employee, person by person: $(num "$present") present, $missing missing,"
 say "           $duplicated duplicated, $extra unexpected, $wrong_link linked to the wrong id, $stale with a stale title/department/active"
+say "           $no_nick without the nickName the before hook computes"
+read -r hook_runs hook_p50 hook_p99 <<<"$(q -F ' ' -c "SELECT count(*), coalesce(percentile_disc(0.5) WITHIN GROUP (ORDER BY (h->>'duration_us')::int), 0),
+	coalesce(percentile_disc(0.99) WITHIN GROUP (ORDER BY (h->>'duration_us')::int), 0)
+	FROM xprov.operation_attempts a, jsonb_array_elements(a.hooks) h")"
+say "Hook:      the before hook ran $(num "$hook_runs") times (every attempt of every operation; xprov.operation_attempts.hooks),"
+say "           ${hook_p50} us per run at the median, ${hook_p99} us at p99"
 say "Traffic:   $(num "$target_requests") SCIM requests ($target_by_method), $no_request_id without X-Request-Id"
 say "Throughput: $(num "$s_completed") operations completed in $(secs "$drain_ms") s = ${BOLD}$(num $((s_completed * 1000 / drain_ms))) ops/s${OFF} overall, outages included;"
 say "           $(num "$peak") ops/s at best (1 s window), through a single-process Python SCIM server"
@@ -632,6 +653,7 @@ expect "duplicate userNames on the directory" "$target_dups" 0
 expect "unexpected users on the directory" "$extra" 0
 expect "accounts linked to the wrong id" "$wrong_link" 0
 expect "users with a stale title, department or active flag" "$stale" 0
+expect "users without the hook's nickName" "$no_nick" 0
 expect "disabled users on the directory" "$disabled_on_target" "$n_left"
 expect "requests without X-Request-Id" "$no_request_id" 0
 
