@@ -80,7 +80,10 @@ static SavedPlan finished_status = {
 /*
  * The statements below address lanes by the ctid of the version
  * lock_operations() locked: under a pinned snapshot a lane accumulates dead
- * versions that a lookup by lane_id would have to walk, every time.
+ * versions that a lookup by lane_id would have to walk, every time.  Each
+ * fetches them with one TID scan of the whole ctid array and matches rows
+ * in memory ("(l.ctid = x) IS TRUE" is no TID condition): a TID scan per
+ * row asks the kernel for the table's size at every row.
  *
  * Record final outcomes.  A finished head moves its lane to the next
  * operation not already finished out of turn, or makes it idle; an operation
@@ -93,12 +96,15 @@ static SavedPlan finish_ops = {
 	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[]) "
 	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, "
 	"         connector_id, idempotency_key, hooks)"
+	"), lanes AS MATERIALIZED ("
+	"  SELECT l.ctid AS lane_ctid, l.next_seq, l.state, l.finished_ahead, l.attempt_base, "
+	"         l.attempts, l.leased_at "
+	"    FROM xprov.lane l WHERE l.ctid = ANY ($7)"
 	"), fin AS ("
 	"  SELECT r.*, "
 	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
-	"    FROM r JOIN xprov.lane l ON l.ctid = r.lane_ctid "
-	"   WHERE l.ctid = ANY ($7)"
+	"    FROM r JOIN lanes l ON l.lane_ctid = r.lane_ctid"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
 	"                               target_uid, result, reason, hooks) "
@@ -136,7 +142,7 @@ static SavedPlan finish_ops = {
 	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
 	"       leased_by = CASE WHEN NOT nxt.is_head THEN l.leased_by END, "
 	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
-	"  FROM nxt WHERE l.ctid = ANY ($7) AND l.ctid = nxt.lane_ctid "
+	"  FROM nxt WHERE l.ctid = ANY ($7) AND (l.ctid = nxt.lane_ctid) IS TRUE "
 	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
 	.nargs = 12,
 	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
