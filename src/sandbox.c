@@ -37,7 +37,10 @@
 
 #define BLOCK_MAGIC UINT64CONST(0x78707276626c6b31)
 
-/* Header of every block the heap allocates: the heap can free them all. */
+/*
+ * Header of every block the heap allocates: the heap can free them all.
+ * size is the block's capacity, which is what the limit counts.
+ */
 typedef struct Block
 {
 	dlist_node	node;
@@ -46,6 +49,17 @@ typedef struct Block
 } Block;
 
 StaticAssertDecl(sizeof(Block) % 16 == 0, "duktape blocks must stay 16-byte aligned");
+
+/*
+ * Small blocks are recycled per size class instead of going back to
+ * malloc: a hook call makes and drops dozens of them (strings, property
+ * tables), and malloc/free were a good part of its cost.  Recycled blocks
+ * stay on the heap's block list, so abandoning the heap frees them too.
+ */
+#define SMALL_STEP 16
+#define SMALL_MAX 512
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define SMALL_KEEP 256			/* recycled blocks kept per class */
 
 typedef struct Heap
 {
@@ -56,6 +70,8 @@ typedef struct Heap
 	uint64		refused;		/* allocations refused by the limit */
 	size_t		base;			/* used right after the realm was built */
 	int			cached;			/* compiled programs in the cache */
+	Block	   *recycled[SMALL_CLASSES];	/* free small blocks, by class */
+	int			nrecycled[SMALL_CLASSES];
 } Heap;
 
 static Heap heap;
@@ -78,20 +94,46 @@ may_grow(size_t delta)
 	return false;
 }
 
+static size_t
+capacity_for(size_t size)
+{
+	if (size > SMALL_MAX)
+		return size;
+	return Max(size + SMALL_STEP - 1, SMALL_STEP) & ~((size_t) SMALL_STEP - 1);
+}
+
+/* The class of a small capacity, or -1. */
+static int
+small_class(size_t capacity)
+{
+	return capacity <= SMALL_MAX ? (int) (capacity / SMALL_STEP) - 1 : -1;
+}
+
 static void *
 heap_alloc(void *udata, duk_size_t size)
 {
+	size_t		capacity = capacity_for(size);
+	int			class = small_class(capacity);
 	Block	   *block;
 
-	if (!may_grow(size))
+	if (!may_grow(capacity))
 		return NULL;
-	block = malloc(sizeof(Block) + size);
-	if (block == NULL)
-		return NULL;
-	block->size = size;
-	block->magic = BLOCK_MAGIC;
-	dlist_push_head(&heap.blocks, &block->node);
-	heap.used += size;
+	if (class >= 0 && heap.recycled[class] != NULL)
+	{
+		block = heap.recycled[class];
+		heap.recycled[class] = *(Block **) (block + 1);
+		heap.nrecycled[class]--;
+	}
+	else
+	{
+		block = malloc(sizeof(Block) + capacity);
+		if (block == NULL)
+			return NULL;
+		block->size = capacity;
+		block->magic = BLOCK_MAGIC;
+		dlist_push_head(&heap.blocks, &block->node);
+	}
+	heap.used += capacity;
 	return block + 1;
 }
 
@@ -99,13 +141,22 @@ static void
 heap_free(void *udata, void *ptr)
 {
 	Block	   *block;
+	int			class;
 
 	if (ptr == NULL)
 		return;
 	block = ((Block *) ptr) - 1;
 	Assert(block->magic == BLOCK_MAGIC);
-	dlist_delete(&block->node);
 	heap.used -= block->size;
+	class = small_class(block->size);
+	if (class >= 0 && heap.nrecycled[class] < SMALL_KEEP)
+	{
+		*(Block **) ptr = heap.recycled[class];
+		heap.recycled[class] = block;
+		heap.nrecycled[class]++;
+		return;
+	}
+	dlist_delete(&block->node);
 	free(block);
 }
 
@@ -114,6 +165,7 @@ heap_realloc(void *udata, void *ptr, duk_size_t size)
 {
 	Block	   *block;
 	Block	   *moved;
+	void	   *copy;
 
 	if (ptr == NULL)
 		return heap_alloc(udata, size);
@@ -123,9 +175,24 @@ heap_realloc(void *udata, void *ptr, duk_size_t size)
 		return NULL;
 	}
 	block = ((Block *) ptr) - 1;
+
+	/* fits: keep it (a large block only while it stays half used) */
+	if (size <= block->size && (block->size <= SMALL_MAX || size >= block->size / 2))
+		return ptr;
+
+	if (block->size <= SMALL_MAX || size <= SMALL_MAX)
+	{
+		/* to or from a small class: a new block; on failure the old stays */
+		copy = heap_alloc(udata, size);
+		if (copy == NULL)
+			return NULL;
+		memcpy(copy, ptr, Min(size, block->size));
+		heap_free(udata, ptr);
+		return copy;
+	}
+
 	if (size > block->size && !may_grow(size - block->size))
 		return NULL;
-
 	/* unlink first: realloc may move the block; on failure it stays valid */
 	dlist_delete(&block->node);
 	moved = realloc(block, sizeof(Block) + size);
