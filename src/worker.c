@@ -650,6 +650,13 @@ xprov_worker_main(Datum arg)
 	SetConfigOption("enable_hashjoin", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
+	/*
+	 * A statement whose estimate crosses jit_above_cost would be compiled
+	 * with LLVM, taking longer than the statement itself: the worker's
+	 * statements touch a batch of rows each.
+	 */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
 	worker_slot_attach(w.slot);
 	w.batch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov claim batch",
 										ALLOCSET_DEFAULT_SIZES);
