@@ -711,3 +711,461 @@ CREATE VIEW xprov.hooks AS
 CREATE VIEW xprov.hook_versions AS
 	SELECT v.hook_id, v.version, v.script, v.created_at
 	  FROM xprov.hook_version v;
+
+-- Correlation (issue 5, first part) ------------------------------------------
+--
+-- Which identity owns a target account: each tenant registers the
+-- application's own identity relation, each connector and object class gets
+-- rules (items of target attribute <-> identity attribute with a match
+-- kind), and xprov.correlate_owner() queries the relation directly, through
+-- the application's own indexes.  Scores follow midPoint's model: an item
+-- scores 1 (exact kinds) or its similarity (fuzzy), a rule's confidence is
+-- the product of its items', an identity's score is min(1, sum of weight *
+-- confidence) over the rules that found it; tiers are tried in order and
+-- stop at a single definite match.
+
+CREATE TABLE xprov.identity_source (
+	tenant_id	uuid PRIMARY KEY,
+	relation	regclass NOT NULL,
+	id_column	name NOT NULL,
+	tenant_column name,						-- NULL: the relation holds this tenant only
+	attributes_column name,					-- a jsonb column of further attributes, or NULL
+	columns		jsonb NOT NULL DEFAULT '{}', -- identity attribute name -> column
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE xprov.correlation_rule (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	object_class text NOT NULL CHECK (object_class <> ''),
+	name		text,
+	tier		integer NOT NULL CHECK (tier >= 1),
+	weight		double precision NOT NULL CHECK (weight > 0),
+	items		jsonb NOT NULL,
+	enabled		boolean NOT NULL DEFAULT true,
+	created_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX correlation_rule_connector ON xprov.correlation_rule (connector_id, object_class);
+
+CREATE TABLE xprov.correlation_threshold (
+	connector_id uuid PRIMARY KEY,
+	definite	double precision NOT NULL,
+	candidate	double precision NOT NULL,
+	CHECK (0 <= candidate AND candidate < definite AND definite <= 1)
+);
+
+-- Lower-case, trimmed, inner white space collapsed, accents stripped; for
+-- 'normalized' matches and the expression indexes that serve them.  Lower
+-- case through ICU's root collation: the database's own may be C, which
+-- leaves every non-ASCII letter as it is.
+CREATE FUNCTION xprov.normalize_text(value text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog
+AS $$
+	SELECT regexp_replace(regexp_replace(normalize(lower(btrim(value) COLLATE "und-x-icu"), NFD),
+										 '[\u0300-\u036f]', '', 'g'),
+						  '\s+', ' ', 'g')
+$$;
+
+CREATE FUNCTION xprov._column_type(relation regclass, col name)
+RETURNS regtype
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT a.atttypid::regtype FROM pg_attribute a
+	 WHERE a.attrelid = relation AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+CREATE FUNCTION xprov.set_identity_source(tenant_id uuid, relation regclass, options jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	unknown text;
+	id_col name := coalesce(options ->> 'id_column', 'id');
+	tenant_col name := options ->> 'tenant_column';
+	attrs_col name := options ->> 'attributes_column';
+	cols jsonb := coalesce(options -> 'columns', '{}');
+	bad text;
+BEGIN
+	IF tenant_id IS NULL OR relation IS NULL THEN
+		RAISE EXCEPTION 'tenant_id and relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+		RAISE EXCEPTION 'identity source options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(options) k
+	 WHERE k NOT IN ('id_column', 'tenant_column', 'attributes_column', 'columns');
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown identity source options: %', unknown
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Options are id_column, tenant_column, attributes_column and columns.';
+	END IF;
+	IF (SELECT c.relkind FROM pg_class c WHERE c.oid = relation) NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+		RAISE EXCEPTION '% is not a table or view', relation USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF xprov._column_type(relation, id_col) IS DISTINCT FROM 'uuid'::regtype THEN
+		RAISE EXCEPTION 'identity source % needs a uuid id column "%"', relation, id_col
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name it with the id_column option.';
+	END IF;
+	IF tenant_col IS NOT NULL AND xprov._column_type(relation, tenant_col) IS DISTINCT FROM 'uuid'::regtype THEN
+		RAISE EXCEPTION 'identity source % has no uuid tenant column "%"', relation, tenant_col
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF attrs_col IS NOT NULL AND xprov._column_type(relation, attrs_col) IS DISTINCT FROM 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'identity source % has no jsonb attributes column "%"', relation, attrs_col
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF jsonb_typeof(cols) <> 'object' THEN
+		RAISE EXCEPTION 'identity source option columns must map attribute names to columns'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(format('%s -> %s', e.key, e.value), ', ') INTO bad FROM jsonb_each(cols) e
+	 WHERE jsonb_typeof(e.value) <> 'string' OR xprov._column_type(relation, e.value #>> '{}') IS NULL;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'identity source % has no columns for: %', relation, bad
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	INSERT INTO xprov.identity_source AS s (tenant_id, relation, id_column, tenant_column,
+											attributes_column, columns)
+	VALUES (set_identity_source.tenant_id, relation, id_col, tenant_col, attrs_col, cols)
+	ON CONFLICT ON CONSTRAINT identity_source_pkey DO UPDATE
+	   SET relation = excluded.relation, id_column = excluded.id_column,
+		   tenant_column = excluded.tenant_column, attributes_column = excluded.attributes_column,
+		   columns = excluded.columns, updated_at = now();
+END
+$$;
+
+-- The SQL expression (over alias i) for an identity attribute, or NULL.
+CREATE FUNCTION xprov._identity_expr(src xprov.identity_source, attribute text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE
+		WHEN src.columns ? attribute THEN format('i.%I::text', src.columns ->> attribute)
+		WHEN xprov._column_type(src.relation, attribute::name) IS NOT NULL
+			THEN format('i.%I::text', attribute)
+		WHEN src.attributes_column IS NOT NULL THEN format('(i.%I ->> %L)', src.attributes_column, attribute)
+	END
+$$;
+
+-- The text at a SCIM-style attribute path: name.givenName, emails.0.value,
+-- urn:...:enterprise:2.0:User:employeeNumber.
+CREATE FUNCTION xprov._account_value(account jsonb, path text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE
+		WHEN path LIKE 'urn:%' THEN
+			account #>> (ARRAY[regexp_replace(path, ':[^:]*$', '')]
+						 || string_to_array(substring(path FROM ':([^:]*)$'), '.'))
+		ELSE account #>> string_to_array(path, '.')
+	END
+$$;
+
+CREATE FUNCTION xprov._trgm_schema()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT e.extnamespace::regnamespace::text FROM pg_extension e WHERE e.extname = 'pg_trgm'
+$$;
+
+CREATE FUNCTION xprov.add_correlation_rule(connector_id uuid, object_class text, rule jsonb)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	owner uuid;
+	src xprov.identity_source;
+	item jsonb;
+	unknown text;
+	n integer;
+	new_id uuid;
+BEGIN
+	IF connector_id IS NULL OR object_class IS NULL OR rule IS NULL THEN
+		RAISE EXCEPTION 'connector_id, object_class and rule must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = add_correlation_rule.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF btrim(object_class) = '' THEN
+		RAISE EXCEPTION 'object_class must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO src FROM xprov.identity_source s WHERE s.tenant_id = owner;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % has no identity source', owner
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Register it first with xprov.set_identity_source().';
+	END IF;
+	IF jsonb_typeof(rule) <> 'object' THEN
+		RAISE EXCEPTION 'a correlation rule must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(rule) k
+	 WHERE k NOT IN ('name', 'items', 'weight', 'tier');
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown correlation rule keys: %', unknown
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Rules have name, items, weight and tier.';
+	END IF;
+	IF jsonb_typeof(rule -> 'items') IS DISTINCT FROM 'array'
+	   OR jsonb_array_length(rule -> 'items') NOT BETWEEN 1 AND 10 THEN
+		RAISE EXCEPTION 'a correlation rule needs 1 to 10 items'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"items": [{"target": "userName", "identity": "email", "match": "case_insensitive"}]}.';
+	END IF;
+	IF rule ? 'weight' AND (jsonb_typeof(rule -> 'weight') <> 'number' OR (rule ->> 'weight')::float8 <= 0) THEN
+		RAISE EXCEPTION 'correlation rule weight must be a positive number' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF rule ? 'tier' AND (jsonb_typeof(rule -> 'tier') <> 'number' OR (rule ->> 'tier') !~ '^[0-9]+$'
+						  OR (rule ->> 'tier')::numeric NOT BETWEEN 1 AND 100) THEN
+		RAISE EXCEPTION 'correlation rule tier must be an integer from 1 to 100' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR item, n IN SELECT e.value, e.ordinality FROM jsonb_array_elements(rule -> 'items') WITH ORDINALITY e LOOP
+		IF jsonb_typeof(item) <> 'object' THEN
+			RAISE EXCEPTION 'correlation rule item % is not an object', n USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(item) k
+		 WHERE k NOT IN ('target', 'identity', 'match', 'min_score');
+		IF unknown IS NOT NULL THEN
+			RAISE EXCEPTION 'correlation rule item %: unknown keys %', n, unknown
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Items have target, identity, match and min_score.';
+		END IF;
+		IF jsonb_typeof(item -> 'target') IS DISTINCT FROM 'string' OR btrim(item ->> 'target') = '' THEN
+			RAISE EXCEPTION 'correlation rule item % needs a target attribute', n USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF jsonb_typeof(item -> 'identity') IS DISTINCT FROM 'string'
+		   OR xprov._identity_expr(src, item ->> 'identity') IS NULL THEN
+			RAISE EXCEPTION 'correlation rule item %: unknown identity attribute %', n, coalesce(item -> 'identity', 'null')
+				USING ERRCODE = 'undefined_column',
+					  DETAIL = format('The identity source %s has no such column and no attributes column.', src.relation);
+		END IF;
+		IF coalesce(item ->> 'match', '') NOT IN ('exact', 'case_insensitive', 'normalized', 'fuzzy') THEN
+			RAISE EXCEPTION 'correlation rule item %: unknown match kind %', n, coalesce(item -> 'match', 'null')
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Use exact, case_insensitive, normalized or fuzzy.';
+		END IF;
+		IF item ->> 'match' = 'fuzzy' AND xprov._trgm_schema() IS NULL THEN
+			RAISE EXCEPTION 'fuzzy matching needs the pg_trgm extension'
+				USING ERRCODE = 'feature_not_supported', HINT = 'CREATE EXTENSION pg_trgm;';
+		END IF;
+		IF item ? 'min_score' AND (item ->> 'match' <> 'fuzzy' OR jsonb_typeof(item -> 'min_score') <> 'number'
+								   OR (item ->> 'min_score')::float8 <= 0 OR (item ->> 'min_score')::float8 > 1) THEN
+			RAISE EXCEPTION 'correlation rule item %: min_score is a number in (0, 1] for fuzzy items', n
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	INSERT INTO xprov.correlation_rule AS r (tenant_id, connector_id, object_class, name, tier, weight, items)
+	VALUES (owner, add_correlation_rule.connector_id, add_correlation_rule.object_class, rule ->> 'name',
+			coalesce((rule ->> 'tier')::integer, 1), coalesce((rule ->> 'weight')::float8, 1), rule -> 'items')
+	RETURNING r.id INTO new_id;
+	RETURN new_id;
+END
+$$;
+
+CREATE FUNCTION xprov.set_correlation_thresholds(connector_id uuid, definite double precision,
+												 candidate double precision)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	IF definite IS NULL OR candidate IS NULL THEN
+		RAISE EXCEPTION 'thresholds must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT (0 <= candidate AND candidate < definite AND definite <= 1) THEN
+		RAISE EXCEPTION 'correlation thresholds out of order: candidate % and definite %', candidate, definite
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'They must satisfy 0 <= candidate < definite <= 1.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM xprov.connector c WHERE c.id = set_correlation_thresholds.connector_id) THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	INSERT INTO xprov.correlation_threshold AS t (connector_id, definite, candidate)
+	VALUES (set_correlation_thresholds.connector_id, definite, candidate)
+	ON CONFLICT ON CONSTRAINT correlation_threshold_pkey
+	DO UPDATE SET definite = excluded.definite, candidate = excluded.candidate;
+END
+$$;
+
+CREATE VIEW xprov.correlation_rules AS
+	SELECT r.id, r.tenant_id, r.connector_id, r.object_class, r.name, r.tier, r.weight, r.items,
+		   r.enabled, coalesce(t.definite, 1.0) AS definite, coalesce(t.candidate, 0.0) AS candidate,
+		   r.created_at
+	  FROM xprov.correlation_rule r
+	  LEFT JOIN xprov.correlation_threshold t ON t.connector_id = r.connector_id;
+
+-- One rule's query against the identity source: identity ids with their
+-- per-item scores.  NULL when the account lacks an attribute the rule needs.
+CREATE FUNCTION xprov._rule_query(src xprov.identity_source, items jsonb, account jsonb,
+								  OUT query text, OUT vals text[], OUT min_fuzzy double precision)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	item jsonb;
+	k integer := 0;
+	v text;
+	expr text;
+	conds text[] := '{}';
+	scores text[] := '{}';
+	trgm text := xprov._trgm_schema();
+	min_score double precision;
+BEGIN
+	vals := '{}';
+	FOR item IN SELECT e.value FROM jsonb_array_elements(items) e LOOP
+		k := k + 1;
+		v := xprov._account_value(account, item ->> 'target');
+		IF v IS NULL THEN
+			query := NULL;
+			RETURN;
+		END IF;
+		vals := vals || v;
+		expr := xprov._identity_expr(src, item ->> 'identity');
+		IF expr IS NULL THEN
+			RAISE EXCEPTION 'the identity source % no longer has attribute %', src.relation, item ->> 'identity'
+				USING ERRCODE = 'undefined_column';
+		END IF;
+		CASE item ->> 'match'
+			WHEN 'exact' THEN
+				conds := conds || format('%s = ($2)[%s]', expr, k);
+				scores := scores || '1'::text;
+			WHEN 'case_insensitive' THEN
+				conds := conds || format('lower(%s) = lower(($2)[%s])', expr, k);
+				scores := scores || '1'::text;
+			WHEN 'normalized' THEN
+				conds := conds || format('xprov.normalize_text(%s) = xprov.normalize_text(($2)[%s])', expr, k);
+				scores := scores || '1'::text;
+			ELSE
+				IF trgm IS NULL THEN
+					RAISE EXCEPTION 'fuzzy matching needs the pg_trgm extension'
+						USING ERRCODE = 'feature_not_supported', HINT = 'CREATE EXTENSION pg_trgm;';
+				END IF;
+				min_score := coalesce((item ->> 'min_score')::float8, 0.5);
+				min_fuzzy := least(coalesce(min_fuzzy, 1), min_score);
+				-- % can use a trigram index; its threshold is set to the lowest min_score
+				conds := conds || format('%1$s OPERATOR(%2$I.%%) ($2)[%3$s] AND %2$I.similarity(%1$s, ($2)[%3$s]) >= %4$s',
+										 expr, trgm, k, min_score);
+				scores := scores || format('%I.similarity(%s, ($2)[%s])', trgm, expr, k);
+		END CASE;
+	END LOOP;
+	query := format('SELECT i.%I AS id, ARRAY[%s]::float8[] AS scores FROM %s i WHERE %s%s LIMIT 100',
+					src.id_column, array_to_string(scores, ', '), src.relation,
+					CASE WHEN src.tenant_column IS NOT NULL THEN format('i.%I = $1 AND ', src.tenant_column) END,
+					array_to_string(conds, ' AND '));
+END
+$$;
+
+CREATE FUNCTION xprov.correlate_owner(tenant_id uuid, connector_id uuid, account jsonb,
+									  object_class text DEFAULT 'user')
+RETURNS TABLE (identity_id uuid, confidence double precision, match_type text, evidence jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	owner uuid;
+	src xprov.identity_source;
+	definite double precision := 1.0;
+	candidate double precision := 0.0;
+	linked uuid;
+	r record;
+	q record;
+	hit record;
+	conf double precision;
+	found_by jsonb := '{}';			-- identity id -> {"score": s, "rules": [...]}
+	tier integer;
+	evaluated integer := 0;
+	n_definite integer;
+	s double precision;
+BEGIN
+	IF tenant_id IS NULL OR connector_id IS NULL OR object_class IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, connector_id and object_class must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF account IS NULL OR jsonb_typeof(account) <> 'object' THEN
+		RAISE EXCEPTION 'account must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = correlate_owner.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF owner <> tenant_id THEN
+		RAISE EXCEPTION 'connector % belongs to another tenant', connector_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = owner;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % has no identity source', owner
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Register it first with xprov.set_identity_source().';
+	END IF;
+	SELECT t.definite, t.candidate INTO definite, candidate
+	  FROM xprov.correlation_threshold t WHERE t.connector_id = correlate_owner.connector_id;
+	definite := coalesce(definite, 1.0);
+	candidate := coalesce(candidate, 0.0);
+
+	-- an account linked before needs no correlation
+	IF account ? 'id' THEN
+		SELECT a.identity_id INTO linked FROM xprov.account a
+		 WHERE a.connector_id = correlate_owner.connector_id AND a.object_class = correlate_owner.object_class
+		   AND a.target_uid = account ->> 'id' AND a.identity_id IS NOT NULL
+		 LIMIT 1;
+		IF linked IS NOT NULL THEN
+			RETURN QUERY SELECT linked, 1.0::float8, 'existing_link'::text,
+								jsonb_build_object('target_uid', account ->> 'id');
+			RETURN;
+		END IF;
+	END IF;
+
+	FOR r IN SELECT * FROM xprov.correlation_rule cr
+			  WHERE cr.connector_id = correlate_owner.connector_id
+				AND cr.object_class = correlate_owner.object_class AND cr.enabled
+			  ORDER BY cr.tier, cr.created_at, cr.id LOOP
+		IF tier IS NOT NULL AND r.tier <> tier THEN
+			-- a later tier only runs while no single definite match was found
+			SELECT count(*) INTO n_definite FROM jsonb_each(found_by) e
+			 WHERE (e.value ->> 'score')::float8 >= definite;
+			EXIT WHEN n_definite = 1;
+		END IF;
+		tier := r.tier;
+		SELECT * INTO q FROM xprov._rule_query(src, r.items, account);
+		CONTINUE WHEN q.query IS NULL;
+		evaluated := evaluated + 1;
+		IF q.min_fuzzy IS NOT NULL THEN
+			PERFORM set_config('pg_trgm.similarity_threshold', q.min_fuzzy::text, true);
+		END IF;
+		FOR hit IN EXECUTE q.query USING owner, q.vals LOOP
+			conf := 1.0;
+			FOREACH s IN ARRAY hit.scores LOOP
+				conf := conf * s;
+			END LOOP;
+			found_by := jsonb_set(found_by, ARRAY[hit.id::text], jsonb_build_object(
+				'score', least(1.0, coalesce((found_by #>> ARRAY[hit.id::text, 'score'])::float8, 0) + r.weight * conf),
+				'rules', coalesce(found_by #> ARRAY[hit.id::text, 'rules'], '[]'::jsonb)
+						 || jsonb_build_object('rule', r.id, 'name', r.name, 'tier', r.tier, 'weight', r.weight,
+											   'confidence', conf, 'items', r.items, 'item_scores', to_jsonb(hit.scores))));
+		END LOOP;
+	END LOOP;
+
+	SELECT count(*) INTO n_definite FROM jsonb_each(found_by) e WHERE (e.value ->> 'score')::float8 >= definite;
+	RETURN QUERY
+		SELECT e.key::uuid, (e.value ->> 'score')::float8,
+			   CASE WHEN (e.value ->> 'score')::float8 >= definite AND n_definite = 1
+					THEN 'definite' ELSE 'candidate' END,
+			   jsonb_build_object('rules', e.value -> 'rules', 'definite', definite, 'candidate', candidate,
+								  'ambiguous', n_definite > 1)
+		  FROM jsonb_each(found_by) e
+		 WHERE (e.value ->> 'score')::float8 >= candidate AND (e.value ->> 'score')::float8 > 0
+		 ORDER BY (e.value ->> 'score')::float8 DESC, e.key;
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT NULL::uuid, 0.0::float8, 'none'::text,
+							jsonb_build_object('rules_evaluated', evaluated);
+	END IF;
+END
+$$;
