@@ -35,6 +35,9 @@
 #      25-line SCIM mapping (cached, JSON in/out)
 #  11. noop drain with one before hook              vs  the same drain without it (same run)
 #  12. hostile hooks: time to stop vs the deadline
+# Part "correlation":
+#  13. correlate_owner per second against 1M       vs  the bare index lookup (btree on lower(email);
+#      identities, exact and fuzzy                     trigram GIN) the rule becomes, same loop
 #
 # Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of a database loaded once,
 # so all drains start from the same physical state; the barred drains run BENCH_REPEAT times,
@@ -45,8 +48,9 @@
 #
 # Benchmarks are not tests: the script exits 0 when a bar is missed (it prints FAIL) and
 # non-zero only when it cannot run at all. Knobs (environment):
-#   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http hooks")
-#   BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)
+#   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http hooks
+#   correlation")  BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)  BENCH_CORR_IDENTITIES (1000000)
+#   BENCH_CORR_EXACT (5000)  BENCH_CORR_FUZZY (500)
 #   BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
 #   BENCH_CLAIM (100)  BENCH_REPEAT (2)  BENCH_DRAIN_CAP (120 s per drain)
 #   BENCH_PINNED_CAP (150 s)  BENCH_VARIANTS (1: also time the one-commit drain, and sample
@@ -76,8 +80,11 @@ PINNED_CAP=${BENCH_PINNED_CAP:-150}
 SAMPLE_SECS=${BENCH_SAMPLE_SECS:-6}
 VARIANTS=${BENCH_VARIANTS:-1}
 PROFILE=${BENCH_PROFILE:-0}
-PARTS=" ${BENCH_PARTS:-queue worker latency http hooks} "
+PARTS=" ${BENCH_PARTS:-queue worker latency http hooks correlation} "
 HOOK_CALLS=${BENCH_HOOK_CALLS:-20000}
+CORR_IDENTITIES=${BENCH_CORR_IDENTITIES:-1000000}
+CORR_EXACT=${BENCH_CORR_EXACT:-5000}
+CORR_FUZZY=${BENCH_CORR_FUZZY:-500}
 HOSTILE_MS=${BENCH_HOSTILE_MS:-100}
 POLL_MS=${BENCH_POLL_MS:-50}
 LAT_RATE=${BENCH_LAT_RATE:-5000}
@@ -98,6 +105,7 @@ WORKER_DB=xprov_bench_worker                 # xprov.database_name: the workers'
 WTPL_DB=xprov_bench_wloaded                  # a noop connector's queue, copied for every worker drain
 HOOK_TPL_DB=xprov_bench_hooked               # the same with a before hook on the noop connector
 HOOK_FN_DB=xprov_bench_hooks                 # sandbox figures (parts 10 and 12)
+CORR_DB=xprov_bench_corr                     # part 13: a million identities
 DB=$MAIN_DB                                  # the database q/pgbench talk to
 TENANT=00000000-0000-4000-8000-00000000be01
 CONN=''                                      # connector id, set by reset_xprov
@@ -1316,6 +1324,84 @@ row "Hostile hooks, worst stop / deadline" "${HS_WORST}x" "" "" "<= 2x" "$v"
 DB=$MAIN_DB
 say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
 fi # hooks
+
+# ---- 13. correlation against a million identities
+if has_part correlation; then
+part_t0=$SECONDS
+say "13. correlate_owner against $(fmt_rate "$CORR_IDENTITIES") identities (one tenant's table with a btree on lower(email) and a"
+say "    trigram GIN index on last_name); baseline = the bare index lookup the rule turns into, in the same kind of loop"
+qpg "DROP DATABASE IF EXISTS $CORR_DB" >/dev/null 2>&1
+qpg "CREATE DATABASE $CORR_DB" || die "CREATE DATABASE $CORR_DB failed"
+DB=$CORR_DB
+q "CREATE EXTENSION xprov; CREATE EXTENSION pg_trgm;
+   CREATE TABLE people (id uuid PRIMARY KEY, tenant uuid NOT NULL, email text NOT NULL,
+                        first_name text NOT NULL, last_name text NOT NULL);
+   INSERT INTO people
+   SELECT md5('p' || n)::uuid, '$TENANT',
+          'user' || n || '@example.com',
+          (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken','Radia','Tim'])[1 + n % 10],
+          initcap(substr(md5('l' || n), 1, 4 + n % 5)) || (ARRAY['son','berg','ova','ski','ez','ley'])[1 + n % 6]
+     FROM generate_series(1, $CORR_IDENTITIES) n;
+   CREATE INDEX people_email ON people (lower(email));
+   CREATE INDEX people_last_trgm ON people USING gin (last_name gin_trgm_ops);" >/dev/null \
+    || die "loading the identities failed"
+q "VACUUM ANALYZE people" || die "VACUUM failed"
+C_CONN=$(q "SELECT xprov.add_connector('$TENANT', 'corr', 'scim2', 'http://127.0.0.1:9/', '{}')") || die "add_connector failed"
+C_FUZZY=$(q "SELECT xprov.add_connector('$TENANT', 'corr-fuzzy', 'scim2', 'http://127.0.0.1:9/', '{}')") || die "add_connector failed"
+q "SELECT xprov.set_identity_source('$TENANT', 'people', '{\"tenant_column\": \"tenant\"}');
+   SELECT xprov.add_correlation_rule('$C_CONN', 'user', '{\"items\": [{\"target\": \"userName\", \"identity\": \"email\", \"match\": \"case_insensitive\"}]}');
+   SELECT xprov.add_correlation_rule('$C_FUZZY', 'user', '{\"items\": [{\"target\": \"name.familyName\", \"identity\": \"last_name\", \"match\": \"fuzzy\", \"min_score\": 0.6}]}');" >/dev/null \
+    || die "setting up correlation failed"
+# the loops below only count calls: check once that both rules find the right person
+probe=$(q "SELECT (SELECT identity_id = md5('p42')::uuid AND match_type = 'definite' FROM xprov.correlate_owner('$TENANT', '$C_CONN',
+                   '{\"userName\": \"User42@EXAMPLE.com\"}'))
+              AND md5('p42')::uuid IN (SELECT identity_id FROM xprov.correlate_owner('$TENANT', '$C_FUZZY',
+                   jsonb_build_object('name', jsonb_build_object('familyName',
+                       (SELECT last_name || 'e' FROM people WHERE id = md5('p42')::uuid)))))")
+[ "$probe" = t ] || die "correlate_owner did not find person 42 (exact and fuzzy): $probe"
+# rate LABEL SQL N: runs SQL (a DO body looping N times) and prints calls per second
+corr_rate() {
+    local t0 t1
+    t0=$(now_ns)
+    q "$2" >/dev/null || die "$1 failed"
+    t1=$(now_ns)
+    awk -v n="$3" -v ns=$((t1 - t0)) 'BEGIN { printf "%.0f", n / (ns / 1e9) }'
+}
+CX=''; CB=''; FX=''; FB=''; C_OK=''
+for r_ in $(seq 1 "$REPEAT"); do
+    v=$(corr_rate "exact correlation" "DO \$\$ DECLARE m text; BEGIN
+          FOR k IN 1 .. $CORR_EXACT LOOP
+            SELECT match_type INTO m FROM xprov.correlate_owner('$TENANT', '$C_CONN',
+                   jsonb_build_object('userName', 'USER' || (k * 7919 % $CORR_IDENTITIES + 1) || '@Example.com'));
+            IF m <> 'definite' THEN RAISE EXCEPTION 'no definite match for %: %', k, m; END IF;
+          END LOOP; END \$\$" "$CORR_EXACT"); CX=$(max "$CX" "$v")
+    v=$(corr_rate "exact baseline" "DO \$\$ DECLARE i uuid; BEGIN
+          FOR k IN 1 .. $CORR_EXACT LOOP
+            SELECT id INTO i FROM people WHERE tenant = '$TENANT'
+               AND lower(email) = lower('USER' || (k * 7919 % $CORR_IDENTITIES + 1) || '@Example.com') LIMIT 100;
+          END LOOP; END \$\$" "$CORR_EXACT"); CB=$(max "$CB" "$v")
+    v=$(corr_rate "fuzzy correlation" "DO \$\$ DECLARE m text; BEGIN
+          FOR k IN 1 .. $CORR_FUZZY LOOP
+            SELECT count(*) INTO m FROM xprov.correlate_owner('$TENANT', '$C_FUZZY',
+                   jsonb_build_object('name', jsonb_build_object('familyName',
+                       (SELECT last_name || 'e' FROM people WHERE id = md5('p' || (k * 7919 % $CORR_IDENTITIES + 1))::uuid))));
+          END LOOP; END \$\$" "$CORR_FUZZY"); FX=$(max "$FX" "$v")
+    v=$(corr_rate "fuzzy baseline" "DO \$\$ DECLARE m bigint; BEGIN
+          PERFORM set_config('pg_trgm.similarity_threshold', '0.6', true);
+          FOR k IN 1 .. $CORR_FUZZY LOOP
+            SELECT count(*) INTO m FROM (SELECT id FROM people p WHERE tenant = '$TENANT'
+               AND last_name % (SELECT last_name || 'e' FROM people WHERE id = md5('p' || (k * 7919 % $CORR_IDENTITIES + 1))::uuid)
+               LIMIT 100) x;
+          END LOOP; END \$\$" "$CORR_FUZZY"); FB=$(max "$FB" "$v")
+    say "    run $r_: exact $(fmt_rate "$CX")/s (bare lookup $(fmt_rate "$CB")/s), fuzzy $(fmt_rate "$FX")/s (bare trigram lookup $(fmt_rate "$FB")/s) (best so far)"
+done
+ge "$CX" 2000 && v=PASS || v=FAIL
+row "Correlations/s, exact, 1M identities" "$CX" "$CB" "$(ratio "$CX" "$CB")" ">= 2,000/s" "$v"
+ge "$FX" 200 && v=PASS || v=FAIL
+row "Correlations/s, fuzzy, 1M identities" "$FX" "$FB" "$(ratio "$FX" "$FB")" ">= 200/s" "$v"
+DB=$MAIN_DB
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # correlation
 
 # ---------------------------------------------------------------- summary
 say ""
