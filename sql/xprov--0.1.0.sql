@@ -337,14 +337,16 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'xprov_cancel'
 LANGUAGE C VOLATILE;
 
--- Runs one operation against a connector right now, in this session, and
--- returns what happened; nothing is queued or recorded.  For checking a
+-- Runs one operation against a connector right now, in this session, with
+-- the connector's hooks (unless run_hooks is false), and returns what
+-- happened; nothing is queued or recorded.  For checking a
 -- connector's URL, credentials and mapping before real work is sent.
 CREATE FUNCTION xprov.try_operation(connector_id uuid, operation_type text,
 									object_class text DEFAULT 'user',
 									attributes jsonb DEFAULT '{}',
 									target_uid text DEFAULT NULL,
-									identity_id uuid DEFAULT NULL)
+									identity_id uuid DEFAULT NULL,
+									run_hooks boolean DEFAULT true)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'xprov_try_operation'
 LANGUAGE C VOLATILE;

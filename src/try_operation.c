@@ -30,6 +30,8 @@
 #include "utils/uuid.h"
 
 #include "connector.h"
+#include "hook_cache.h"
+#include "hook_run.h"
 #include "http.h"
 #include "op_input.h"
 #include "protocol.h"
@@ -79,7 +81,7 @@ refuse_kind(const char *name, const char *kind)
 
 /* Read and parse the connector; allocated under `cxt`. */
 static Connector *
-load_connector(pg_uuid_t *id, MemoryContext cxt)
+load_connector(pg_uuid_t *id, MemoryContext cxt, pg_uuid_t *tenant_id)
 {
 	Oid			argtypes[1] = {UUIDOID};
 	Datum		args[1] = {UUIDPGetDatum(id)};
@@ -91,7 +93,7 @@ load_connector(pg_uuid_t *id, MemoryContext cxt)
 	char	   *error;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT name, kind, base_url, config::text, enabled "
+	if (SPI_execute_with_args("SELECT name, kind, base_url, config::text, enabled, tenant_id "
 							  "FROM xprov.connector WHERE id = $1",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "xprov: could not read the connector");
@@ -107,6 +109,8 @@ load_connector(pg_uuid_t *id, MemoryContext cxt)
 	refuse_kind(name, kind);
 	enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 										 &enabled_null));
+	memcpy(tenant_id, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
+												  &enabled_null)), UUID_LEN);
 	connector = connector_parse(cxt, id, name, kind,
 								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3),
 								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
@@ -266,8 +270,10 @@ append_string_field(StringInfo buf, const char *key, const char *value)
 }
 
 static Datum
-outcome_jsonb(const OpOutcome *outcome, const StringInfo exchanges)
+outcome_jsonb(const WorkOp *op, const StringInfo exchanges)
 {
+	const OpOutcome *outcome = &op->outcome;
+	char	   *hooks = hook_log_json(op);
 	StringInfoData buf;
 
 	initStringInfo(&buf);
@@ -284,6 +290,10 @@ outcome_jsonb(const OpOutcome *outcome, const StringInfo exchanges)
 		appendStringInfo(&buf, ", \"retry_after_ms\": %d", outcome->retry_after_ms);
 	else
 		appendStringInfoString(&buf, ", \"retry_after_ms\": null");
+	appendStringInfo(&buf, ", \"attributes_sent\": %s", op->attributes ? op->attributes : "null");
+	appendStringInfo(&buf, ", \"shadow_attributes\": %s",
+					 op->shadow_attributes ? op->shadow_attributes : "null");
+	appendStringInfo(&buf, ", \"hooks\": %s", hooks ? hooks : "[]");
 	appendStringInfo(&buf, ", \"exchanges\": [%s]}", exchanges->data);
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
@@ -295,6 +305,20 @@ protocol_for(const Connector *connector)
 		return &scim2_protocol;
 	Assert(connector->kind == CONNECTOR_REST);
 	return &rest_protocol;
+}
+
+/*
+ * Whether hooks apply to the operation, read afresh: a hook defined earlier
+ * in this very transaction counts too.
+ */
+static bool
+load_hooks(WorkOp *op)
+{
+	SPI_connect();
+	hook_cache_forget();
+	hook_cache_refresh();
+	SPI_finish();
+	return hook_cache_any(&op->tenant_id, &op->connector_id, op->object_class);
 }
 
 static void
@@ -315,6 +339,7 @@ xprov_try_operation(PG_FUNCTION_ARGS)
 	char	   *object_class;
 	Jsonb	   *attributes;
 	WorkOp	   *op;
+	pg_uuid_t	tenant_id;
 	StringInfoData exchanges;
 	Datum		result;
 
@@ -338,15 +363,21 @@ xprov_try_operation(PG_FUNCTION_ARGS)
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "xprov try_operation",
 								ALLOCSET_DEFAULT_SIZES);
-	connector = load_connector(PG_GETARG_UUID_P(0), cxt);
+	connector = load_connector(PG_GETARG_UUID_P(0), cxt, &tenant_id);
 	op = make_op(cxt, connector, type, object_class, attributes,
 				 PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4)),
 				 PG_ARGISNULL(5) ? NULL : PG_GETARG_UUID_P(5));
+	op->tenant_id = tenant_id;
+	if (PG_NARGS() > 6 && !PG_ARGISNULL(6) && PG_GETARG_BOOL(6))
+		op->has_hooks = load_hooks(op);
 
 	initStringInfo(&exchanges);
 	PG_TRY();
 	{
-		run_protocol(op, protocol_for(connector), &exchanges);
+		/* the worker's order: before hooks, the target, after or on_error hooks */
+		if (hook_run_before(op))
+			run_protocol(op, protocol_for(connector), &exchanges);
+		hook_run_outcome(op);
 	}
 	PG_CATCH();
 	{
@@ -356,7 +387,7 @@ xprov_try_operation(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	result = outcome_jsonb(&op->outcome, &exchanges);
+	result = outcome_jsonb(op, &exchanges);
 	MemoryContextDelete(cxt);
 	PG_RETURN_DATUM(result);
 }

@@ -24,7 +24,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 \endif
 
 BEGIN;
-SELECT plan(70);
+SELECT plan(77);
 \ir common.psql
 
 SELECT set_config('xtest.scim_url', :'scim_url', true) \g /dev/null
@@ -335,6 +335,32 @@ SELECT FROM pg_temp.run('jay1', 'scim', 'create', '{"userName": "jay"}');
 SELECT FROM pg_temp.fault('{"mode": "clear"}');
 SELECT is(pg_temp.r('jay1')->>'outcome' || ' ' || coalesce(pg_temp.r('jay1')->>'http_status', 'none'), 'retry none',
           'connection dropped on POST: retry');
+
+-- hooks run in try_operation as in the worker: before (transform, skip), after; run_hooks => false skips them
+SELECT FROM pg_temp.scim_conn('hooked');
+SELECT pg_temp.put('h_before', xprov.add_hook(pg_temp.id('T'), pg_temp.id('hooked'), 'user', 'before', $js$
+function hook(ctx) {
+  var a = ctx.attributes;
+  if (a.contractor) return { skip: true, reason: 'contractors are not provisioned' };
+  a.userName = (a.givenName + '.' + a.familyName).toLowerCase();
+  return { attributes: a };
+}$js$));
+SELECT pg_temp.put('h_after', xprov.add_hook(pg_temp.id('T'), pg_temp.id('hooked'), 'user', 'after',
+    'function hook(ctx) { return { shadow_attributes: { status: ctx.response.status } }; }'));
+SELECT FROM pg_temp.run('kim', 'hooked', 'create', '{"givenName": "Kim", "familyName": "Park"}');
+SELECT is(pg_temp.r('kim')->>'outcome', 'completed', 'try_operation with hooks: the create completes');
+SELECT is(pg_temp.r('kim')#>>'{attributes_sent,userName}', 'kim.park', 'the before hook''s attributes are what was sent');
+SELECT ok(pg_temp.usr('kim.park') IS NOT NULL, 'the target has kim.park');
+SELECT is(pg_temp.r('kim')->'shadow_attributes', '{"status": 201}', 'the after hook saw the response status');
+SELECT is((SELECT string_agg((h->>'phase') || ' ' || (h->>'outcome'), ', ') FROM jsonb_array_elements(pg_temp.r('kim')->'hooks') h),
+          'before attributes, after shadow_attributes', 'the result lists the hooks that ran');
+SELECT FROM pg_temp.run('con', 'hooked', 'create', '{"givenName": "Con", "familyName": "Tractor", "contractor": true}');
+SELECT is(pg_temp.r('con')->>'outcome' || ' / ' || (pg_temp.r('con')->>'error') || ' / ' || jsonb_array_length(pg_temp.r('con')->'exchanges'),
+          'skipped / contractors are not provisioned / 0', 'a skip from the before hook: no request at all');
+INSERT INTO _r VALUES ('raw', xprov.try_operation(pg_temp.id('hooked'), 'create', 'user',
+                                                  '{"userName": "raw.user"}', run_hooks => false));
+SELECT is(pg_temp.r('raw')->>'outcome' || ' ' || jsonb_array_length(pg_temp.r('raw')->'hooks'), 'completed 0',
+          'run_hooks => false: no hook runs');
 
 SELECT is(pg_temp.admin('GET', '/_admin/stats')->'duplicate_usernames', '[]', 'no duplicate userName on the server');
 SELECT is(pg_temp.admin('GET', '/_admin/stats')->'request_ids_missing', '0', 'every request carried a request id');
