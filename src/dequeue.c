@@ -72,10 +72,11 @@ static SavedPlan reclaim_expired = {
 
 /*
  * The lease is written to the lane version the claim locked, found by ctid:
- * the row lock keeps it in place, and a lookup by lane_id would walk the
- * lane's dead versions under a pinned snapshot.  The versions are fetched
- * by one TID scan of the whole array: a TID scan per row (a join on ctid)
- * asks the kernel for the table's size at every row.
+ * the row lock keeps it in place (no other row can take its slot), and a
+ * lookup by lane_id would walk the lane's dead versions under a pinned
+ * snapshot.  The versions are fetched by one TID scan of the whole array
+ * (sorted once, whatever the batch size): a TID scan per row (a join on
+ * ctid) asks the kernel for the table's size at every row.
  */
 static SavedPlan claim = {
 	.sql =
@@ -93,7 +94,6 @@ static SavedPlan claim = {
 	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7, "
 	"         leased_by = $8 "
 	"   WHERE l.ctid = ANY (ARRAY(SELECT p.ctid FROM picked p)) "
-	"     AND l.lane_id = ANY (ARRAY(SELECT p.lane_id FROM picked p)) "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at"
 	") "

@@ -80,73 +80,108 @@ static SavedPlan finished_status = {
 /*
  * The statements below address lanes by the ctid of the version
  * lock_operations() locked: under a pinned snapshot a lane accumulates dead
- * versions that a lookup by lane_id would have to walk, every time.  Each
- * fetches them with one TID scan of the whole ctid array and matches rows
- * in memory ("(l.ctid = x) IS TRUE" is no TID condition): a TID scan per
- * row asks the kernel for the table's size at every row.
+ * versions that a lookup by lane_id would have to walk, every time.
  *
  * Record final outcomes.  A finished head moves its lane to the next
  * operation not already finished out of turn, or makes it idle; an operation
  * finished out of turn is remembered in finished_ahead until the head passes.
+ *
+ * Two forms of the statement differ only in how the lanes are matched to
+ * the input rows.  Up to FINISH_BATCH_MATCH_MAX rows, one TID scan fetches
+ * every lane and rows are matched in memory ("(l.ctid = x) IS TRUE" is no
+ * TID condition), which costs n * n comparisons; beyond that, a TID scan per
+ * row, which costs a system call per row (a TID scan asks the kernel for the
+ * table's size every time it starts).
  */
-static SavedPlan finish_ops = {
-	.sql =
-	"WITH r AS ("
-	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
-	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[]) "
-	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, "
-	"         connector_id, idempotency_key, hooks)"
-	"), lanes AS MATERIALIZED ("
-	"  SELECT l.ctid AS lane_ctid, l.next_seq, l.state, l.finished_ahead, l.attempt_base, "
-	"         l.attempts, l.leased_at "
-	"    FROM xprov.lane l WHERE l.ctid = ANY ($7)"
-	"), fin AS ("
-	"  SELECT r.*, "
-	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, "
+#define FINISH_BATCH_MATCH_MAX 128
+
+#define FINISH_INPUT \
+	"WITH r AS (" \
+	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], " \
+	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[]) " \
+	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, " \
+	"         connector_id, idempotency_key, hooks)" \
+	")"
+
+#define FINISH_LANE_COLUMNS \
+	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, " \
 	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
-	"    FROM r JOIN lanes l ON l.lane_ctid = r.lane_ctid"
-	"), res AS ("
-	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
-	"                               target_uid, result, reason, hooks) "
-	"  SELECT id, tenant_id, connector_id, status::\"char\", CASE WHEN is_head THEN attempts ELSE 0 END, "
-	"         CASE WHEN is_head THEN leased_at END, target_uid, result, reason, hooks FROM fin"
-	"), keys AS ("
-	"  DELETE FROM xprov.idempotency i USING fin "
-	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id "
-	"     AND i.key = fin.idempotency_key AND i.op_id = fin.id"
-	"), nxt AS ("
-	"  SELECT fin.lane_id, fin.lane_ctid, fin.seq, fin.is_head, fin.finished_ahead, "
-	"         n.seq AS next_seq, n.priority, n.not_before "
-	"    FROM fin LEFT JOIN LATERAL ("
-	"      SELECT o.seq, o.priority, o.not_before FROM xprov.op o "
-	"       WHERE fin.is_head AND o.lane_id = fin.lane_id AND o.seq > fin.seq "
-	"         AND o.seq <> ALL (fin.finished_ahead) "
-	"       ORDER BY o.seq LIMIT 1) n ON true"
-	") "
-	"UPDATE xprov.lane l "
-	"   SET state = CASE WHEN NOT nxt.is_head THEN l.state "
-	"                    WHEN nxt.next_seq IS NULL THEN 'i' ELSE 'r' END, "
-	"       next_seq = CASE WHEN NOT nxt.is_head THEN l.next_seq "
-	"                       ELSE coalesce(nxt.next_seq, nxt.seq + 1) END, "
-	"       priority = CASE WHEN NOT nxt.is_head THEN l.priority "
-	"                       ELSE coalesce(nxt.priority, l.priority) END, "
-	"       run_at = CASE WHEN NOT nxt.is_head THEN l.run_at "
-	"                     ELSE greatest(now(), nxt.not_before) END, "
-	"       finished_ahead = CASE WHEN NOT nxt.is_head THEN l.finished_ahead || nxt.seq "
-	"                             WHEN cardinality(l.finished_ahead) = 0 THEN l.finished_ahead "
-	"                             ELSE ARRAY(SELECT s FROM unnest(l.finished_ahead) s "
-	"                                         WHERE s > coalesce(nxt.next_seq, nxt.seq)) END, "
-	"       attempts = CASE WHEN NOT nxt.is_head THEN l.attempts ELSE 0 END, "
-	"       attempt_base = CASE WHEN NOT nxt.is_head THEN l.attempt_base ELSE 0 END, "
-	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, "
-	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, "
-	"       leased_by = CASE WHEN NOT nxt.is_head THEN l.leased_by END, "
-	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END "
-	"  FROM nxt WHERE l.ctid = ANY ($7) AND (l.ctid = nxt.lane_ctid) IS TRUE "
-	"RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id",
+
+#define FINISH_FIN_IN_MEMORY \
+	", lanes AS MATERIALIZED (" \
+	"  SELECT l.ctid AS lane_ctid, l.next_seq, l.state, l.finished_ahead, l.attempt_base, " \
+	"         l.attempts, l.leased_at " \
+	"    FROM xprov.lane l WHERE l.ctid = ANY ($7)" \
+	"), fin AS (" \
+	"  SELECT r.*, " FINISH_LANE_COLUMNS \
+	"    FROM r JOIN lanes l ON l.lane_ctid = r.lane_ctid" \
+	")"
+
+#define FINISH_FIN_PER_ROW \
+	", fin AS (" \
+	"  SELECT r.*, " FINISH_LANE_COLUMNS \
+	"    FROM r JOIN xprov.lane l ON l.ctid = r.lane_ctid " \
+	"   WHERE l.ctid = ANY ($7)" \
+	")"
+
+#define FINISH_UPDATE \
+	", res AS (" \
+	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, " \
+	"                               target_uid, result, reason, hooks) " \
+	"  SELECT id, tenant_id, connector_id, status::\"char\", CASE WHEN is_head THEN attempts ELSE 0 END, " \
+	"         CASE WHEN is_head THEN leased_at END, target_uid, result, reason, hooks FROM fin" \
+	"), keys AS (" \
+	"  DELETE FROM xprov.idempotency i USING fin " \
+	"   WHERE fin.idempotency_key IS NOT NULL AND i.tenant_id = fin.tenant_id " \
+	"     AND i.key = fin.idempotency_key AND i.op_id = fin.id" \
+	"), nxt AS (" \
+	"  SELECT fin.lane_id, fin.lane_ctid, fin.seq, fin.is_head, fin.finished_ahead, " \
+	"         n.seq AS next_seq, n.priority, n.not_before " \
+	"    FROM fin LEFT JOIN LATERAL (" \
+	"      SELECT o.seq, o.priority, o.not_before FROM xprov.op o " \
+	"       WHERE fin.is_head AND o.lane_id = fin.lane_id AND o.seq > fin.seq " \
+	"         AND o.seq <> ALL (fin.finished_ahead) " \
+	"       ORDER BY o.seq LIMIT 1) n ON true" \
+	") " \
+	"UPDATE xprov.lane l " \
+	"   SET state = CASE WHEN NOT nxt.is_head THEN l.state " \
+	"                    WHEN nxt.next_seq IS NULL THEN 'i' ELSE 'r' END, " \
+	"       next_seq = CASE WHEN NOT nxt.is_head THEN l.next_seq " \
+	"                       ELSE coalesce(nxt.next_seq, nxt.seq + 1) END, " \
+	"       priority = CASE WHEN NOT nxt.is_head THEN l.priority " \
+	"                       ELSE coalesce(nxt.priority, l.priority) END, " \
+	"       run_at = CASE WHEN NOT nxt.is_head THEN l.run_at " \
+	"                     ELSE greatest(now(), nxt.not_before) END, " \
+	"       finished_ahead = CASE WHEN NOT nxt.is_head THEN l.finished_ahead || nxt.seq " \
+	"                             WHEN cardinality(l.finished_ahead) = 0 THEN l.finished_ahead " \
+	"                             ELSE ARRAY(SELECT s FROM unnest(l.finished_ahead) s " \
+	"                                         WHERE s > coalesce(nxt.next_seq, nxt.seq)) END, " \
+	"       attempts = CASE WHEN NOT nxt.is_head THEN l.attempts ELSE 0 END, " \
+	"       attempt_base = CASE WHEN NOT nxt.is_head THEN l.attempt_base ELSE 0 END, " \
+	"       leased_at = CASE WHEN NOT nxt.is_head THEN l.leased_at END, " \
+	"       lease_expires = CASE WHEN NOT nxt.is_head THEN l.lease_expires END, " \
+	"       leased_by = CASE WHEN NOT nxt.is_head THEN l.leased_by END, " \
+	"       last_error = CASE WHEN NOT nxt.is_head THEN l.last_error END " \
+	"  FROM nxt WHERE l.ctid = ANY ($7) AND "
+
+#define FINISH_RETURNING \
+	" RETURNING l.state, l.claimant, -(l.priority::bigint), l.run_at, l.lane_id"
+
+#define FINISH_ARGTYPES \
+	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID, \
+	 TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
+
+static SavedPlan finish_ops_in_memory = {
+	.sql = FINISH_INPUT FINISH_FIN_IN_MEMORY FINISH_UPDATE "(l.ctid = nxt.lane_ctid) IS TRUE"
+	FINISH_RETURNING,
 	.nargs = 12,
-	.argtypes = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID,
-	TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+	.argtypes = FINISH_ARGTYPES,
+};
+
+static SavedPlan finish_ops_per_row = {
+	.sql = FINISH_INPUT FINISH_FIN_PER_ROW FINISH_UPDATE "l.ctid = nxt.lane_ctid" FINISH_RETURNING,
+	.nargs = 12,
+	.argtypes = FINISH_ARGTYPES,
 };
 
 static SavedPlan fail_op = {
@@ -417,7 +452,8 @@ finish_operations(const LockedOp *ops, int count, char status,
 		}
 		args[c] = spi_array_arg(values, nulls, count, types[c]);
 	}
-	saved_plan_execute(&finish_ops, args, NULL, false, 0);
+	saved_plan_execute(count <= FINISH_BATCH_MATCH_MAX ? &finish_ops_in_memory : &finish_ops_per_row,
+					   args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
 

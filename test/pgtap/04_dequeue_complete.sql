@@ -4,7 +4,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(40);
+SELECT plan(46);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -86,6 +86,21 @@ SELECT is((SELECT count(*) FROM xprov.operations WHERE tenant_id = pg_temp.id('t
 SELECT is((SELECT count(*) FROM xprov.operation_attempts a JOIN _ids ON _ids.id = a.operation_id
             WHERE _ids.name LIKE 's_' AND a.outcome = 'completed'), 5::bigint,
           'complete_batch records a completed attempt for each');
+-- a batch above 128 operations records through the per-row form of the statement
+-- (src/outcome.c), with operations behind each head so that the lanes move on
+SELECT pg_temp.enq('big' || g || '_' || k, 'c1', 'big-' || g) FROM generate_series(1, 150) g, generate_series(1, 2) k \g /dev/null
+SELECT is(cardinality(pg_temp.deqs(200)), 150, 'dequeue(200) hands out the 150 heads');
+SELECT is(pg_temp.cb(ARRAY(SELECT 'big' || g || '_1' FROM generate_series(1, 150) g)), 150::bigint,
+          'complete_batch of 150 operations completes 150');
+SELECT is((SELECT count(*) FROM xprov.operations o JOIN _ids ON _ids.id = o.id
+            WHERE _ids.name LIKE 'big%\_2' AND o.status = 'pending'), 150::bigint,
+          'each lane moved on to its second operation');
+SELECT is(cardinality(pg_temp.deqs(200)), 150, 'the 150 second operations are handed out');
+SELECT is(pg_temp.cb(ARRAY(SELECT 'big' || g || '_2' FROM generate_series(1, 150) g)), 150::bigint,
+          'and completed in one batch');
+SELECT is((SELECT count(*) FROM xprov.lane l JOIN xprov.subject s USING (lane_id)
+            WHERE s.subject LIKE 't:big-%' AND l.state <> 'i'), 0::bigint,
+          'every big lane is idle afterwards');
 SELECT is(xprov.complete_batch('{}'), 0::bigint, 'complete_batch of an empty array completes nothing');
 SELECT is(xprov.complete_batch(NULL), 0::bigint, 'complete_batch of NULL (array_agg over an empty dequeue) completes nothing');
 
