@@ -31,30 +31,14 @@ export XPROV_PORT="${XPROV_PORT:-55465}"
 SCIM_PORT="${XPROV_HOOKS_SCIM_PORT:-18351}"
 . test/lib/cluster.sh
 . test/lib/check.sh
+. test/lib/target.sh
 
 DB=xprov_hooks
 SCIM=http://127.0.0.1:$SCIM_PORT
 
 scim_pid=""
-scim_start()
-{
-	python3 test/targets/scim_server.py --port "$SCIM_PORT" >"$XPROV_CLUSTER_DIR/scim.log" 2>&1 &
-	scim_pid=$!
-	for _ in $(seq 1 50); do
-		grep -q listening "$XPROV_CLUSTER_DIR/scim.log" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "the SCIM target did not start" >&2
-	return 1
-}
-scim_stop()
-{
-	if [ -n "$scim_pid" ]; then
-		kill "$scim_pid" 2>/dev/null || true
-		wait "$scim_pid" 2>/dev/null || true
-	fi
-	scim_pid=""
-}
+scim_start() { target_start scim_pid scim_server.py "$SCIM_PORT" "$XPROV_CLUSTER_DIR/scim.log"; }
+scim_stop() { target_stop scim_pid; }
 fault() { curl -sf -X POST -d "$1" "$SCIM/_admin/fault" >/dev/null; }
 
 # The target's user of userName $1, as "attr=value" for the attributes $2.. (or "none").

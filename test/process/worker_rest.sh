@@ -12,6 +12,7 @@ export XPROV_PORT="${XPROV_PORT:-55464}"
 REST_PORT="${XPROV_REST_TEST_PORT:-18331}"
 . test/lib/cluster.sh
 . test/lib/check.sh
+. test/lib/target.sh
 
 DB=xprov_worker
 REST=http://127.0.0.1:$REST_PORT
@@ -32,10 +33,8 @@ completed_within()	# $1 connector, $2 expected completed, $3 seconds
 rest_pid=""
 cluster_start "xprov.database_name = '$DB'" "xprov.retry_base = '200ms'" >/dev/null
 export PGDATABASE=$DB
-trap '[ -n "$rest_pid" ] && kill $rest_pid; cluster_stop' EXIT
-python3 test/targets/rest_server.py --port "$REST_PORT" --token "$TOKEN" >"$XPROV_CLUSTER_DIR/rest.log" 2>&1 &
-rest_pid=$!
-for _ in $(seq 1 50); do grep -q listening "$XPROV_CLUSTER_DIR/rest.log" && break; sleep 0.1; done
+trap 'target_stop rest_pid; cluster_stop' EXIT
+target_start rest_pid rest_server.py "$REST_PORT" "$XPROV_CLUSTER_DIR/rest.log" --token "$TOKEN"
 psql -qAtX -d postgres -c "CREATE DATABASE $DB"
 q "CREATE EXTENSION xprov"
 

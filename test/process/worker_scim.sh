@@ -14,23 +14,14 @@ export XPROV_PORT="${XPROV_PORT:-55463}"
 SCIM_PORT="${XPROV_SCIM_PORT:-18321}"
 . test/lib/cluster.sh
 . test/lib/check.sh
+. test/lib/target.sh
 
 DB=xprov_worker
 SCIM=http://127.0.0.1:$SCIM_PORT
 
 scim_pid=""
-scim_start()
-{
-	python3 test/targets/scim_server.py --port "$SCIM_PORT" >"$XPROV_CLUSTER_DIR/scim.log" 2>&1 &
-	scim_pid=$!
-	for _ in $(seq 1 50); do
-		grep -q listening "$XPROV_CLUSTER_DIR/scim.log" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "the SCIM target did not start" >&2
-	return 1
-}
-scim_stop() { [ -n "$scim_pid" ] && kill "$scim_pid" 2>/dev/null && wait "$scim_pid" 2>/dev/null || true; scim_pid=""; }
+scim_start() { target_start scim_pid scim_server.py "$SCIM_PORT" "$XPROV_CLUSTER_DIR/scim.log"; }
+scim_stop() { target_stop scim_pid; }
 fault() { curl -sf -X POST -d "$1" "$SCIM/_admin/fault" >/dev/null; }
 stat() { curl -sf "$SCIM/_admin/stats" | python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, d))" "$1"; }
 

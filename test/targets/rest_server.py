@@ -19,32 +19,19 @@ Test API under /_admin (no auth, never faulted), JSON in and out:
     POST /_admin/accounts           load a list of accounts
 """
 
-import argparse
 import json
-import signal
-import socket
 import sys
 import threading
-import time
 import traceback
 import uuid
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
+
+from target_base import RequestLog, TargetHandler, dumps, fault_spec, now_iso, serve
 
 BASE = "/rest"
 PROTOCOL = 1
 TYPES = {"create", "update", "delete", "enable", "disable"}
 MAX_LIMIT = 1000
-FAULT_MODES = {"500", "503", "429", "401", "delay", "drop", "garbage", "hang"}
-
-
-def now_iso():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def dumps(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class RestError(Exception):
@@ -93,7 +80,7 @@ def check_execute(req):
         raise bad("%s needs uid or identity_id" % req["type"])
 
 
-class State:
+class State(RequestLog):
     """Accounts, stored operation results, faults and the request log, under
     one lock.  Accounts are never modified in place (updates store a new
     dict), so one taken from the store can be serialized after the lock."""
@@ -111,50 +98,11 @@ class State:
             self.executions = 0
             self.replays = 0
             self.request_id_mismatches = 0
-            self.faults = []
-            self.log = []
-
-    # -- requests and faults (as in scim_server.py) -----------------------------
-
-    def begin_request(self, method, path, query, request_id):
-        """Log a request, and take the first queued fault that applies to it
-        (None if none does)."""
-        with self.lock:
-            fault = None
-            for f in self.faults:
-                if (f["method"] is None or f["method"] == method) and \
-                        (f["path_prefix"] is None or path.startswith(f["path_prefix"])):
-                    if f["count"] > 0:
-                        f["count"] -= 1
-                        if f["count"] == 0:
-                            self.faults.remove(f)
-                    fault = dict(f)
-                    break
-            entry = {"i": len(self.log), "method": method, "path": path, "query": query,
-                     "status": None, "request_id": request_id,
-                     "fault": fault and fault["mode"]}
-            self.log.append(entry)
-        return entry, fault
-
-    def finish_request(self, entry, status):
-        with self.lock:
-            entry["status"] = status
-
-    def add_fault(self, spec):
-        with self.lock:
-            if spec["mode"] == "clear":
-                self.faults = []
-            else:
-                self.faults.append(spec)
-            return list(self.faults)
+            self.clear_log()
 
     def stats(self):
         with self.lock:
-            methods = {}
-            missing = 0
-            for e in self.log:
-                methods[e["method"]] = methods.get(e["method"], 0) + 1
-                missing += e["request_id"] is None
+            methods, missing = self.request_counts()
             per_identity = {}
             for a in self.accounts.values():
                 if a["identity_id"] is not None:
@@ -167,10 +115,6 @@ class State:
                     "faults_pending": len(self.faults),
                     "duplicate_identity_ids": sorted(i for (_, i), n in per_identity.items()
                                                      if n > 1)}
-
-    def requests_since(self, since):
-        with self.lock:
-            return [dict(e) for e in self.log[since:]]
 
     # -- accounts ----------------------------------------------------------------
 
@@ -305,116 +249,16 @@ class State:
         return loaded
 
 
-class BadRequest(Exception):
-    """A request whose body cannot be read; the connection is closed."""
-
-    def __init__(self, status, detail):
-        super().__init__(detail)
-        self.status = status
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(TargetHandler):
     server_version = "xprov-rest-target/1"
-    disable_nagle_algorithm = True     # small responses must not wait for delayed ACKs
-    # Buffer writes so that a response's head and body leave in one send
-    # (handle_one_request flushes after each request): each send is a packet
-    # and a wake-up of the client, as costly as the rest of the request.
-    wbufsize = -1
+    API_PREFIX = BASE
+    PLAIN_ERROR = {"retryable": False}
 
-    def log_message(self, format, *args):
-        if self.server.verbose:
-            super().log_message(format, *args)
+    def api(self, url, body):
+        return self.rest(url, body)
 
-    def do_GET(self):
-        self.handle_request()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def handle_expect_100(self):
-        super().handle_expect_100()
-        self.wfile.flush()                 # the interim 100 Continue goes out now
-        return True
-
-    # -- plumbing (as in scim_server.py) ------------------------------------------
-
-    def read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise BadRequest(411, "send request bodies with Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise BadRequest(400, "bad Content-Length")
-        return self.rfile.read(length) if length else b""
-
-    def send(self, status, body, headers=()):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-        return status
-
-    def drop(self):
-        """Close the connection without a response."""
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def handle_request(self):
-        url = urlsplit(self.path)
-        path = url.path
-        try:
-            body = self.read_body()
-        except BadRequest as e:
-            self.close_connection = True
-            self.send(e.status, dumps({"error": str(e), "retryable": False}))
-            return
-        if path.startswith("/_admin/"):
-            status, obj = self.admin(path, url.query, body)
-            self.send(status, dumps(obj))
-            return
-        if path != BASE and not path.startswith(BASE + "/"):
-            self.send(404, dumps({"error": "not found", "retryable": False}))
-            return
-
-        state = self.server.state
-        entry, fault = state.begin_request(self.command, path, url.query,
-                                           self.headers.get("X-Request-Id"))
-        status = None
-        try:
-            if fault and fault["mode"] == "delay":
-                time.sleep(fault["delay_ms"] / 1000)
-            if fault is None or fault["mode"] == "delay":
-                status = self.send(*self.rest(url, body))
-            else:
-                if fault["after"]:
-                    self.rest(url, body)        # the target acts; the client never hears
-                status = self.send_fault(fault)
-        finally:
-            state.finish_request(entry, status)
-
-    def send_fault(self, fault):
-        """Answer (or not) as the fault says; returns the status sent or None."""
-        mode = fault["mode"]
-        if mode in ("drop", "hang"):
-            if mode == "hang":
-                time.sleep(fault["delay_ms"] / 1000)
-            self.drop()
-            return None
-        if mode == "garbage":
-            return self.send(200, b"<html>this is not JSON")
-        headers = []
-        if fault["retry_after"] is not None:
-            headers.append(("Retry-After", str(fault["retry_after"])))
-        error = RestError(int(mode), "injected fault", retryable=mode != "401")
-        return self.send(int(mode), dumps(error.body()), headers)
+    def fault_body(self, status):
+        return dumps(RestError(status, "injected fault", retryable=status != 401).body())
 
     # -- protocol ------------------------------------------------------------------
 
@@ -501,63 +345,8 @@ class Handler(BaseHTTPRequestHandler):
         return 404, {"error": "no admin endpoint %s %s" % (method, path)}
 
 
-def fault_spec(data):
-    """Validate a POST /_admin/fault body; raises ValueError."""
-    if not isinstance(data, dict):
-        raise ValueError("the body must be an object")
-    mode = str(data.get("mode"))
-    if mode == "clear":
-        return {"mode": mode}
-    if mode not in FAULT_MODES:
-        raise ValueError("mode must be one of %s or clear" % ", ".join(sorted(FAULT_MODES)))
-    count = data.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
-        raise ValueError("count must be a positive integer or -1")
-    method = data.get("method")
-    prefix = data.get("path_prefix")
-    if not isinstance(method, (str, type(None))) or not isinstance(prefix, (str, type(None))):
-        raise ValueError("method and path_prefix must be strings")
-    after = data.get("after", False)
-    if not isinstance(after, bool) or (after and mode == "delay"):
-        raise ValueError("after must be a boolean, and makes no sense with delay")
-    delay_ms = data.get("delay_ms", 60000 if mode == "hang" else 1000)
-    retry_after = data.get("retry_after", 1 if mode == "429" else None)
-    for name, v in (("delay_ms", delay_ms), ("retry_after", retry_after)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise ValueError("%s must be a non-negative integer" % name)
-    return {"mode": mode, "count": count, "method": method and method.upper(),
-            "path_prefix": prefix, "after": after, "delay_ms": delay_ms,
-            "retry_after": retry_after}
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128     # many client connections may open at once
-
-
 def main():
-    ap = argparse.ArgumentParser(description="Reference server of xprov's REST protocol")
-    ap.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    ap.add_argument("--token", help="require Authorization: Bearer TOKEN on /rest")
-    ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
-    args = ap.parse_args()
-
-    server = Server(("127.0.0.1", args.port), Handler)
-    server.state = State()
-    server.token = args.token
-    server.verbose = args.verbose
-
-    def stop(signum, frame):
-        raise SystemExit(0)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except SystemExit:
-        pass
-    finally:
-        server.server_close()
+    serve("Reference server of xprov's REST protocol", Handler, State())
 
 
 if __name__ == "__main__":

@@ -51,19 +51,15 @@ resources are returned), POST .search, /Bulk, /Me, the read-only "groups"
 attribute of users.
 """
 
-import argparse
 import json
 import re
-import signal
-import socket
 import sys
 import threading
-import time
 import traceback
 import uuid
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
+
+from target_base import RequestLog, TargetHandler, dumps, fault_spec, now_iso, serve
 
 BASE = "/scim/v2"
 USER_URN = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -88,16 +84,7 @@ MULTI_VALUED = {"emails", "phonenumbers", "ims", "photos", "addresses", "groups"
 # attribute is caseExact=false in RFC 7643 (notably userName).
 CASE_EXACT = {("id",), ("externalid",), ("meta", "version")}
 
-FAULT_MODES = {"500", "503", "429", "401", "delay", "drop", "garbage", "hang"}
 MAX_COUNT = 1000
-
-
-def now_iso():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def dumps(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class ScimError(Exception):
@@ -540,7 +527,7 @@ def bump(version):
     return 'W/"%d"' % (int(version[3:-1]) + 1)   # W/"n"
 
 
-class State:
+class State(RequestLog):
     def __init__(self):
         self.lock = threading.Lock()
         self.reset()
@@ -549,50 +536,11 @@ class State:
         with self.lock:
             self.resources = {"Users": {}, "Groups": {}}    # id -> resource, creation order
             self.unique = {"Users": {}, "Groups": {}}       # lower(unique attr) -> id
-            self.faults = []
-            self.log = []
-
-    # -- requests and faults -------------------------------------------------
-
-    def begin_request(self, method, path, query, request_id):
-        """Log a request, and take the first queued fault that applies to it
-        (None if none does)."""
-        with self.lock:
-            fault = None
-            for f in self.faults:
-                if (f["method"] is None or f["method"] == method) and \
-                        (f["path_prefix"] is None or path.startswith(f["path_prefix"])):
-                    if f["count"] > 0:
-                        f["count"] -= 1
-                        if f["count"] == 0:
-                            self.faults.remove(f)
-                    fault = dict(f)
-                    break
-            entry = {"i": len(self.log), "method": method, "path": path, "query": query,
-                     "status": None, "request_id": request_id,
-                     "fault": fault and fault["mode"]}
-            self.log.append(entry)
-        return entry, fault
-
-    def finish_request(self, entry, status):
-        with self.lock:
-            entry["status"] = status
-
-    def add_fault(self, spec):
-        with self.lock:
-            if spec["mode"] == "clear":
-                self.faults = []
-            else:
-                self.faults.append(spec)
-            return list(self.faults)
+            self.clear_log()
 
     def stats(self):
         with self.lock:
-            methods = {}
-            missing = 0
-            for e in self.log:
-                methods[e["method"]] = methods.get(e["method"], 0) + 1
-                missing += e["request_id"] is None
+            methods, missing = self.request_counts()
             names = {}
             for u in self.resources["Users"].values():
                 n = get_ci(u, "userName").lower()
@@ -603,10 +551,6 @@ class State:
                     "duplicate_usernames": sorted(n for n, c in names.items() if c > 1),
                     "request_ids_missing": missing,
                     "faults_pending": len(self.faults)}
-
-    def requests_since(self, since):
-        with self.lock:
-            return [dict(e) for e in self.log[since:]]
 
     def all(self, kind):
         with self.lock:
@@ -863,126 +807,21 @@ def public(res):
 # HTTP
 # ---------------------------------------------------------------------------
 
-class BadRequest(Exception):
-    """A request whose body cannot be read; the connection is closed."""
-
-    def __init__(self, status, detail):
-        super().__init__(detail)
-        self.status = status
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(TargetHandler):
     server_version = "xprov-scim-target/1"
-    disable_nagle_algorithm = True     # small responses must not wait for delayed ACKs
-    # Buffer writes so that a response's head and body leave in one send
-    # (handle_one_request flushes after each request): each send is a packet
-    # and a wake-up of the client, as costly as the rest of the request.
-    wbufsize = -1
-
-    def log_message(self, format, *args):
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self):
-        self.handle_request()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def handle_expect_100(self):
-        super().handle_expect_100()
-        self.wfile.flush()                 # the interim 100 Continue goes out now
-        return True
-
-    # -- plumbing --------------------------------------------------------------
-
-    def read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise BadRequest(411, "send request bodies with Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise BadRequest(400, "bad Content-Length")
-        return self.rfile.read(length) if length else b""
-
-    def send(self, status, body, content_type, headers=()):
-        self.send_response(status)
-        if body:
-            self.send_header("Content-Type", content_type)
-        if status != 204:                      # RFC 9110: no Content-Length on 204
-            self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
-        return status
-
-    def drop(self):
-        """Close the connection without a response."""
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    API_PREFIX = BASE
+    CONTENT_TYPE = "application/scim+json"
 
     def base_url(self):
         host = self.headers.get("Host") or "127.0.0.1:%d" % self.server.server_address[1]
         return "http://%s%s" % (host, BASE)
 
-    def handle_request(self):
-        url = urlsplit(self.path)
-        path = url.path
-        try:
-            body = self.read_body()
-        except BadRequest as e:
-            self.close_connection = True
-            self.send(e.status, dumps({"error": str(e)}), "application/json")
-            return
-        if path.startswith("/_admin/"):
-            status, obj = self.admin(path, url.query, body)
-            self.send(status, dumps(obj), "application/json")
-            return
-        if path != BASE and not path.startswith(BASE + "/"):
-            self.send(404, dumps({"error": "not found"}), "application/json")
-            return
+    def api(self, url, body):
+        status, obj, headers = self.scim(url, body)
+        return status, dumps(obj) if obj is not None else b"", headers
 
-        state = self.server.state
-        entry, fault = state.begin_request(self.command, path, url.query,
-                                           self.headers.get("X-Request-Id"))
-        status = None
-        try:
-            if fault and fault["mode"] == "delay":
-                time.sleep(fault["delay_ms"] / 1000)
-            if fault is None or fault["mode"] == "delay":
-                status = self.send_scim(*self.scim(url, body))
-            else:
-                if fault["after"]:
-                    self.scim(url, body)        # the target acts; the client never hears
-                status = self.send_fault(fault)
-        finally:
-            state.finish_request(entry, status)
-
-    def send_scim(self, status, obj, headers):
-        return self.send(status, dumps(obj) if obj is not None else b"",
-                         "application/scim+json", headers)
-
-    def send_fault(self, fault):
-        """Answer (or not) as the fault says; returns the status sent or None."""
-        mode = fault["mode"]
-        if mode in ("drop", "hang"):
-            if mode == "hang":
-                time.sleep(fault["delay_ms"] / 1000)
-            self.drop()
-            return None
-        if mode == "garbage":
-            return self.send(200, b"<html>this is not JSON", "application/scim+json")
-        headers = []
-        if fault["retry_after"] is not None:
-            headers.append(("Retry-After", str(fault["retry_after"])))
-        return self.send_scim(int(mode), ScimError(int(mode), "injected fault").body(), headers)
+    def fault_body(self, status):
+        return dumps(ScimError(status, "injected fault").body())
 
     # -- SCIM ------------------------------------------------------------------
 
@@ -1136,65 +975,14 @@ class Handler(BaseHTTPRequestHandler):
         return 404, {"error": "no admin endpoint %s %s" % (method, path)}
 
 
-def fault_spec(data):
-    """Validate a POST /_admin/fault body; raises ValueError."""
-    if not isinstance(data, dict):
-        raise ValueError("the body must be an object")
-    mode = str(data.get("mode"))
-    if mode == "clear":
-        return {"mode": mode}
-    if mode not in FAULT_MODES:
-        raise ValueError("mode must be one of %s or clear" % ", ".join(sorted(FAULT_MODES)))
-    count = data.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
-        raise ValueError("count must be a positive integer or -1")
-    method = data.get("method")
-    prefix = data.get("path_prefix")
-    if not isinstance(method, (str, type(None))) or not isinstance(prefix, (str, type(None))):
-        raise ValueError("method and path_prefix must be strings")
-    after = data.get("after", False)
-    if not isinstance(after, bool) or (after and mode == "delay"):
-        raise ValueError("after must be a boolean, and makes no sense with delay")
-    delay_ms = data.get("delay_ms", 60000 if mode == "hang" else 1000)
-    retry_after = data.get("retry_after", 1 if mode == "429" else None)
-    for name, v in (("delay_ms", delay_ms), ("retry_after", retry_after)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise ValueError("%s must be a non-negative integer" % name)
-    return {"mode": mode, "count": count, "method": method and method.upper(),
-            "path_prefix": prefix, "after": after, "delay_ms": delay_ms,
-            "retry_after": retry_after}
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128     # many client connections may open at once
-
-
 def main():
-    ap = argparse.ArgumentParser(description="In-memory SCIM 2.0 target for xprov tests")
-    ap.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    ap.add_argument("--token", help="require Authorization: Bearer TOKEN on /scim/v2")
-    ap.add_argument("--no-patch", action="store_true", help="answer PATCH with 501")
-    ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
-    args = ap.parse_args()
+    def add_arguments(ap):
+        ap.add_argument("--no-patch", action="store_true", help="answer PATCH with 501")
 
-    server = Server(("127.0.0.1", args.port), Handler)
-    server.state = State()
-    server.token = args.token
-    server.no_patch = args.no_patch
-    server.verbose = args.verbose
+    def configure(server, args):
+        server.no_patch = args.no_patch
 
-    def stop(signum, frame):
-        raise SystemExit(0)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except SystemExit:
-        pass
-    finally:
-        server.server_close()
+    serve("In-memory SCIM 2.0 target for xprov tests", Handler, State(), add_arguments, configure)
 
 
 if __name__ == "__main__":
