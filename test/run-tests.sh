@@ -100,26 +100,13 @@ target_pids=()
 # results/targets/NAME-PORT.log.
 start_target()
 {
-	local script=$1 port=$2 log pid i
+	local script=$1 port=$2 pid rc=0
 
 	shift 2
-	log=results/targets/$(basename "$script" .py)-$port.log
 	mkdir -p results/targets
-	if [ ! -f "$script" ]; then
-		echo "test target $script not found" >&2
-		return 1
-	fi
-	python3 "$script" --port "$port" "$@" >"$log" 2>&1 &
-	pid=$!
-	target_pids+=("$pid")
-	for i in $(seq 1 100); do
-		grep -q "^listening on 127.0.0.1:$port\$" "$log" && return 0
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	echo "test target $script did not start on port $port:" >&2
-	cat "$log" >&2
-	return 1
+	target_start pid "$script" "$port" "results/targets/$(basename "$script" .py)-$port.log" "$@" || rc=$?
+	[ -n "$pid" ] && target_pids+=("$pid")
+	return $rc
 }
 
 stop_targets()
@@ -178,6 +165,8 @@ step "cluster"
 
 # shellcheck source=test/lib/cluster.sh
 . test/lib/cluster.sh
+# shellcheck source=test/lib/target.sh
+. test/lib/target.sh
 if ! cluster_start "${CLUSTER_SETTINGS[@]}"; then
 	fail "cluster start"
 	summary_and_exit

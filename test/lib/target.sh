@@ -5,7 +5,7 @@
 # repository's root:
 #
 #	. test/lib/target.sh
-#	target_start scim_pid scim_server.py "$PORT" "$LOG" [--token T ...]
+#	target_start scim_pid test/targets/scim_server.py "$PORT" "$LOG" [--token T ...]
 #	target_stop scim_pid
 #
 # target_start puts the server's pid into the named variable and returns once
@@ -17,8 +17,13 @@ target_start()
 {
 	local var=$1 script=$2 port=$3 log=$4 pid
 	shift 4
+	printf -v "$var" '%s' ''
 	rm -f "$log"                      # a restart must not find the last run's line
-	python3 "test/targets/$script" --port "$port" "$@" >"$log" 2>&1 &
+	if [ ! -f "$script" ]; then
+		echo "test target $script not found" >&2
+		return 1
+	fi
+	python3 "$script" --port "$port" "$@" >"$log" 2>&1 &
 	pid=$!
 	printf -v "$var" '%s' "$pid"
 	for _ in $(seq 1 100); do

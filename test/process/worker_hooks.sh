@@ -37,7 +37,7 @@ DB=xprov_hooks
 SCIM=http://127.0.0.1:$SCIM_PORT
 
 scim_pid=""
-scim_start() { target_start scim_pid scim_server.py "$SCIM_PORT" "$XPROV_CLUSTER_DIR/scim.log"; }
+scim_start() { target_start scim_pid test/targets/scim_server.py "$SCIM_PORT" "$XPROV_CLUSTER_DIR/scim.log"; }
 scim_stop() { target_stop scim_pid; }
 fault() { curl -sf -X POST -d "$1" "$SCIM/_admin/fault" >/dev/null; }
 

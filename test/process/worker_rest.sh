@@ -34,7 +34,7 @@ rest_pid=""
 cluster_start "xprov.database_name = '$DB'" "xprov.retry_base = '200ms'" >/dev/null
 export PGDATABASE=$DB
 trap 'target_stop rest_pid; cluster_stop' EXIT
-target_start rest_pid rest_server.py "$REST_PORT" "$XPROV_CLUSTER_DIR/rest.log" --token "$TOKEN"
+target_start rest_pid test/targets/rest_server.py "$REST_PORT" "$XPROV_CLUSTER_DIR/rest.log" --token "$TOKEN"
 psql -qAtX -d postgres -c "CREATE DATABASE $DB"
 q "CREATE EXTENSION xprov"
 
