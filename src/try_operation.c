@@ -368,7 +368,9 @@ xprov_try_operation(PG_FUNCTION_ARGS)
 				 PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4)),
 				 PG_ARGISNULL(5) ? NULL : PG_GETARG_UUID_P(5));
 	op->tenant_id = tenant_id;
-	if (PG_NARGS() > 6 && !PG_ARGISNULL(6) && PG_GETARG_BOOL(6))
+	if (PG_NARGS() > 6)
+		check_not_null(fcinfo, 6, "run_hooks");
+	if (PG_NARGS() > 6 && PG_GETARG_BOOL(6))
 		op->has_hooks = load_hooks(op);
 
 	initStringInfo(&exchanges);

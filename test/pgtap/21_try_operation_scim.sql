@@ -24,7 +24,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 \endif
 
 BEGIN;
-SELECT plan(77);
+SELECT plan(78);
 \ir common.psql
 
 SELECT set_config('xtest.scim_url', :'scim_url', true) \g /dev/null
@@ -361,6 +361,8 @@ INSERT INTO _r VALUES ('raw', xprov.try_operation(pg_temp.id('hooked'), 'create'
                                                   '{"userName": "raw.user"}', run_hooks => false));
 SELECT is(pg_temp.r('raw')->>'outcome' || ' ' || jsonb_array_length(pg_temp.r('raw')->'hooks'), 'completed 0',
           'run_hooks => false: no hook runs');
+SELECT throws_ok(format($$SELECT xprov.try_operation(%L, 'update', 'user', '{}', 'x', NULL, NULL)$$, pg_temp.id('hooked')),
+                 '22004', NULL, 'run_hooks => NULL is refused');
 
 SELECT is(pg_temp.admin('GET', '/_admin/stats')->'duplicate_usernames', '[]', 'no duplicate userName on the server');
 SELECT is(pg_temp.admin('GET', '/_admin/stats')->'request_ids_missing', '0', 'every request carried a request id');
