@@ -1086,6 +1086,7 @@ DECLARE
 	evaluated integer := 0;
 	n_definite integer;
 	s double precision;
+	saved_threshold text;
 BEGIN
 	IF tenant_id IS NULL OR connector_id IS NULL OR object_class IS NULL THEN
 		RAISE EXCEPTION 'tenant_id, connector_id and object_class must not be null'
@@ -1140,6 +1141,8 @@ BEGIN
 		CONTINUE WHEN q.query IS NULL;
 		evaluated := evaluated + 1;
 		IF q.min_fuzzy IS NOT NULL THEN
+			-- for this query only: the caller's transaction keeps its own threshold
+			saved_threshold := current_setting('pg_trgm.similarity_threshold', true);
 			PERFORM set_config('pg_trgm.similarity_threshold', q.min_fuzzy::text, true);
 		END IF;
 		FOR hit IN EXECUTE q.query USING owner, q.vals LOOP
@@ -1153,6 +1156,9 @@ BEGIN
 						 || jsonb_build_object('rule', r.id, 'name', r.name, 'tier', r.tier, 'weight', r.weight,
 											   'confidence', conf, 'items', r.items, 'item_scores', to_jsonb(hit.scores))));
 		END LOOP;
+		IF q.min_fuzzy IS NOT NULL THEN
+			PERFORM set_config('pg_trgm.similarity_threshold', coalesce(saved_threshold, '0.3'), true);
+		END IF;
 	END LOOP;
 
 	SELECT count(*) INTO n_definite FROM jsonb_each(found_by) e WHERE (e.value ->> 'score')::float8 >= definite;

@@ -7,7 +7,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(60);
+SELECT plan(61);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -120,6 +120,8 @@ SELECT is((SELECT evidence #>> '{rules,0,name}' FROM pg_temp.owner('c1', '{"name
           'the evidence names the rule that matched');
 SELECT results_eq($$SELECT who, match_type FROM pg_temp.owner('c1', '{"name": {"givenName": "Grace", "familyName": "Smith"}}')$$,
                   $$VALUES ('-', 'none')$$, 'fuzzy below min_score does not match');
+SELECT is(current_setting('pg_trgm.similarity_threshold'), '0.3',
+          'a fuzzy rule leaves the caller''s pg_trgm.similarity_threshold as it was');
 SELECT is((SELECT evidence ->> 'rules_evaluated' FROM pg_temp.owner('c1', '{"displayName": "nobody"}')), '0',
           'an account without any rule''s attributes evaluates no rule');
 
