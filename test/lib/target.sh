@@ -15,33 +15,35 @@
 
 target_start()
 {
-	local var=$1 script=$2 port=$3 log=$4 pid
+	# _target_ names: the caller's variable may well be called pid
+	local _target_var=$1 _target_script=$2 _target_port=$3 _target_log=$4 _target_pid
 	shift 4
-	printf -v "$var" '%s' ''
-	rm -f "$log"                      # a restart must not find the last run's line
-	if [ ! -f "$script" ]; then
-		echo "test target $script not found" >&2
+	printf -v "$_target_var" '%s' ''
+	rm -f "$_target_log"              # a restart must not find the last run's line
+	if [ ! -f "$_target_script" ]; then
+		echo "test target $_target_script not found" >&2
 		return 1
 	fi
-	python3 "$script" --port "$port" "$@" >"$log" 2>&1 &
-	pid=$!
-	printf -v "$var" '%s' "$pid"
+	python3 "$_target_script" --port "$_target_port" "$@" >"$_target_log" 2>&1 &
+	_target_pid=$!
+	printf -v "$_target_var" '%s' "$_target_pid"
 	for _ in $(seq 1 100); do
-		grep -q "^listening on 127.0.0.1:$port\$" "$log" 2>/dev/null && return 0
-		kill -0 "$pid" 2>/dev/null || break
+		grep -q "^listening on 127.0.0.1:$_target_port\$" "$_target_log" 2>/dev/null && return 0
+		kill -0 "$_target_pid" 2>/dev/null || break
 		sleep 0.1
 	done
-	echo "test target $script did not start on port $port:" >&2
-	cat "$log" >&2
+	echo "test target $_target_script did not start on port $_target_port:" >&2
+	cat "$_target_log" >&2
 	return 1
 }
 
 target_stop()
 {
-	local pid=${!1}
-	if [ -n "$pid" ]; then
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+	local _target_pid=${!1}
+
+	if [ -n "$_target_pid" ]; then
+		kill "$_target_pid" 2>/dev/null || true
+		wait "$_target_pid" 2>/dev/null || true
 	fi
 	printf -v "$1" '%s' ''
 }
