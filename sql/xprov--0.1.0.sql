@@ -70,7 +70,8 @@ CREATE TABLE xprov.lane (
 	tenant_id	uuid NOT NULL,
 	connector_id uuid NOT NULL,
 	claimant	"char" NOT NULL,
-	state		"char" NOT NULL,		-- r ready, l leased, i idle, d dead (blocks the subject)
+	state		"char" NOT NULL,		-- r ready, l leased, i idle, d dead (blocks the subject),
+										-- p parked: waits for a correlation case (blocks the subject)
 	next_seq	bigint NOT NULL,		-- head of the subject's FIFO in xprov.op
 	priority	integer NOT NULL,		-- priority of the head operation
 	run_at		timestamptz NOT NULL,	-- earliest start of the head operation
@@ -137,28 +138,51 @@ CREATE TABLE xprov.op_failure (
 	finished_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
 	outcome		"char" NOT NULL,		-- f failed (retried later), d dead-lettered, e lease expired,
 										-- p connector unavailable (attempt not counted),
-										-- r worker restarted mid-attempt
+										-- r worker restarted mid-attempt,
+										-- c parked for a correlation case (attempt not counted)
 	http_status	integer,
 	error		text,
 	hooks		text					-- what the hooks of this attempt did: JSON, as above
 );
 CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
 
--- The account each subject has on its target, as the background worker last
--- saw it: the target's id for the account and the attributes last provisioned.
--- Later operations of the subject address the account by this target_uid.
-CREATE TABLE xprov.account (
-	lane_id		bigint PRIMARY KEY,		-- xprov.subject.lane_id
+-- Shadows: what xprov knows of each account on each target (see README
+-- "Shadows").  A shadow is never re-used: a deleted account's shadow becomes
+-- a tombstone (dead_at set) and a re-created account gets a new one.  The
+-- partial unique indexes below are what makes duplicates impossible: at most
+-- one shadow that is not dead per target account, per owner (unless the
+-- connector allows several accounts per identity) and per subject.
+CREATE TABLE xprov.shadow (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
 	tenant_id	uuid NOT NULL,
 	connector_id uuid NOT NULL,
 	object_class text NOT NULL,
-	identity_id	uuid,
-	target_uid	text NOT NULL,
-	attributes	jsonb NOT NULL DEFAULT '{}',
+	lane_id		bigint,					-- the subject that provisions it (xprov.subject);
+										-- NULL: found on the target, not provisioned by xprov
+	identity_id	uuid,					-- the owner, if known
+	target_uid	text,					-- NULL until the target has named the account
+	lifecycle	text NOT NULL CHECK (lifecycle IN ('proposed', 'conceived', 'gestating', 'live',
+												   'reaping', 'corpse', 'tombstone')),
+	situation	text CHECK (situation IN ('linked', 'unlinked', 'unmatched', 'disputed',
+										  'collision', 'deleted')),
+	exclusive	boolean NOT NULL DEFAULT true,	-- the owner may have no other account here
+	observed	jsonb,					-- the account as the target last showed it
+	observed_at	timestamptz,
+	expected	jsonb NOT NULL DEFAULT '{}',	-- the attributes as last provisioned
+	version		text,					-- the target's version of the account (ETag)
 	created_at	timestamptz NOT NULL DEFAULT now(),
-	updated_at	timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX account_target ON xprov.account (connector_id, object_class, target_uid);
+	updated_at	timestamptz NOT NULL DEFAULT now(),
+	dead_at		timestamptz,			-- set exactly when the shadow is dead
+	CHECK ((lifecycle IN ('corpse', 'tombstone')) = (dead_at IS NOT NULL)),
+	CHECK (lifecycle NOT IN ('gestating', 'live', 'reaping') OR target_uid IS NOT NULL)
+) WITH (autovacuum_analyze_scale_factor = 0.02);
+CREATE UNIQUE INDEX shadow_live_uid ON xprov.shadow (connector_id, object_class, target_uid)
+	WHERE dead_at IS NULL;
+CREATE UNIQUE INDEX shadow_live_identity ON xprov.shadow (connector_id, object_class, identity_id)
+	WHERE dead_at IS NULL AND exclusive;
+CREATE UNIQUE INDEX shadow_live_lane ON xprov.shadow (lane_id) WHERE dead_at IS NULL;
+CREATE INDEX shadow_owner ON xprov.shadow (identity_id) WHERE identity_id IS NOT NULL;
+CREATE INDEX shadow_dead ON xprov.shadow (dead_at) WHERE dead_at IS NOT NULL;
 
 -- Each start of a background worker takes a new epoch; its leases carry it,
 -- so a restarted worker knows exactly which leases its dead predecessor held.
@@ -388,6 +412,7 @@ CREATE VIEW xprov.operations AS
 				ELSE CASE WHEN NOT head THEN 'pending'
 						  WHEN l.state = 'l' THEN 'in_progress'
 						  WHEN l.state = 'd' THEN 'dead_letter'
+						  WHEN l.state = 'p' THEN 'parked'
 						  WHEN l.state = 'r' AND l.attempts > 0 THEN 'failed'
 						  ELSE 'pending' END
 		   END AS status,
@@ -411,7 +436,7 @@ CREATE VIEW xprov.operation_attempts AS
 		   f.finished_at,
 		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
 						  WHEN 'e' THEN 'lease_expired' WHEN 'p' THEN 'connector_unavailable'
-						  WHEN 'r' THEN 'worker_restarted' END AS outcome,
+						  WHEN 'r' THEN 'worker_restarted' WHEN 'c' THEN 'parked' END AS outcome,
 		   f.http_status, f.error, f.finished_at - f.started_at AS duration, f.hooks::jsonb AS hooks
 	  FROM xprov.op_failure f
 	  JOIN xprov.op o ON o.id = f.op_id
@@ -422,11 +447,63 @@ CREATE VIEW xprov.operation_attempts AS
 	  FROM xprov.op_result r
 	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;
 
+-- The operations of each shadow that have not finished: a view over the
+-- queue (the subject's unfinished operations), never a counter that drifts.
+CREATE VIEW xprov.shadow_pending_operations AS
+	SELECT s.id AS shadow_id, o.id AS operation_id, o.operation_type, o.created_at,
+		   CASE WHEN l.next_seq <> o.seq THEN 'pending'
+				WHEN l.state = 'l' THEN 'in_progress'
+				WHEN l.state = 'd' THEN 'dead_letter'
+				WHEN l.state = 'p' THEN 'parked'
+				WHEN l.attempts > 0 THEN 'failed'
+				ELSE 'pending' END AS status
+	  FROM xprov.shadow s
+	  JOIN xprov.lane l ON l.lane_id = s.lane_id AND l.state <> 'i'
+	  JOIN xprov.op o ON o.lane_id = l.lane_id AND o.seq >= l.next_seq
+	 WHERE s.dead_at IS NULL
+	   AND NOT EXISTS (SELECT 1 FROM xprov.op_result r WHERE r.op_id = o.id);
+
+CREATE VIEW xprov.shadows AS
+	SELECT s.id, s.tenant_id, s.connector_id, s.object_class, s.identity_id, s.target_uid,
+		   sub.subject, s.lifecycle,
+		   CASE WHEN s.lifecycle IN ('live', 'gestating') THEN 'active'
+				WHEN s.lifecycle IN ('proposed', 'conceived', 'reaping') THEN 'pending'
+				WHEN s.lifecycle IN ('corpse', 'tombstone') THEN 'dead'
+				ELSE 'unknown' END AS state,
+		   s.situation, s.observed, s.observed_at, jsonb_strip_nulls(s.expected) AS expected,
+		   s.version, s.exclusive,
+		   (SELECT count(*) FROM xprov.shadow_pending_operations p
+			 WHERE p.shadow_id = s.id) AS pending_operations,
+		   s.created_at, s.updated_at, s.dead_at
+	  FROM xprov.shadow s
+	  LEFT JOIN xprov.subject sub ON sub.lane_id = s.lane_id;
+
+-- Each subject's account as last provisioned: its live shadow, briefly.
 CREATE VIEW xprov.accounts AS
-	SELECT a.tenant_id, a.connector_id, a.object_class, a.identity_id, a.target_uid,
-		   s.subject, jsonb_strip_nulls(a.attributes) AS attributes, a.created_at, a.updated_at
-	  FROM xprov.account a
-	  JOIN xprov.subject s ON s.lane_id = a.lane_id;
+	SELECT s.tenant_id, s.connector_id, s.object_class, s.identity_id, s.target_uid,
+		   sub.subject, jsonb_strip_nulls(s.expected) AS attributes, s.created_at, s.updated_at
+	  FROM xprov.shadow s
+	  JOIN xprov.subject sub ON sub.lane_id = s.lane_id
+	 WHERE s.dead_at IS NULL AND s.target_uid IS NOT NULL;
+
+-- Removes tombstones older than the retention period; schedule it with
+-- pg_cron.  Returns how many were removed.
+CREATE FUNCTION xprov.purge_tombstones(older_than interval DEFAULT '7 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	removed bigint;
+BEGIN
+	IF older_than IS NULL OR older_than < interval '0' THEN
+		RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM xprov.shadow s WHERE s.dead_at IS NOT NULL AND s.dead_at < now() - older_than;
+	GET DIAGNOSTICS removed = ROW_COUNT;
+	RETURN removed;
+END
+$$;
 
 CREATE VIEW xprov.dead_letters AS
 	SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid,
@@ -439,7 +516,7 @@ CREATE VIEW xprov.dead_letters AS
 
 CREATE FUNCTION xprov.stats(tenant_id uuid DEFAULT NULL, connector_id uuid DEFAULT NULL)
 RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, dead_letter bigint,
-			   completed bigint, skipped bigint, cancelled bigint)
+			   completed bigint, skipped bigint, cancelled bigint, parked bigint)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog
 AS $$
@@ -457,7 +534,8 @@ AS $$
 	), heads AS (
 		SELECT count(*) FILTER (WHERE state = 'l') AS in_progress,
 			   count(*) FILTER (WHERE state = 'r' AND attempts > 0) AS failed,
-			   count(*) FILTER (WHERE state = 'd') AS dead_letter
+			   count(*) FILTER (WHERE state = 'd') AS dead_letter,
+			   count(*) FILTER (WHERE state = 'p') AS parked
 		  FROM lanes
 	), finished AS (
 		SELECT count(*) FILTER (WHERE r.status = 'c') AS completed,
@@ -467,8 +545,8 @@ AS $$
 		 WHERE ($1 IS NULL OR r.tenant_id = $1)
 		   AND ($2 IS NULL OR r.connector_id = $2)
 	)
-	SELECT u.n - h.in_progress - h.failed - h.dead_letter, h.in_progress, h.failed,
-		   h.dead_letter, f.completed, f.skipped, f.cancelled
+	SELECT u.n - h.in_progress - h.failed - h.dead_letter - h.parked, h.in_progress, h.failed,
+		   h.dead_letter, f.completed, f.skipped, f.cancelled, h.parked
 	  FROM unfinished u, heads h, finished f
 $$;
 
@@ -1004,9 +1082,13 @@ CREATE VIEW xprov.correlation_rules AS
 	  FROM xprov.correlation_rule r
 	  LEFT JOIN xprov.correlation_threshold t ON t.connector_id = r.connector_id;
 
--- One rule's query against the identity source: identity ids with their
--- per-item scores.  NULL when the account lacks an attribute the rule needs.
-CREATE FUNCTION xprov._rule_query(src xprov.identity_source, items jsonb, account jsonb,
+-- One rule as a query with per-item scores.  Direction 'owner' searches the
+-- identity source for an account's values (keys: identity ids); direction
+-- 'account' searches the live shadows for an identity's values (keys:
+-- target uids), reading each value from the input by its identity name,
+-- else by its target path.  NULL when the input lacks a value the rule needs.
+-- Parameters of the query: $1 tenant, $2 the values, $3 connector, $4 object class.
+CREATE FUNCTION xprov._rule_query(src xprov.identity_source, items jsonb, input jsonb, direction text,
 								  OUT query text, OUT vals text[], OUT min_fuzzy double precision)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog
@@ -1024,17 +1106,22 @@ BEGIN
 	vals := '{}';
 	FOR item IN SELECT e.value FROM jsonb_array_elements(items) e LOOP
 		k := k + 1;
-		v := xprov._account_value(account, item ->> 'target');
+		IF direction = 'owner' THEN
+			v := xprov._account_value(input, item ->> 'target');
+			expr := xprov._identity_expr(src, item ->> 'identity');
+			IF expr IS NULL THEN
+				RAISE EXCEPTION 'the identity source % no longer has attribute %', src.relation, item ->> 'identity'
+					USING ERRCODE = 'undefined_column';
+			END IF;
+		ELSE
+			v := coalesce(input ->> (item ->> 'identity'), xprov._account_value(input, item ->> 'target'));
+			expr := format('xprov._account_value(coalesce(s.observed, s.expected), %L)', item ->> 'target');
+		END IF;
 		IF v IS NULL THEN
 			query := NULL;
 			RETURN;
 		END IF;
 		vals := vals || v;
-		expr := xprov._identity_expr(src, item ->> 'identity');
-		IF expr IS NULL THEN
-			RAISE EXCEPTION 'the identity source % no longer has attribute %', src.relation, item ->> 'identity'
-				USING ERRCODE = 'undefined_column';
-		END IF;
 		CASE item ->> 'match'
 			WHEN 'exact' THEN
 				conds := conds || format('%s = ($2)[%s]', expr, k);
@@ -1058,86 +1145,62 @@ BEGIN
 				scores := scores || format('%I.similarity(%s, ($2)[%s])', trgm, expr, k);
 		END CASE;
 	END LOOP;
-	query := format('SELECT i.%I AS id, ARRAY[%s]::float8[] AS scores FROM %s i WHERE %s%s LIMIT 100',
-					src.id_column, array_to_string(scores, ', '), src.relation,
-					CASE WHEN src.tenant_column IS NOT NULL THEN format('i.%I = $1 AND ', src.tenant_column) END,
-					array_to_string(conds, ' AND '));
+	IF direction = 'owner' THEN
+		query := format('SELECT i.%I::text AS id, ARRAY[%s]::float8[] AS scores FROM %s i WHERE %s%s LIMIT 100',
+						src.id_column, array_to_string(scores, ', '), src.relation,
+						CASE WHEN src.tenant_column IS NOT NULL THEN format('i.%I = $1 AND ', src.tenant_column) END,
+						array_to_string(conds, ' AND '));
+	ELSE
+		query := format('SELECT s.target_uid AS id, ARRAY[%s]::float8[] AS scores FROM xprov.shadow s '
+						'WHERE s.tenant_id = $1 AND s.connector_id = $3 AND s.object_class = $4 '
+						'AND s.dead_at IS NULL AND s.target_uid IS NOT NULL AND %s LIMIT 100',
+						array_to_string(scores, ', '), array_to_string(conds, ' AND '));
+	END IF;
 END
 $$;
 
-CREATE FUNCTION xprov.correlate_owner(tenant_id uuid, connector_id uuid, account jsonb,
-									  object_class text DEFAULT 'user')
-RETURNS TABLE (identity_id uuid, confidence double precision, match_type text, evidence jsonb)
+-- Runs a connector's rules tier by tier (a later tier only while no single
+-- definite match was found) and scores what they find: a rule's confidence
+-- is the product of its items' scores, a key's score min(1, sum of weight *
+-- confidence).  Keys in excluded (rejected pairings) are never proposed.
+-- Returns every key at or above the candidate threshold, best first.
+CREATE FUNCTION xprov._correlation_matches(owner uuid, src xprov.identity_source, connector_id uuid,
+										   object_class text, input jsonb, direction text,
+										   excluded text[] DEFAULT '{}')
+RETURNS TABLE (key text, confidence double precision, match_type text, evidence jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog
 AS $$
 DECLARE
-	owner uuid;
-	src xprov.identity_source;
 	definite double precision := 1.0;
 	candidate double precision := 0.0;
-	linked uuid;
 	r record;
 	q record;
 	hit record;
 	conf double precision;
-	found_by jsonb := '{}';			-- identity id -> {"score": s, "rules": [...]}
+	found_by jsonb := '{}';			-- key -> {"score": s, "rules": [...]}
 	tier integer;
 	evaluated integer := 0;
 	n_definite integer;
 	s double precision;
 	saved_threshold text;
 BEGIN
-	IF tenant_id IS NULL OR connector_id IS NULL OR object_class IS NULL THEN
-		RAISE EXCEPTION 'tenant_id, connector_id and object_class must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF account IS NULL OR jsonb_typeof(account) <> 'object' THEN
-		RAISE EXCEPTION 'account must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = correlate_owner.connector_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
-	END IF;
-	IF owner <> tenant_id THEN
-		RAISE EXCEPTION 'connector % belongs to another tenant', connector_id USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = owner;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % has no identity source', owner
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'Register it first with xprov.set_identity_source().';
-	END IF;
 	SELECT t.definite, t.candidate INTO definite, candidate
-	  FROM xprov.correlation_threshold t WHERE t.connector_id = correlate_owner.connector_id;
+	  FROM xprov.correlation_threshold t WHERE t.connector_id = _correlation_matches.connector_id;
 	definite := coalesce(definite, 1.0);
 	candidate := coalesce(candidate, 0.0);
 
-	-- an account linked before needs no correlation
-	IF account ? 'id' THEN
-		SELECT a.identity_id INTO linked FROM xprov.account a
-		 WHERE a.connector_id = correlate_owner.connector_id AND a.object_class = correlate_owner.object_class
-		   AND a.target_uid = account ->> 'id' AND a.identity_id IS NOT NULL
-		 LIMIT 1;
-		IF linked IS NOT NULL THEN
-			RETURN QUERY SELECT linked, 1.0::float8, 'existing_link'::text,
-								jsonb_build_object('target_uid', account ->> 'id');
-			RETURN;
-		END IF;
-	END IF;
-
 	FOR r IN SELECT * FROM xprov.correlation_rule cr
-			  WHERE cr.connector_id = correlate_owner.connector_id
-				AND cr.object_class = correlate_owner.object_class AND cr.enabled
+			  WHERE cr.connector_id = _correlation_matches.connector_id
+				AND cr.object_class = _correlation_matches.object_class AND cr.enabled
 			  ORDER BY cr.tier, cr.created_at, cr.id LOOP
 		IF tier IS NOT NULL AND r.tier <> tier THEN
-			-- a later tier only runs while no single definite match was found
 			SELECT count(*) INTO n_definite FROM jsonb_each(found_by) e
 			 WHERE (e.value ->> 'score')::float8 >= definite;
 			EXIT WHEN n_definite = 1;
 		END IF;
 		tier := r.tier;
-		SELECT * INTO q FROM xprov._rule_query(src, r.items, account);
+		SELECT * INTO q FROM xprov._rule_query(src, r.items, input, direction);
 		CONTINUE WHEN q.query IS NULL;
 		evaluated := evaluated + 1;
 		IF q.min_fuzzy IS NOT NULL THEN
@@ -1145,14 +1208,15 @@ BEGIN
 			saved_threshold := current_setting('pg_trgm.similarity_threshold', true);
 			PERFORM set_config('pg_trgm.similarity_threshold', q.min_fuzzy::text, true);
 		END IF;
-		FOR hit IN EXECUTE q.query USING owner, q.vals LOOP
+		FOR hit IN EXECUTE q.query USING owner, q.vals, connector_id, object_class LOOP
+			CONTINUE WHEN hit.id = ANY (excluded);
 			conf := 1.0;
 			FOREACH s IN ARRAY hit.scores LOOP
 				conf := conf * s;
 			END LOOP;
-			found_by := jsonb_set(found_by, ARRAY[hit.id::text], jsonb_build_object(
-				'score', least(1.0, coalesce((found_by #>> ARRAY[hit.id::text, 'score'])::float8, 0) + r.weight * conf),
-				'rules', coalesce(found_by #> ARRAY[hit.id::text, 'rules'], '[]'::jsonb)
+			found_by := jsonb_set(found_by, ARRAY[hit.id], jsonb_build_object(
+				'score', least(1.0, coalesce((found_by #>> ARRAY[hit.id, 'score'])::float8, 0) + r.weight * conf),
+				'rules', coalesce(found_by #> ARRAY[hit.id, 'rules'], '[]'::jsonb)
 						 || jsonb_build_object('rule', r.id, 'name', r.name, 'tier', r.tier, 'weight', r.weight,
 											   'confidence', conf, 'items', r.items, 'item_scores', to_jsonb(hit.scores))));
 		END LOOP;
@@ -1163,7 +1227,7 @@ BEGIN
 
 	SELECT count(*) INTO n_definite FROM jsonb_each(found_by) e WHERE (e.value ->> 'score')::float8 >= definite;
 	RETURN QUERY
-		SELECT e.key::uuid, (e.value ->> 'score')::float8,
+		SELECT e.key, (e.value ->> 'score')::float8,
 			   CASE WHEN (e.value ->> 'score')::float8 >= definite AND n_definite = 1
 					THEN 'definite' ELSE 'candidate' END,
 			   jsonb_build_object('rules', e.value -> 'rules', 'definite', definite, 'candidate', candidate,
@@ -1172,8 +1236,564 @@ BEGIN
 		 WHERE (e.value ->> 'score')::float8 >= candidate AND (e.value ->> 'score')::float8 > 0
 		 ORDER BY (e.value ->> 'score')::float8 DESC, e.key;
 	IF NOT FOUND THEN
-		RETURN QUERY SELECT NULL::uuid, 0.0::float8, 'none'::text,
+		RETURN QUERY SELECT NULL::text, 0.0::float8, 'none'::text,
 							jsonb_build_object('rules_evaluated', evaluated);
 	END IF;
+END
+$$;
+
+-- The connector's tenant, after checking the arguments every correlation
+-- function takes.
+CREATE FUNCTION xprov._correlation_tenant(tenant_id uuid, connector_id uuid, object_class text,
+										  input jsonb, input_name text)
+RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	owner uuid;
+BEGIN
+	IF tenant_id IS NULL OR connector_id IS NULL OR object_class IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, connector_id and object_class must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF input IS NULL OR jsonb_typeof(input) <> 'object' THEN
+		RAISE EXCEPTION '% must be a JSON object', input_name USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = _correlation_tenant.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF owner <> tenant_id THEN
+		RAISE EXCEPTION 'connector % belongs to another tenant', connector_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN owner;
+END
+$$;
+
+CREATE FUNCTION xprov.correlate_owner(tenant_id uuid, connector_id uuid, account jsonb,
+									  object_class text DEFAULT 'user')
+RETURNS TABLE (identity_id uuid, confidence double precision, match_type text, evidence jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	owner uuid := xprov._correlation_tenant(tenant_id, connector_id, object_class, account, 'account');
+	src xprov.identity_source;
+	linked uuid;
+	rejected text[] := '{}';
+BEGIN
+	SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = owner;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % has no identity source', owner
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Register it first with xprov.set_identity_source().';
+	END IF;
+
+	IF account ? 'id' THEN
+		-- an account linked before, or paired by a person, needs no correlation
+		SELECT s.identity_id INTO linked FROM xprov.shadow s
+		 WHERE s.connector_id = correlate_owner.connector_id AND s.object_class = correlate_owner.object_class
+		   AND s.target_uid = account ->> 'id' AND s.dead_at IS NULL AND s.identity_id IS NOT NULL;
+		IF linked IS NULL THEN
+			SELECT d.identity_id INTO linked FROM xprov.correlation_decision d
+			 WHERE d.connector_id = correlate_owner.connector_id AND d.object_class = correlate_owner.object_class
+			   AND d.target_uid = account ->> 'id' AND d.linked
+			 ORDER BY d.decided_at DESC LIMIT 1;
+		END IF;
+		IF linked IS NOT NULL THEN
+			RETURN QUERY SELECT linked, 1.0::float8, 'existing_link'::text,
+								jsonb_build_object('target_uid', account ->> 'id');
+			RETURN;
+		END IF;
+		SELECT coalesce(array_agg(d.identity_id::text), '{}') INTO rejected FROM xprov.correlation_decision d
+		 WHERE d.connector_id = correlate_owner.connector_id AND d.object_class = correlate_owner.object_class
+		   AND d.target_uid = account ->> 'id' AND NOT d.linked;
+	END IF;
+
+	RETURN QUERY
+		SELECT m.key::uuid, m.confidence, m.match_type, m.evidence
+		  FROM xprov._correlation_matches(owner, src, connector_id, object_class, account, 'owner', rejected) m;
+END
+$$;
+
+-- The identity attributes the connector's rules name, read from the
+-- identity source (an empty object when there is none, or no such identity).
+CREATE FUNCTION xprov._identity_attributes(src xprov.identity_source, connector_id uuid,
+										   object_class text, identity_id uuid)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	pairs text;
+	result jsonb;
+BEGIN
+	IF src.relation IS NULL OR identity_id IS NULL THEN
+		RETURN '{}';
+	END IF;
+	SELECT string_agg(DISTINCT format('%L, %s', n, xprov._identity_expr(src, n)), ', ') INTO pairs
+	  FROM xprov.correlation_rule r, jsonb_array_elements(r.items) i, LATERAL (SELECT i ->> 'identity') x(n)
+	 WHERE r.connector_id = _identity_attributes.connector_id AND r.object_class = _identity_attributes.object_class
+	   AND r.enabled AND xprov._identity_expr(src, n) IS NOT NULL;
+	IF pairs IS NULL THEN
+		RETURN '{}';
+	END IF;
+	EXECUTE format('SELECT jsonb_strip_nulls(jsonb_build_object(%s)) FROM %s i WHERE i.%I = $1%s',
+				   pairs, src.relation, src.id_column,
+				   CASE WHEN src.tenant_column IS NOT NULL THEN format(' AND i.%I = $2', src.tenant_column) END)
+	   INTO result USING identity_id, src.tenant_id;
+	RETURN coalesce(result, '{}');
+END
+$$;
+
+-- Which existing target account matches these identity attributes: the
+-- create path's question.  attributes may name values by the rules' identity
+-- attribute names or by their target paths (the account as it would be
+-- created); an identity id in them ("identity_id", or the identity source's
+-- id column) finds an existing link and the person's decisions first.
+CREATE FUNCTION xprov.correlate(tenant_id uuid, connector_id uuid, attributes jsonb,
+								object_class text DEFAULT 'user')
+RETURNS TABLE (uid text, confidence double precision, match_type text, evidence jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	owner uuid := xprov._correlation_tenant(tenant_id, connector_id, object_class, attributes, 'attributes');
+	src xprov.identity_source;
+	who_text text;
+	who uuid;
+	linked text;
+	rejected text[] := '{}';
+BEGIN
+	SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = owner;
+	who_text := coalesce(attributes ->> 'identity_id', attributes ->> coalesce(src.id_column, 'id'));
+	IF who_text ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' THEN
+		who := who_text::uuid;
+	END IF;
+	IF who IS NOT NULL THEN
+		SELECT s.target_uid INTO linked FROM xprov.shadow s
+		 WHERE s.connector_id = correlate.connector_id AND s.object_class = correlate.object_class
+		   AND s.identity_id = who AND s.dead_at IS NULL AND s.target_uid IS NOT NULL
+		 ORDER BY s.created_at LIMIT 1;
+		IF linked IS NULL THEN
+			SELECT d.target_uid INTO linked FROM xprov.correlation_decision d
+			 WHERE d.connector_id = correlate.connector_id AND d.object_class = correlate.object_class
+			   AND d.identity_id = who AND d.linked
+			 ORDER BY d.decided_at DESC LIMIT 1;
+		END IF;
+		IF linked IS NOT NULL THEN
+			RETURN QUERY SELECT linked, 1.0::float8, 'existing_link'::text,
+								jsonb_build_object('identity_id', who);
+			RETURN;
+		END IF;
+		SELECT coalesce(array_agg(d.target_uid), '{}') INTO rejected FROM xprov.correlation_decision d
+		 WHERE d.connector_id = correlate.connector_id AND d.object_class = correlate.object_class
+		   AND d.identity_id = who AND NOT d.linked;
+		attributes := attributes || xprov._identity_attributes(src, connector_id, object_class, who);
+	END IF;
+
+	RETURN QUERY
+		SELECT m.key, m.confidence, m.match_type,
+			   m.evidence || jsonb_build_object('linked_identity', s.identity_id)
+		  FROM xprov._correlation_matches(owner, src, connector_id, object_class, attributes, 'account',
+										  rejected) m
+		  LEFT JOIN xprov.shadow s ON s.connector_id = correlate.connector_id
+								  AND s.object_class = correlate.object_class
+								  AND s.target_uid = m.key AND s.dead_at IS NULL;
+END
+$$;
+
+-- Correlation cases and decisions (issue 5) ---------------------------------
+--
+-- When correlation cannot decide (several candidates, a candidate below the
+-- definite threshold, an account already linked to someone else), nothing is
+-- created or linked: a case records the question with its candidates and
+-- evidence, and the operation that asked waits (parked) until a person
+-- answers with xprov.resolve_case().  Answers are kept as decisions, which
+-- every later correlation consults first: a confirmed pairing is used as an
+-- existing link, a rejected one is never proposed again.
+
+CREATE TABLE xprov.correlation_case (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	object_class text NOT NULL,
+	origin		text NOT NULL CHECK (origin IN ('create', 'reconciliation')),
+	op_id		uuid,					-- the parked operation, if one waits
+	identity_id	uuid,					-- create: the identity the operation provisions
+	target_uid	text,					-- reconciliation: the account whose owner is uncertain
+	situation	text NOT NULL CHECK (situation IN ('disputed', 'collision')),
+	reason		text NOT NULL,
+	candidates	jsonb NOT NULL CHECK (jsonb_typeof(candidates) = 'array'),
+	status		text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
+	decision	text CHECK (decision IN ('link', 'create_new', 'reject')),
+	decided_identity uuid,
+	decided_uid	text,
+	decided_by	text,
+	decided_at	timestamptz,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	CHECK ((status = 'resolved') = (decision IS NOT NULL))
+);
+CREATE UNIQUE INDEX correlation_case_open_op ON xprov.correlation_case (op_id)
+	WHERE status = 'open' AND op_id IS NOT NULL;
+CREATE INDEX correlation_case_open ON xprov.correlation_case (tenant_id, created_at)
+	WHERE status = 'open';
+
+CREATE TABLE xprov.correlation_decision (
+	connector_id uuid NOT NULL,
+	object_class text NOT NULL,
+	target_uid	text NOT NULL,
+	identity_id	uuid NOT NULL,
+	tenant_id	uuid NOT NULL,
+	linked		boolean NOT NULL,		-- true: confirmed; false: rejected, never proposed again
+	case_id		uuid,
+	decided_by	text NOT NULL DEFAULT current_user,
+	decided_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (connector_id, object_class, target_uid, identity_id)
+);
+CREATE INDEX correlation_decision_identity ON xprov.correlation_decision
+	(connector_id, object_class, identity_id);
+
+CREATE VIEW xprov.correlation_cases AS
+	SELECT c.id, c.tenant_id, c.connector_id, c.object_class, c.origin, c.op_id AS operation_id,
+		   c.identity_id, c.target_uid, c.situation, c.reason, c.candidates, c.status, c.decision,
+		   c.decided_identity, c.decided_uid, c.decided_by, c.decided_at, c.created_at,
+		   (SELECT o.status FROM xprov.operations o WHERE o.id = c.op_id) AS operation_status
+	  FROM xprov.correlation_case c;
+
+CREATE VIEW xprov.correlation_decisions AS
+	SELECT d.tenant_id, d.connector_id, d.object_class, d.target_uid, d.identity_id,
+		   CASE WHEN d.linked THEN 'confirmed' ELSE 'rejected' END AS decision,
+		   d.case_id, d.decided_by, d.decided_at
+	  FROM xprov.correlation_decision d;
+
+-- The worker's create path (see README "Correlation before a create").
+-- Without found_uid: correlation in the database before the target is
+-- called.  With found_uid: may the account the target's lookup found be
+-- linked to the operation's identity?  Returns {"verdict": "create" | "link"
+-- | "park" | "rejected", "uid", "match_type", "rejected": [uids], "case":
+-- {situation, reason, candidates}}.
+CREATE FUNCTION xprov._correlate_create(op_id uuid, attributes jsonb, found_uid text DEFAULT NULL,
+										found_account jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	o xprov.op;
+	src xprov.identity_source;
+	rejected text[];
+	linked text;
+	other uuid;
+	m record;
+	matches jsonb := '[]';
+	n_definite integer := 0;
+	best record;
+BEGIN
+	SELECT * INTO o FROM xprov.op x WHERE x.id = op_id;
+	IF NOT FOUND OR o.identity_id IS NULL THEN
+		-- an account named only by its uid has nobody to correlate for
+		RETURN jsonb_build_object('verdict', CASE WHEN found_uid IS NULL THEN 'create' ELSE 'link' END,
+								  'uid', found_uid, 'rejected', '[]'::jsonb);
+	END IF;
+	SELECT coalesce(array_agg(d.target_uid), '{}') INTO rejected FROM xprov.correlation_decision d
+	 WHERE d.connector_id = o.connector_id AND d.object_class = o.object_class
+	   AND d.identity_id = o.identity_id AND NOT d.linked;
+
+	IF found_uid IS NOT NULL THEN
+		IF found_uid = ANY (rejected) THEN
+			RETURN jsonb_build_object('verdict', 'rejected', 'uid', found_uid, 'rejected', to_jsonb(rejected));
+		END IF;
+		SELECT s.identity_id INTO other FROM xprov.shadow s
+		 WHERE s.connector_id = o.connector_id AND s.object_class = o.object_class
+		   AND s.target_uid = found_uid AND s.dead_at IS NULL
+		   AND s.identity_id IS DISTINCT FROM o.identity_id AND s.identity_id IS NOT NULL;
+		IF other IS NOT NULL THEN
+			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+				'situation', 'collision',
+				'reason', format('the target''s account %s matches, but it is linked to identity %s', found_uid, other),
+				'candidates', jsonb_build_array(jsonb_build_object(
+					'target_uid', found_uid, 'confidence', 1.0, 'match_type', 'definite',
+					'linked_identity', other,
+					'evidence', jsonb_build_object('found_by', 'target', 'account', found_account)))));
+		END IF;
+		RETURN jsonb_build_object('verdict', 'link', 'uid', found_uid, 'match_type', 'definite',
+								  'rejected', to_jsonb(rejected));
+	END IF;
+
+	-- the subject's own account, or the identity's, needs no correlation
+	SELECT s.target_uid INTO linked FROM xprov.shadow s
+	 WHERE s.connector_id = o.connector_id AND s.object_class = o.object_class AND s.dead_at IS NULL
+	   AND s.target_uid IS NOT NULL AND (s.lane_id = o.lane_id OR s.identity_id = o.identity_id)
+	 ORDER BY s.lane_id = o.lane_id DESC LIMIT 1;
+	IF linked IS NOT NULL THEN
+		RETURN jsonb_build_object('verdict', 'link', 'uid', linked, 'match_type', 'existing_link',
+								  'rejected', to_jsonb(rejected));
+	END IF;
+
+	-- a person's confirmed pairing
+	SELECT d.target_uid, s.identity_id AS owner INTO best FROM xprov.correlation_decision d
+	  LEFT JOIN xprov.shadow s ON s.connector_id = d.connector_id AND s.object_class = d.object_class
+							  AND s.target_uid = d.target_uid AND s.dead_at IS NULL
+	 WHERE d.connector_id = o.connector_id AND d.object_class = o.object_class
+	   AND d.identity_id = o.identity_id AND d.linked
+	 ORDER BY d.decided_at DESC LIMIT 1;
+	IF FOUND THEN
+		IF best.owner IS NOT NULL AND best.owner <> o.identity_id THEN
+			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+				'situation', 'collision',
+				'reason', format('account %s was confirmed for this identity, but it is now linked to identity %s',
+								 best.target_uid, best.owner),
+				'candidates', jsonb_build_array(jsonb_build_object(
+					'target_uid', best.target_uid, 'confidence', 1.0, 'match_type', 'manual',
+					'linked_identity', best.owner))));
+		END IF;
+		RETURN jsonb_build_object('verdict', 'link', 'uid', best.target_uid, 'match_type', 'manual',
+								  'rejected', to_jsonb(rejected));
+	END IF;
+
+	-- the connector's rules against the shadows of other accounts
+	IF EXISTS (SELECT 1 FROM xprov.correlation_rule r WHERE r.connector_id = o.connector_id
+				  AND r.object_class = o.object_class AND r.enabled) THEN
+		SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = o.tenant_id;
+		FOR m IN SELECT c.*, s.identity_id AS owner
+				   FROM xprov._correlation_matches(o.tenant_id, src, o.connector_id, o.object_class,
+												   coalesce(attributes, o.attributes)
+												   || xprov._identity_attributes(src, o.connector_id, o.object_class,
+																				 o.identity_id),
+												   'account', rejected) c
+				   LEFT JOIN xprov.shadow s ON s.connector_id = o.connector_id AND s.object_class = o.object_class
+										   AND s.target_uid = c.key AND s.dead_at IS NULL
+				  WHERE c.key IS NOT NULL LOOP
+			matches := matches || jsonb_build_object('target_uid', m.key, 'confidence', m.confidence,
+													 'match_type', m.match_type, 'linked_identity', m.owner,
+													 'evidence', m.evidence);
+			IF m.match_type = 'definite' THEN
+				n_definite := n_definite + 1;
+				best := m;
+			END IF;
+		END LOOP;
+		IF jsonb_array_length(matches) = 1 AND n_definite = 1 AND best.owner IS NULL THEN
+			RETURN jsonb_build_object('verdict', 'link', 'uid', best.key, 'match_type', 'definite',
+									  'rejected', to_jsonb(rejected));
+		END IF;
+		IF jsonb_array_length(matches) > 0 THEN
+			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+				'situation', CASE WHEN n_definite = 1 AND best.owner IS NOT NULL THEN 'collision' ELSE 'disputed' END,
+				'reason', CASE
+					WHEN n_definite = 1 AND best.owner IS NOT NULL
+						THEN format('account %s matches definitely, but it is linked to identity %s', best.key, best.owner)
+					WHEN jsonb_array_length(matches) > 1
+						THEN format('%s accounts match; correlation cannot choose', jsonb_array_length(matches))
+					ELSE 'one account matches, below the definite threshold' END,
+				'candidates', matches));
+		END IF;
+	END IF;
+	RETURN jsonb_build_object('verdict', 'create', 'rejected', to_jsonb(rejected));
+END
+$$;
+
+-- The worker parks an operation it leases (its lane row is locked): the
+-- lane waits for the case, the attempt is not counted, the subject's
+-- shadow becomes proposed.  Returns the case id.
+CREATE FUNCTION xprov._park(op_id uuid, details jsonb, hooks text)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	o xprov.op;
+	case_id uuid;
+	reason text;
+BEGIN
+	SELECT * INTO o FROM xprov.op x WHERE x.id = op_id;
+	INSERT INTO xprov.correlation_case AS c (tenant_id, connector_id, object_class, origin, op_id,
+											 identity_id, situation, reason, candidates)
+	VALUES (o.tenant_id, o.connector_id, o.object_class, 'create', o.id, o.identity_id,
+			details ->> 'situation', details ->> 'reason', coalesce(details -> 'candidates', '[]'))
+	RETURNING c.id INTO case_id;
+	reason := format('parked: correlation case %s: %s', case_id, details ->> 'reason');
+	WITH f AS (
+		SELECT l.lane_id, l.attempts, l.attempt_base, l.leased_at FROM xprov.lane l
+		 WHERE l.lane_id = o.lane_id AND l.state = 'l' AND l.next_seq = o.seq
+	), history AS (
+		INSERT INTO xprov.op_failure (op_id, attempt, started_at, outcome, error, hooks)
+		SELECT o.id, f.attempt_base + f.attempts, f.leased_at, 'c', reason, _park.hooks FROM f
+	)
+	UPDATE xprov.lane l
+	   SET state = 'p', attempts = l.attempts - 1, attempt_base = l.attempt_base + 1,
+		   last_error = reason, leased_at = NULL, lease_expires = NULL, leased_by = NULL
+	  FROM f WHERE l.lane_id = f.lane_id AND l.state = 'l';
+	UPDATE xprov.shadow s
+	   SET lifecycle = 'proposed', situation = details ->> 'situation', updated_at = now()
+	 WHERE s.lane_id = o.lane_id AND s.dead_at IS NULL AND s.target_uid IS NULL;
+	RETURN case_id;
+END
+$$;
+
+CREATE FUNCTION xprov.resolve_case(case_id uuid, decision text, identity_id uuid DEFAULT NULL,
+								   target_uid text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.correlation_case;
+	o xprov.op;
+	uid text;
+	who uuid;
+	holder uuid;
+	parked boolean := false;
+BEGIN
+	IF case_id IS NULL OR decision IS NULL THEN
+		RAISE EXCEPTION 'case_id and decision must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF decision NOT IN ('link', 'create_new', 'reject') THEN
+		RAISE EXCEPTION 'unknown decision "%"', decision
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Decide link, create_new or reject.';
+	END IF;
+	SELECT * INTO c FROM xprov.correlation_case x WHERE x.id = case_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'correlation case % does not exist', case_id
+			USING ERRCODE = 'undefined_object', HINT = 'List cases with SELECT * FROM xprov.correlation_cases.';
+	END IF;
+	IF c.status <> 'open' THEN
+		RAISE EXCEPTION 'correlation case % is already resolved', case_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('It was decided %s by %s at %s.', c.decision, c.decided_by, c.decided_at);
+	END IF;
+
+	IF c.origin = 'create' THEN
+		-- the question: is one of the candidate accounts the identity's?
+		who := coalesce(resolve_case.identity_id, c.identity_id);
+		IF decision = 'link' THEN
+			uid := resolve_case.target_uid;
+			IF uid IS NULL AND jsonb_array_length(c.candidates) = 1 THEN
+				uid := c.candidates -> 0 ->> 'target_uid';
+			END IF;
+			IF uid IS NULL THEN
+				RAISE EXCEPTION 'correlation case % has % candidate accounts: name the one to link', case_id,
+								jsonb_array_length(c.candidates)
+					USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass target_uid => one of the candidates.';
+			END IF;
+			IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'target_uid' = uid) THEN
+				RAISE EXCEPTION 'account % is not a candidate of correlation case %', uid, case_id
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			SELECT s.identity_id INTO holder FROM xprov.shadow s
+			 WHERE s.connector_id = c.connector_id AND s.object_class = c.object_class
+			   AND s.target_uid = uid AND s.dead_at IS NULL;
+			IF holder IS NOT NULL AND holder <> who THEN
+				RAISE EXCEPTION 'account % is linked to identity %', uid, holder
+					USING ERRCODE = 'object_not_in_prerequisite_state',
+						  DETAIL = 'Linking it to another identity would take it over.',
+						  HINT = 'Decide create_new or reject, or delete that link first.';
+			END IF;
+			PERFORM xprov._decide(c, uid, who, true);
+			IF who <> c.identity_id THEN
+				-- the account is someone else's: never propose it for this identity again
+				PERFORM xprov._decide(c, uid, c.identity_id, false);
+			END IF;
+		ELSE
+			PERFORM xprov._decide(c, e ->> 'target_uid', c.identity_id, false)
+			   FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'target_uid' IS NOT NULL;
+		END IF;
+	ELSE
+		-- the question: which identity owns this account?
+		IF decision = 'link' THEN
+			IF resolve_case.identity_id IS NULL THEN
+				RAISE EXCEPTION 'linking needs the owner''s identity_id' USING ERRCODE = 'null_value_not_allowed';
+			END IF;
+			PERFORM xprov._decide(c, c.target_uid, resolve_case.identity_id, true);
+			UPDATE xprov.shadow s SET identity_id = resolve_case.identity_id, situation = 'linked', updated_at = now()
+			 WHERE s.connector_id = c.connector_id AND s.object_class = c.object_class
+			   AND s.target_uid = c.target_uid AND s.dead_at IS NULL AND s.identity_id IS NULL;
+		ELSE
+			PERFORM xprov._decide(c, c.target_uid, (e ->> 'identity_id')::uuid, false)
+			   FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'identity_id' IS NOT NULL;
+		END IF;
+		who := resolve_case.identity_id;
+		uid := c.target_uid;
+	END IF;
+
+	UPDATE xprov.correlation_case x
+	   SET status = 'resolved', decision = resolve_case.decision, decided_identity = who, decided_uid = uid,
+		   decided_by = current_user, decided_at = now()
+	 WHERE x.id = c.id;
+
+	-- release the operation that waited for this answer
+	SELECT * INTO o FROM xprov.op x WHERE x.id = c.op_id;
+	IF FOUND THEN
+		SELECT true INTO parked FROM xprov.lane l
+		 WHERE l.lane_id = o.lane_id AND l.state = 'p' AND l.next_seq = o.seq FOR UPDATE;
+	END IF;
+	IF coalesce(parked, false) THEN
+		IF decision = 'reject' THEN
+			PERFORM xprov.skip(o.id, format('correlation case %s rejected', c.id));
+		ELSE
+			UPDATE xprov.lane l
+			   SET state = 'r', run_at = now(),
+				   last_error = format('correlation case %s resolved: %s', c.id, decision)
+			 WHERE l.lane_id = o.lane_id;
+			PERFORM xprov._rewind_claims();
+		END IF;
+	END IF;
+END
+$$;
+
+CREATE FUNCTION xprov._decide(c xprov.correlation_case, target_uid text, identity_id uuid, linked boolean)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog
+AS $$
+	INSERT INTO xprov.correlation_decision AS d (connector_id, object_class, target_uid, identity_id,
+												 tenant_id, linked, case_id)
+	VALUES (c.connector_id, c.object_class, target_uid, identity_id, c.tenant_id, linked, c.id)
+	ON CONFLICT ON CONSTRAINT correlation_decision_pkey
+	DO UPDATE SET linked = excluded.linked, case_id = excluded.case_id,
+				  decided_by = current_user, decided_at = now()
+$$;
+
+-- The worker completed an operation on an account that is already alive on
+-- another shadow (or whose owner already has another account here): the
+-- set-based recording left it out.  An account found on the target earlier,
+-- not provisioned by xprov and not owned by anyone else, becomes the
+-- subject's; anything else is a collision, marked on both shadows.
+CREATE FUNCTION xprov._shadow_conflict(op_id uuid, uid text, sent jsonb, observed jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	o xprov.op;
+	t xprov.shadow;
+BEGIN
+	SELECT * INTO o FROM xprov.op x WHERE x.id = op_id;
+	SELECT * INTO t FROM xprov.shadow s
+	 WHERE s.connector_id = o.connector_id AND s.object_class = o.object_class AND s.target_uid = uid
+	   AND s.dead_at IS NULL AND s.lane_id IS DISTINCT FROM o.lane_id;
+	IF FOUND AND t.lane_id IS NULL AND (t.identity_id IS NULL OR t.identity_id = o.identity_id) THEN
+		-- the subject's placeholder gives way to the account that exists
+		UPDATE xprov.shadow s SET lifecycle = 'tombstone', dead_at = now(), updated_at = now()
+		 WHERE s.lane_id = o.lane_id AND s.dead_at IS NULL;
+		UPDATE xprov.shadow s
+		   SET lane_id = o.lane_id, identity_id = coalesce(o.identity_id, s.identity_id), lifecycle = 'live',
+			   situation = CASE WHEN coalesce(o.identity_id, s.identity_id) IS NOT NULL THEN 'linked'
+								ELSE s.situation END,
+			   expected = jsonb_strip_nulls(s.expected || coalesce(sent, o.attributes)),
+			   observed = coalesce(_shadow_conflict.observed, s.observed),
+			   observed_at = CASE WHEN _shadow_conflict.observed IS NOT NULL THEN now() ELSE s.observed_at END,
+			   version = coalesce(_shadow_conflict.observed #>> '{meta,version}', s.version),
+			   updated_at = now()
+		 WHERE s.id = t.id;
+		RETURN 'adopted';
+	END IF;
+	UPDATE xprov.shadow s SET situation = 'collision', updated_at = now()
+	 WHERE s.dead_at IS NULL
+	   AND (s.lane_id = o.lane_id OR s.id = t.id
+			OR (s.identity_id = o.identity_id AND s.exclusive AND s.connector_id = o.connector_id
+				AND s.object_class = o.object_class));
+	RETURN 'collision';
 END
 $$;

@@ -234,6 +234,12 @@ static SavedPlan release_op = {
 	.argtypes = {TIDOID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT4OID},
 };
 
+static SavedPlan park_op = {
+	.sql = "SELECT xprov._park($1, $2::jsonb, $3)",
+	.nargs = 3,
+	.argtypes = {UUIDOID, TEXTOID, TEXTOID},
+};
+
 static SavedPlan retry_lane = {
 	.sql =
 	"UPDATE xprov.lane "
@@ -272,6 +278,8 @@ status_name(const LockedOp *op)
 			return "in_progress";
 		case 'd':
 			return "dead_letter";
+		case 'p':
+			return "parked";
 		case 'r':
 			return op->attempts > 0 ? "failed" : "pending";
 	}
@@ -709,6 +717,27 @@ outcome_fail(const pg_uuid_t *id, const char *error, bool permanent, int retry_a
 	retry_after.time = (int64) retry_after_ms * 1000;
 	record_failure(&op, error, permanent, retry_after_ms >= 0 ? &retry_after : NULL, http_status,
 				   hooks);
+	return true;
+}
+
+/*
+ * Correlation could not decide: open a case (details: JSON situation,
+ * reason, candidates) and park the operation until it is resolved.
+ */
+bool
+outcome_park(const pg_uuid_t *id, const char *details, const char *hooks, int64 leased_by)
+{
+	LockedOp	op;
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	if (!lock_leased(id, leased_by, &op))
+		return false;
+	args[0] = UUIDPGetDatum(&op.id);
+	args[1] = CStringGetTextDatum(details);
+	args[2] = hooks ? CStringGetTextDatum(hooks) : (Datum) 0;
+	nulls[2] = hooks ? ' ' : 'n';
+	saved_plan_execute(&park_op, args, nulls, false, 1);
 	return true;
 }
 

@@ -24,6 +24,8 @@ extern bool outcome_fail(const pg_uuid_t *id, const char *error, bool permanent,
 						 int retry_after_ms, int http_status, const char *hooks,
 						 int64 leased_by);
 extern bool outcome_skip(const pg_uuid_t *id, const char *reason, char *hooks, int64 leased_by);
+extern bool outcome_park(const pg_uuid_t *id, const char *details, const char *hooks,
+						 int64 leased_by);
 extern bool outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error,
 							int http_status, int64 leased_by);
 

@@ -7,13 +7,16 @@
  * the first request, resume() reads each response and either sends the
  * next request or settles op->outcome.  Steps:
  *
- *	create	LOOKUP (GET <endpoint>?filter=<attr> eq "<value>")
- *			  0 accounts -> POST; 1 -> link, then converge (PATCH/PUT);
- *			  more -> dead (ambiguous: never pick one)
+ *	create	[the database's correlation linked an account -> converge it]
+ *			LOOKUP (GET <endpoint>?filter=<attr> eq "<value>")
+ *			  0 accounts -> POST; 1 -> the worker checks the account is
+ *			  not linked to someone else (AWAIT_LINK_CHECK), then link and
+ *			  converge (PATCH/PUT); more -> parked with a correlation case
+ *			  (ambiguous: never pick one)
  *			  (no match value in the attributes: POST at once)
  *			POST: 2xx with an id -> completed; 409 uniqueness (or no
- *			  scimType) -> RELOOKUP and link if exactly one account matches,
- *			  else dead with the provider's detail; 2xx without an id ->
+ *			  scimType) -> RELOOKUP and link if exactly one account matches
+ *			  and passes the check, else dead with the provider's detail; 2xx without an id ->
  *			  retry (the next attempt looks up first)
  *	update	[FIND when target_uid is unknown] -> PATCH <endpoint>/<uid>;
  *			  405/501 or update_method "put" -> READ (GET) + merge + PUT with
@@ -783,6 +786,48 @@ resource_id(const cJSON *resource)
 }
 
 /*
+ * The case a create opens when several accounts hold its match value: the
+ * accounts the lookup returned as candidates (JSON text).
+ */
+static char *
+many_candidates(const WorkOp *op, const cJSON *list, double total)
+{
+	const ScimState *st = scim_state((WorkOp *) op);
+	const cJSON *resource;
+	cJSON	   *details = cJSON_CreateObject();
+	cJSON	   *candidates = cJSON_CreateArray();
+	char	   *reason;
+
+	json_check(details);
+	json_check(candidates);
+	cJSON_ArrayForEach(resource, cJSON_GetObjectItem(list, "Resources"))
+	{
+		const char *id = resource_id(resource);
+		cJSON	   *candidate;
+		cJSON	   *evidence;
+
+		if (id == NULL)
+			continue;
+		candidate = json_check(cJSON_CreateObject());
+		evidence = json_check(cJSON_CreateObject());
+		json_add(candidate, "target_uid", cJSON_CreateString(id));
+		json_add(candidate, "confidence", cJSON_CreateNumber(1.0));
+		json_add(candidate, "match_type", cJSON_CreateString("candidate"));
+		json_add(evidence, "found_by", cJSON_CreateString("target"));
+		json_add(evidence, "attribute", cJSON_CreateString(st->match_attr));
+		json_add(evidence, "value", cJSON_CreateString(st->match_value));
+		json_add(candidate, "evidence", evidence);
+		json_append(candidates, candidate);
+	}
+	reason = psprintf("%.0f accounts on the target have %s \"%s\"; correlation cannot choose",
+					  total, st->match_attr, st->match_value);
+	json_add(details, "situation", cJSON_CreateString("disputed"));
+	json_add(details, "reason", cJSON_CreateString(reason));
+	json_add(details, "candidates", candidates);
+	return json_take(cJSON_PrintUnformatted(details));
+}
+
+/*
  * Read a ListResponse.  With exactly one account, *uid gets its id and
  * *resource its JSON text.  The account must carry the match value (names
  * and values compared case-insensitively, as userName is caseExact=false):
@@ -809,7 +854,10 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 	if (total->valuedouble == 0)
 		result = LOOKUP_NONE;
 	else if (total->valuedouble > 1)
+	{
+		*resource = many_candidates(op, list, total->valuedouble);
 		result = LOOKUP_MANY;
+	}
 	else
 	{
 		first = cJSON_GetArrayItem(cJSON_GetObjectItem(list, "Resources"), 0);
@@ -840,10 +888,19 @@ read_lookup(WorkOp *op, const HttpResponse *response, char **uid, char **resourc
 }
 
 static bool
-fail_ambiguous(WorkOp *op, const HttpResponse *response)
+fail_ambiguous(WorkOp *op, const HttpResponse *response, char *details)
 {
 	ScimState  *st = scim_state(op);
 
+	/* a create never picks one: a person decides in a correlation case */
+	if (op->step == STEP_LOOKUP || op->step == STEP_RELOOKUP)
+	{
+		finish(op, OUTCOME_PARKED, response,
+			   psprintf("more than one account on the target has %s \"%s\"",
+						st->match_attr, st->match_value));
+		op->outcome.park_details = details;
+		return false;
+	}
 	return fail_dead(op, response,
 					 psprintf("%s: more than one account on the target has %s \"%s\"; the account is ambiguous, resolve it on the target or link it by target_uid",
 							  st->what, st->match_attr, st->match_value));
@@ -947,15 +1004,45 @@ on_one_account(WorkOp *op, char *uid, char *resource)
 {
 	ScimState  *st = scim_state(op);
 
-	set_uid(op, uid);
-	if (op->step == STEP_FIND && op->type == OP_DELETE)
-		return send_request(op, STEP_DELETE, "DELETE", st->uid_path, NULL, NULL, NULL);
 	if (op->step != STEP_FIND)
 	{
-		st->linked = true;
-		st->lookup_resource = resource;
+		/* may it be linked?  The worker asks the database and resumes us */
+		op->awaiting = AWAIT_LINK_CHECK;
+		op->check_uid = uid;
+		op->check_resource = resource;
+		op->request = NULL;
+		return true;
 	}
+	set_uid(op, uid);
+	if (op->type == OP_DELETE)
+		return send_request(op, STEP_DELETE, "DELETE", st->uid_path, NULL, NULL, NULL);
 	return start_modify(op);
+}
+
+/* The database's answer about the account a create's lookup found. */
+static bool
+on_link_checked(WorkOp *op)
+{
+	ScimState  *st = scim_state(op);
+
+	switch (op->verdict)
+	{
+		case VERDICT_LINK:
+			set_uid(op, op->check_uid);
+			st->linked = true;
+			st->lookup_resource = op->check_resource;
+			return start_modify(op);
+		case VERDICT_REJECTED:
+			if (op->step == STEP_LOOKUP)
+				return send_post(op);
+			return fail_dead(op, NULL,
+							 psprintf("POST %s: %s; the account holding %s \"%s\" is %s, which a correlation decision says is not this identity's; free the %s on the target or provision another",
+									  st->endpoint, st->conflict, st->match_attr, st->match_value,
+									  op->check_uid, st->match_attr));
+		default:
+			break;
+	}
+	return fail_retry(op, NULL, pstrdup("the account found on the target was not checked"));
 }
 
 /* The response to any of the three lookups (LOOKUP, RELOOKUP, FIND). */
@@ -972,7 +1059,7 @@ on_lookup(WorkOp *op, const HttpResponse *response)
 		case LOOKUP_ONE:
 			return on_one_account(op, uid, resource);
 		case LOOKUP_MANY:
-			return fail_ambiguous(op, response);
+			return fail_ambiguous(op, response, resource);
 		case LOOKUP_FAILED:
 			break;
 	}
@@ -1004,6 +1091,7 @@ gone(WorkOp *op, const HttpResponse *response)
 		return fail_retry(op, response,
 						  psprintf("%s: HTTP 404: the account %s found by %s \"%s\" disappeared while being linked",
 								   st->what, st->uid, st->match_attr, st->match_value));
+	op->outcome.gone = true;
 	return fail_dead(op, response,
 					 psprintf("%s: HTTP 404: account %s no longer exists on the target",
 							  st->what, st->uid));
@@ -1173,6 +1261,13 @@ scim2_begin(WorkOp *op)
 	 */
 	if (op->type == OP_CREATE)
 	{
+		if (op->verdict == VERDICT_LINK && op->link_uid != NULL)
+		{
+			/* the database's correlation found the account: converge it */
+			set_uid(op, op->link_uid);
+			st->linked = true;
+			return start_modify(op);
+		}
 		if (st->match_value != NULL)
 			return send_lookup(op, STEP_LOOKUP);
 		return send_post(op);
@@ -1194,6 +1289,8 @@ scim2_begin(WorkOp *op)
 static bool
 scim2_resume(WorkOp *op, const HttpResponse *response)
 {
+	if (response == NULL)
+		return on_link_checked(op);
 	switch ((ScimStep) op->step)
 	{
 		case STEP_LOOKUP:

@@ -214,6 +214,14 @@ run_protocol(WorkOp *op, const Protocol *protocol, StringInfo exchanges)
 	{
 		HttpRequest *request = op->request;
 
+		if (request == NULL && op->awaiting == AWAIT_LINK_CHECK)
+		{
+			/* nothing is recorded here: the account found is the one to try */
+			op->awaiting = AWAIT_NONE;
+			op->verdict = VERDICT_LINK;
+			more = protocol->resume(op, NULL);
+			continue;
+		}
 		if (request == NULL)
 			elog(ERROR, "xprov: protocol %s asked for a request but placed none", protocol->name);
 		if (count == MAX_EXCHANGES)
@@ -253,6 +261,8 @@ outcome_name(OutcomeKind kind)
 			return "release";
 		case OUTCOME_SKIPPED:
 			return "skipped";
+		case OUTCOME_PARKED:
+			return "parked";
 		case OUTCOME_NONE:
 			break;
 	}
@@ -286,6 +296,7 @@ outcome_jsonb(const WorkOp *op, const StringInfo exchanges)
 	append_string_field(&buf, "error", outcome->error);
 	append_string_field(&buf, "target_uid", outcome->target_uid);
 	appendStringInfo(&buf, ", \"result\": %s", outcome->result ? outcome->result : "null");
+	appendStringInfo(&buf, ", \"case\": %s", outcome->park_details ? outcome->park_details : "null");
 	if (outcome->kind == OUTCOME_RETRY && outcome->retry_after_ms >= 0)
 		appendStringInfo(&buf, ", \"retry_after_ms\": %d", outcome->retry_after_ms);
 	else

@@ -42,9 +42,34 @@ typedef enum OutcomeKind
 								 * count the attempt */
 	OUTCOME_RELEASE,			/* never attempted (breaker open, shutdown):
 								 * give the lease back, attempt not counted */
-	OUTCOME_SKIPPED				/* a before hook finished it without calling
+	OUTCOME_SKIPPED,			/* a before hook finished it without calling
 								 * the target (error = the reason) */
+	OUTCOME_PARKED				/* correlation could not decide: a case is
+								 * opened (park_details) and the operation
+								 * waits for it; attempt not counted */
 } OutcomeKind;
+
+/* What an operation waits for from the database before it can go on. */
+typedef enum AwaitDb
+{
+	AWAIT_NONE = 0,
+	AWAIT_CORRELATION,			/* a create: correlate before the target is
+								 * called */
+	AWAIT_LINK_CHECK			/* the target's lookup found check_uid: may
+								 * it be linked to this identity? */
+} AwaitDb;
+
+/* The database's answer to an AwaitDb question. */
+typedef enum CorrelationVerdict
+{
+	VERDICT_NONE = 0,
+	VERDICT_CREATE,				/* nothing matches: create (after the
+								 * target's lookup) */
+	VERDICT_LINK,				/* link link_uid and update it */
+	VERDICT_REJECTED,			/* a person said check_uid is not this
+								 * identity's */
+	VERDICT_PARK				/* uncertain: park_details holds the case */
+} CorrelationVerdict;
 
 typedef struct OpOutcome
 {
@@ -57,6 +82,10 @@ typedef struct OpOutcome
 	char	   *result;			/* completed: JSON text kept as the
 								 * operation's result, or NULL */
 	bool		unlinked;		/* completed delete: the account is gone */
+	bool		gone;			/* failed because the account no longer
+								 * exists on the target */
+	char	   *park_details;	/* PARKED: JSON {situation, reason,
+								 * candidates} */
 	int			retry_after_ms; /* RETRY: -1 = exponential backoff, else
 								 * wait exactly this long */
 } OpOutcome;
@@ -87,6 +116,13 @@ typedef struct WorkOp
 	char	   *shadow_attributes;	/* JSON from an after hook, or NULL */
 	bool		hook_verdict;	/* the outcome is a hook's doing: no on_error */
 	struct StringInfoData *hook_log;	/* JSON array items, or NULL */
+
+	/* correlation before a create (worker_store.c) */
+	AwaitDb		awaiting;		/* waits for the database, not for HTTP */
+	CorrelationVerdict verdict; /* the answer to the last question */
+	char	   *link_uid;		/* LINK: the account to link */
+	char	   *check_uid;		/* LINK_CHECK: the account the target found */
+	char	   *check_resource; /* ... as the target showed it (JSON) */
 
 	/* protocol state */
 	int			step;			/* protocol-defined; 0 before begin() */

@@ -71,6 +71,9 @@ typedef struct Worker
 	int			nfinished;		/* HTTP operations in finished.ops */
 	TimestampTz finished_since; /* when the first of them finished */
 	WorkOp	   *claimed;		/* HTTP operations claimed, not yet started */
+	WorkOp	   *awaiting;		/* operations waiting for the database's
+								 * answer (op->awaiting), asked in the next
+								 * transaction */
 	int			held;			/* HTTP operations in memory */
 	bool		want_claim;
 	bool		resume_pending; /* a paused connector resumes: look then */
@@ -119,10 +122,21 @@ protocol_of(const Connector *connector)
 	return connector->kind == CONNECTOR_SCIM2 ? &scim2_protocol : &rest_protocol;
 }
 
+/* The operation waits for the next transaction to answer its question. */
+static void
+await_database(WorkOp *op)
+{
+	op->verdict = VERDICT_NONE;
+	op->next = w.awaiting;
+	w.awaiting = op;
+}
+
 /*
- * Run one protocol step in the operation's own memory context.  The
- * connector is looked up each time: its settings may have been refreshed
- * since the last step.
+ * Run one protocol step in the operation's own memory context: begin() when
+ * response is NULL and the operation has not started, resume() with the
+ * response, or resume() with NULL once the database answered a question the
+ * protocol asked.  The connector is looked up each time: its settings may
+ * have been refreshed since the last step.
  */
 static void
 step_op(WorkOp *op, const HttpResponse *response)
@@ -143,7 +157,7 @@ step_op(WorkOp *op, const HttpResponse *response)
 	op->request = NULL;
 	PG_TRY();
 	{
-		if (response == NULL)
+		if (response == NULL && op->step == 0)
 			more = protocol_of(op->connector)->begin(op);
 		else
 			more = protocol_of(op->connector)->resume(op, response);
@@ -158,6 +172,8 @@ step_op(WorkOp *op, const HttpResponse *response)
 
 	if (more && op->request != NULL)
 		dispatch_submit(op);
+	else if (more && op->awaiting != AWAIT_NONE)
+		await_database(op);
 	else
 	{
 		if (op->outcome.kind == OUTCOME_NONE)
@@ -169,6 +185,8 @@ step_op(WorkOp *op, const HttpResponse *response)
 		finish_op(op);
 	}
 }
+
+static void resume_answered(void);
 
 static bool
 has_finished_work(void)
@@ -195,6 +213,23 @@ forget_finished(void)
 	w.nfinished = 0;
 }
 
+/* The questions of operations whose extension is gone. */
+static void
+forget_awaiting(void)
+{
+	WorkOp	   *op = w.awaiting;
+
+	while (op)
+	{
+		WorkOp	   *next = op->next;
+
+		w.held--;
+		MemoryContextDelete(op->cxt);
+		op = next;
+	}
+	w.awaiting = NULL;
+}
+
 /*
  * Whether to record now, and if not, in how many ms at most.  noop outcomes
  * go at once (there is no transfer to stall); HTTP outcomes once there are
@@ -207,7 +242,7 @@ record_delay_ms(TimestampTz now)
 	long		waited;
 	int			busy = w.held - w.nfinished;
 
-	if (w.finished.nnoop > 0)
+	if (w.finished.nnoop > 0 || w.awaiting != NULL)
 		return 0;
 	if (w.finished.ops == NULL)
 		return -1;
@@ -332,6 +367,7 @@ record_and_claim(void *arg)
 	{
 		/* nothing to do here until xprov is installed: look again after a nap */
 		forget_finished();
+		forget_awaiting();
 		w.want_claim = false;
 		return;
 	}
@@ -340,6 +376,7 @@ record_and_claim(void *arg)
 		store_record(&w.finished, w.tag, &w.done, &w.failed);
 		forget_finished();
 	}
+	store_correlate(w.awaiting);
 
 	capacity = claim_capacity();
 	if (!claim || capacity <= 0)
@@ -399,6 +436,7 @@ transaction_step(bool claim)
 {
 	if (!run_transaction(record_and_claim, &claim, "claiming operations") && has_finished_work())
 		record_one_by_one();
+	resume_answered();
 	w.last_look = GetCurrentTimestamp();
 	worker_slot_count(w.done, w.failed);
 	w.done = w.failed = 0;
@@ -429,6 +467,14 @@ give_back_everything(void)
 		finish_op(op);
 	}
 	w.claimed = NULL;
+	for (WorkOp *op = w.awaiting, *next; op; op = next)
+	{
+		next = op->next;
+		op->outcome.kind = OUTCOME_RELEASE;
+		op->outcome.retry_after_ms = 0;
+		finish_op(op);
+	}
+	w.awaiting = NULL;
 }
 
 /*
@@ -473,7 +519,11 @@ handle_signals(void)
  * The loop
  */
 
-/* Before hooks, then the target: in-process for noop, else over HTTP. */
+/*
+ * Before hooks, then the target: in-process for noop, else over HTTP.  A
+ * create is correlated in the database first (on the attributes the hooks
+ * made), so it never starts before the next transaction.
+ */
 static void
 start_op(WorkOp *op)
 {
@@ -484,8 +534,63 @@ start_op(WorkOp *op)
 		op->outcome.kind = OUTCOME_COMPLETED;
 		finish_op(op);
 	}
+	else if (op->type == OP_CREATE)
+	{
+		op->awaiting = AWAIT_CORRELATION;
+		await_database(op);
+	}
 	else
 		step_op(op, NULL);
+}
+
+/*
+ * The database answered: an uncertain create parks, a failed question is
+ * the operation's failure, anything else goes on where it waited.  A create
+ * the database linked to an account becomes an update of it, except for
+ * scim2, whose protocol converges a linked account itself.
+ */
+static void
+resume_answered(void)
+{
+	WorkOp	   *op = w.awaiting;
+
+	w.awaiting = NULL;
+	while (op)
+	{
+		WorkOp	   *next = op->next;
+		AwaitDb		question = op->awaiting;
+
+		op->next = NULL;
+		if (op->verdict == VERDICT_NONE && op->outcome.kind == OUTCOME_NONE)
+		{
+			/* the transaction failed: ask again in the next one */
+			op->next = w.awaiting;
+			w.awaiting = op;
+		}
+		else if (op->outcome.kind != OUTCOME_NONE)
+			finish_op(op);
+		else if (op->verdict == VERDICT_PARK)
+		{
+			op->outcome.kind = OUTCOME_PARKED;
+			op->outcome.error = MemoryContextStrdup(op->cxt, "correlation is uncertain");
+			finish_op(op);
+		}
+		else
+		{
+			const char *error;
+			Connector  *connector = dispatch_connector(&op->connector_id, &error);
+
+			op->awaiting = AWAIT_NONE;
+			if (question == AWAIT_CORRELATION && op->verdict == VERDICT_LINK &&
+				connector != NULL && connector->kind != CONNECTOR_SCIM2)
+			{
+				op->type = OP_UPDATE;
+				op->target_uid = op->link_uid;
+			}
+			step_op(op, NULL);
+		}
+		op = next;
+	}
 }
 
 static void

@@ -10,12 +10,14 @@
 
 #include "catalog/pg_type.h"
 #include "common/jsonapi.h"
+#include "access/xact.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
@@ -72,7 +74,9 @@ static SavedPlan load_connectors = {
 };
 
 static SavedPlan linked_accounts = {
-	.sql = "SELECT a.lane_id, a.target_uid FROM xprov.account a WHERE a.lane_id = ANY ($1)",
+	.sql =
+	"SELECT s.lane_id, s.target_uid FROM xprov.shadow s "
+	" WHERE s.lane_id = ANY ($1) AND s.dead_at IS NULL AND s.target_uid IS NOT NULL",
 	.nargs = 1,
 	.argtypes = {INT8ARRAYOID},
 };
@@ -80,59 +84,154 @@ static SavedPlan linked_accounts = {
 /* The same, with the account as hooks see it (ctx.shadow). */
 static SavedPlan hook_accounts = {
 	.sql =
-	"SELECT a.lane_id, a.target_uid, "
-	"       jsonb_build_object('target_uid', a.target_uid, "
-	"                          'attributes', jsonb_strip_nulls(a.attributes))::text "
-	"  FROM xprov.account a WHERE a.lane_id = ANY ($1)",
+	"SELECT s.lane_id, s.target_uid, "
+	"       jsonb_build_object('target_uid', s.target_uid, "
+	"                          'attributes', jsonb_strip_nulls(s.expected))::text "
+	"  FROM xprov.shadow s "
+	" WHERE s.lane_id = ANY ($1) AND s.dead_at IS NULL AND s.target_uid IS NOT NULL",
 	.nargs = 1,
 	.argtypes = {INT8ARRAYOID},
 };
 
 /*
- * These two statements reach the accounts through their primary key only
- * (= ANY, ON CONFLICT), whatever the table's statistics say.
+ * A create about to be sent: its subject's shadow is conceived (a new one
+ * unless one is alive; a proposed one, whose case was answered, moves on).
+ * The insert yields to any live shadow of the subject or of its owner.
  */
-static SavedPlan unlink_accounts = {
+static SavedPlan conceive_shadows = {
 	.sql =
-	"DELETE FROM xprov.account a "
-	" WHERE a.lane_id = ANY (ARRAY(SELECT o.lane_id FROM xprov.op o WHERE o.id = ANY ($1)))",
+	"WITH x AS ("
+	"  SELECT o.* FROM unnest($1::uuid[]) AS i(id) "
+	"    JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = i.id) o ON true"
+	"), woken AS ("
+	"  UPDATE xprov.shadow s SET lifecycle = 'conceived', updated_at = now() "
+	"    FROM x WHERE s.lane_id = x.lane_id AND s.dead_at IS NULL AND s.lifecycle = 'proposed'"
+	") "
+	"INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, lane_id, identity_id, "
+	"                          lifecycle, situation, exclusive, expected) "
+	"SELECT x.tenant_id, x.connector_id, x.object_class, x.lane_id, x.identity_id, 'conceived', "
+	"       CASE WHEN x.identity_id IS NOT NULL THEN 'linked' END, "
+	"       (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb, x.attributes "
+	"  FROM x JOIN xprov.connector c ON c.id = x.connector_id "
+	" WHERE NOT EXISTS (SELECT 1 FROM xprov.shadow s WHERE s.lane_id = x.lane_id AND s.dead_at IS NULL) "
+	"ON CONFLICT DO NOTHING",
+	.nargs = 1,
+	.argtypes = {UUIDARRAYOID},
+};
+
+/* A delete about to be sent: its account is being reaped. */
+static SavedPlan reap_shadows = {
+	.sql =
+	"UPDATE xprov.shadow s SET lifecycle = 'reaping', updated_at = now() "
+	" WHERE s.lane_id = ANY ($1) AND s.dead_at IS NULL AND s.lifecycle = 'live'",
+	.nargs = 1,
+	.argtypes = {INT8ARRAYOID},
+};
+
+/* The account is gone from the target (deleted, or found missing). */
+static SavedPlan bury_shadows = {
+	.sql =
+	"UPDATE xprov.shadow s "
+	"   SET lifecycle = 'tombstone', situation = 'deleted', dead_at = now(), updated_at = now() "
+	" WHERE s.lane_id = ANY (ARRAY(SELECT o.lane_id FROM xprov.op o WHERE o.id = ANY ($1))) "
+	"   AND s.dead_at IS NULL",
 	.nargs = 1,
 	.argtypes = {UUIDARRAYOID},
 };
 
 /*
- * The account's target id and the attributes last provisioned: an update
- * merges into what was there (a JSON null removes an attribute; a new row
- * keeps the nulls until its first update, and the view strips them).
+ * Completed operations: the subject's shadow is live with the target's id,
+ * the attributes provisioned merged into what it expected (a JSON null
+ * removes one) and the account as the target answered.  An account alive on
+ * another shadow, or an owner with another account here, is left out and
+ * returned for _shadow_conflict().
  */
-static SavedPlan link_accounts = {
+static SavedPlan record_live_shadows = {
 	.sql =
-	"INSERT INTO xprov.account AS a (lane_id, tenant_id, connector_id, object_class, identity_id, "
-	"                                target_uid, attributes) "
-	"SELECT o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, "
-	"       x.target_uid, coalesce(x.attributes::jsonb, o.attributes) "
-	"  FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(id, target_uid, attributes) "
-	"  JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = x.id) o ON true "
-	" WHERE x.target_uid IS NOT NULL "
-	"ON CONFLICT (lane_id) DO UPDATE "
-	"   SET target_uid = excluded.target_uid, "
-	"       identity_id = coalesce(excluded.identity_id, a.identity_id), "
-	"       attributes = jsonb_strip_nulls(a.attributes || excluded.attributes), "
-	"       updated_at = now()",
-	.nargs = 3,
-	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+	"WITH x AS ("
+	"  SELECT i.id, o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, i.uid, "
+	"         coalesce(i.sent::jsonb, o.attributes) AS attrs, "
+	"         CASE WHEN jsonb_typeof(i.observed) = 'object' THEN i.observed - 'linked' END AS observed, "
+	"         s.id AS shadow_id "
+	"    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS i(id, uid, sent, observed) "
+	"    JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = i.id) o ON true "
+	"    LEFT JOIN xprov.shadow s ON s.lane_id = o.lane_id AND s.dead_at IS NULL "
+	"   WHERE i.uid IS NOT NULL"
+	"), free AS ("
+	"  SELECT x.* FROM x WHERE NOT EXISTS ("
+	"    SELECT 1 FROM xprov.shadow t "
+	"     WHERE t.connector_id = x.connector_id AND t.object_class = x.object_class "
+	"       AND t.target_uid = x.uid AND t.dead_at IS NULL AND t.id IS DISTINCT FROM x.shadow_id)"
+	"), updated AS ("
+	"  UPDATE xprov.shadow s "
+	"     SET target_uid = f.uid, lifecycle = 'live', "
+	"         identity_id = coalesce(f.identity_id, s.identity_id), "
+	"         situation = CASE WHEN coalesce(f.identity_id, s.identity_id) IS NOT NULL THEN 'linked' "
+	"                          ELSE s.situation END, "
+	"         expected = jsonb_strip_nulls(s.expected || f.attrs), "
+	"         observed = coalesce(f.observed, s.observed), "
+	"         observed_at = CASE WHEN f.observed IS NOT NULL THEN now() ELSE s.observed_at END, "
+	"         version = coalesce(f.observed #>> '{meta,version}', s.version), updated_at = now() "
+	"    FROM free f WHERE s.id = f.shadow_id "
+	"  RETURNING f.id"
+	"), inserted AS ("
+	"  INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, lane_id, identity_id, "
+	"                            target_uid, lifecycle, situation, exclusive, expected, observed, "
+	"                            observed_at, version) "
+	"  SELECT f.tenant_id, f.connector_id, f.object_class, f.lane_id, f.identity_id, f.uid, 'live', "
+	"         CASE WHEN f.identity_id IS NOT NULL THEN 'linked' END, "
+	"         (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb, "
+	"         jsonb_strip_nulls(f.attrs), f.observed, "
+	"         CASE WHEN f.observed IS NOT NULL THEN now() END, f.observed #>> '{meta,version}' "
+	"    FROM free f JOIN xprov.connector c ON c.id = f.connector_id "
+	"   WHERE f.shadow_id IS NULL "
+	"  ON CONFLICT DO NOTHING "
+	"  RETURNING lane_id"
+	") "
+	"SELECT x.id, x.uid, x.attrs::text, x.observed::text FROM x "
+	" WHERE x.id NOT IN (SELECT id FROM updated) "
+	"   AND x.lane_id NOT IN (SELECT lane_id FROM inserted)",
+	.nargs = 4,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID},
 };
 
-/* An after hook's shadow_attributes replace what the account records. */
-static SavedPlan replace_account_attributes = {
+static SavedPlan shadow_conflict = {
+	.sql = "SELECT xprov._shadow_conflict($1, $2, $3::jsonb, $4::jsonb)",
+	.nargs = 4,
+	.argtypes = {UUIDOID, TEXTOID, TEXTOID, TEXTOID},
+};
+
+/* An after hook's shadow_attributes replace what the shadow expects. */
+static SavedPlan replace_expected = {
 	.sql =
-	"UPDATE xprov.account a SET attributes = x.attributes::jsonb, updated_at = now() "
+	"UPDATE xprov.shadow s SET expected = x.attributes::jsonb, updated_at = now() "
 	"  FROM unnest($1::uuid[], $2::text[]) AS x(id, attributes) "
 	"  JOIN LATERAL (SELECT o.lane_id FROM xprov.op o WHERE o.id = x.id) o ON true "
-	" WHERE a.lane_id = o.lane_id",
+	" WHERE s.lane_id = o.lane_id AND s.dead_at IS NULL",
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
+
+/* The create path's question to the database; see xprov._correlate_create. */
+static SavedPlan correlate_create = {
+	.sql =
+	"SELECT r ->> 'verdict', r ->> 'uid', r -> 'case' "
+	"  FROM xprov._correlate_create($1, $2::jsonb, $3, $4::jsonb) AS r",
+	.nargs = 4,
+	.argtypes = {UUIDOID, TEXTOID, TEXTOID, TEXTOID},
+};
+
+/* Run a saved plan over an array of operation ids. */
+static void
+execute_for_ids(SavedPlan *plan, Datum *ids, int count)
+{
+	Datum		arg;
+
+	if (count == 0)
+		return;
+	arg = spi_array_arg(ids, NULL, count, UUIDOID);
+	saved_plan_execute(plan, &arg, NULL, false, 0);
+}
 
 /* Kind of each connector seen, so that noop operations need no parsing. */
 typedef struct KindEntry
@@ -352,6 +451,41 @@ fill_linked_accounts(WorkOp *ops)
 	}
 }
 
+/*
+ * Creates about to be sent conceive their shadows, deletes reap theirs, in
+ * the claim's transaction: what is in flight is visible while it is.
+ */
+static void
+mark_claimed_shadows(WorkOp *ops)
+{
+	int			count = 0;
+	Datum	   *creates;
+	Datum	   *deletes;
+	int			ncreates = 0;
+	int			ndeletes = 0;
+
+	for (WorkOp *op = ops; op; op = op->next)
+		count++;
+	creates = palloc(sizeof(Datum) * Max(count, 1));
+	deletes = palloc(sizeof(Datum) * Max(count, 1));
+	for (WorkOp *op = ops; op; op = op->next)
+	{
+		if (op->noop)
+			continue;
+		if (op->type == OP_CREATE)
+			creates[ncreates++] = UUIDPGetDatum(&op->id);
+		else if (op->type == OP_DELETE)
+			deletes[ndeletes++] = Int64GetDatum(op->lane_id);
+	}
+	execute_for_ids(&conceive_shadows, creates, ncreates);
+	if (ndeletes > 0)
+	{
+		Datum		arg = spi_array_arg(deletes, NULL, ndeletes, INT8OID);
+
+		saved_plan_execute(&reap_shadows, &arg, NULL, false, 0);
+	}
+}
+
 /* Whether a claimed row has hooks to run (no text is made when none exist). */
 static bool
 row_has_hooks(SPITupleTable *rows, uint64 row, const pg_uuid_t *connector_id)
@@ -429,6 +563,98 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 		}
 	}
 	fill_linked_accounts(result->http_ops);
+	mark_claimed_shadows(result->http_ops);
+}
+
+/* Ask the database about one operation; the answer goes into the WorkOp. */
+static void
+ask_correlation(WorkOp *op)
+{
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		checking = op->awaiting == AWAIT_LINK_CHECK;
+	char	   *verdict;
+	char	   *text;
+
+	args[0] = UUIDPGetDatum(&op->id);
+	args[1] = CStringGetTextDatum(op->attributes);
+	nulls[2] = nulls[3] = 'n';
+	if (checking)
+	{
+		args[2] = CStringGetTextDatum(op->check_uid);
+		nulls[2] = ' ';
+		if (op->check_resource)
+		{
+			args[3] = CStringGetTextDatum(op->check_resource);
+			nulls[3] = ' ';
+		}
+	}
+	saved_plan_execute(&correlate_create, args, nulls, false, 1);
+	verdict = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (verdict == NULL)
+		elog(ERROR, "xprov: _correlate_create gave no verdict");
+	if (strcmp(verdict, "link") == 0)
+	{
+		op->verdict = VERDICT_LINK;
+		text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		op->link_uid = text ? MemoryContextStrdup(op->cxt, text) : NULL;
+	}
+	else if (strcmp(verdict, "park") == 0)
+	{
+		op->verdict = VERDICT_PARK;
+		text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		op->outcome.park_details = text ? MemoryContextStrdup(op->cxt, text) : NULL;
+	}
+	else if (strcmp(verdict, "rejected") == 0)
+		op->verdict = VERDICT_REJECTED;
+	else
+		op->verdict = VERDICT_CREATE;
+}
+
+/*
+ * Answer the operations waiting for the database (see AwaitDb).  Each
+ * question runs in a subtransaction: one that fails (a rule gone bad, say)
+ * becomes that operation's transient failure and holds back no other.
+ */
+void
+store_correlate(WorkOp *ops)
+{
+	for (WorkOp *op = ops; op; op = op->next)
+	{
+		MemoryContext old = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
+
+		if (op->awaiting == AWAIT_NONE || op->verdict != VERDICT_NONE ||
+			op->outcome.kind != OUTCOME_NONE)
+			continue;
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(old);
+		PG_TRY();
+		{
+			ask_correlation(op);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(old);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(old);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(old);
+			CurrentResourceOwner = owner;
+			op->verdict = VERDICT_NONE;
+			op->outcome.kind = OUTCOME_RETRY;
+			op->outcome.retry_after_ms = -1;
+			op->outcome.error = MemoryContextStrdup(op->cxt,
+													psprintf("correlation failed: %s", edata->message));
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+	}
 }
 
 /* A result is kept only if it is JSON that jsonb accepts; never an error. */
@@ -445,83 +671,123 @@ result_jsonb(const char *text)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 }
 
-/* The accounts of completed operations: linked, re-linked or gone. */
+/* What the set-based recording left out: one conflict at a time. */
 static void
-record_accounts(WorkOp *ops)
+record_shadow_conflicts(void)
+{
+	SPITupleTable *rows = SPI_tuptable;
+	uint64		count = SPI_processed;
+
+	for (uint64 row = 0; row < count; row++)
+	{
+		Datum		args[4];
+		char		nulls[4] = {' ', ' ', ' ', ' '};
+		bool		isnull;
+		char	   *what;
+
+		for (int col = 0; col < 4; col++)
+		{
+			args[col] = SPI_getbinval(rows->vals[row], rows->tupdesc, col + 1, &isnull);
+			nulls[col] = isnull ? 'n' : ' ';
+		}
+		saved_plan_execute(&shadow_conflict, args, nulls, false, 1);
+		what = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (strcmp(what, "collision") == 0)
+			ereport(LOG,
+					errmsg("xprov worker: operation %s completed on account %s, which another shadow holds; both are marked collision",
+						   SPI_getvalue(rows->vals[row], rows->tupdesc, 1),
+						   SPI_getvalue(rows->vals[row], rows->tupdesc, 2)));
+	}
+}
+
+/*
+ * The shadows of completed operations: live, re-linked, or buried.  results
+ * are parallel to ops (only the completed ones, in order), as recorded.
+ */
+static void
+record_shadows(WorkOp *ops, Jsonb **op_results)
 {
 	int			capacity = 0;
-	Datum	   *linked_ids;
-	Datum	   *linked_uids;
-	bool	   *uid_nulls;
-	Datum	   *linked_attributes;
-	bool	   *attribute_nulls;
-	Datum	   *unlinked_ids;
-	Datum	   *shadow_ids;
-	Datum	   *shadow_attributes;
-	int			nlinked = 0;
-	int			nunlinked = 0;
-	int			nshadow = 0;
+	Datum	   *live_ids;
+	Datum	   *live_uids;
+	Datum	   *sent;
+	bool	   *sent_nulls;
+	Datum	   *observed;
+	bool	   *observed_nulls;
+	Datum	   *buried_ids;
+	Datum	   *replaced_ids;
+	Datum	   *replaced_attributes;
+	int			nlive = 0;
+	int			nburied = 0;
+	int			nreplaced = 0;
+	int			completed = 0;
 
 	for (WorkOp *op = ops; op; op = op->next)
 		capacity++;
 	capacity = Max(capacity, 1);
-	linked_ids = palloc(sizeof(Datum) * capacity);
-	linked_uids = palloc0(sizeof(Datum) * capacity);
-	uid_nulls = palloc0(sizeof(bool) * capacity);
-	linked_attributes = palloc0(sizeof(Datum) * capacity);
-	attribute_nulls = palloc0(sizeof(bool) * capacity);
-	unlinked_ids = palloc(sizeof(Datum) * capacity);
-	shadow_ids = palloc(sizeof(Datum) * capacity);
-	shadow_attributes = palloc(sizeof(Datum) * capacity);
+	live_ids = palloc(sizeof(Datum) * capacity);
+	live_uids = palloc(sizeof(Datum) * capacity);
+	sent = palloc0(sizeof(Datum) * capacity);
+	sent_nulls = palloc0(sizeof(bool) * capacity);
+	observed = palloc0(sizeof(Datum) * capacity);
+	observed_nulls = palloc0(sizeof(bool) * capacity);
+	buried_ids = palloc(sizeof(Datum) * capacity);
+	replaced_ids = palloc(sizeof(Datum) * capacity);
+	replaced_attributes = palloc(sizeof(Datum) * capacity);
 
 	for (WorkOp *op = ops; op; op = op->next)
 	{
 		const char *uid = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
+		Jsonb	   *result;
 
+		if (op->outcome.kind != OUTCOME_COMPLETED)
+			continue;
+		result = op_results[completed++];
 		/* noop targets have no accounts */
-		if (op->outcome.kind != OUTCOME_COMPLETED || op->noop)
+		if (op->noop)
 			continue;
 		if (op->outcome.unlinked)
 		{
-			unlinked_ids[nunlinked++] = UUIDPGetDatum(&op->id);
+			buried_ids[nburied++] = UUIDPGetDatum(&op->id);
 			continue;
 		}
-		linked_ids[nlinked] = UUIDPGetDatum(&op->id);
-		uid_nulls[nlinked] = uid == NULL;
-		if (uid != NULL)
-			linked_uids[nlinked] = CStringGetTextDatum(uid);
-		attribute_nulls[nlinked] = !op->attributes_replaced;
+		if (uid == NULL)
+			continue;
+		live_ids[nlive] = UUIDPGetDatum(&op->id);
+		live_uids[nlive] = CStringGetTextDatum(uid);
+		sent_nulls[nlive] = !op->attributes_replaced;
 		if (op->attributes_replaced)
-			linked_attributes[nlinked] = CStringGetTextDatum(op->attributes);
-		nlinked++;
-		if (op->shadow_attributes != NULL && uid != NULL)
+			sent[nlive] = CStringGetTextDatum(op->attributes);
+		observed_nulls[nlive] = result == NULL;
+		if (result != NULL)
+			observed[nlive] = JsonbPGetDatum(result);
+		nlive++;
+		if (op->shadow_attributes != NULL)
 		{
-			shadow_ids[nshadow] = UUIDPGetDatum(&op->id);
-			shadow_attributes[nshadow++] = CStringGetTextDatum(op->shadow_attributes);
+			replaced_ids[nreplaced] = UUIDPGetDatum(&op->id);
+			replaced_attributes[nreplaced++] = CStringGetTextDatum(op->shadow_attributes);
 		}
 	}
-	if (nunlinked > 0)
+	execute_for_ids(&bury_shadows, buried_ids, nburied);
+	if (nlive > 0)
 	{
-		Datum		arg = spi_array_arg(unlinked_ids, NULL, nunlinked, UUIDOID);
+		Datum		args[4];
 
-		saved_plan_execute(&unlink_accounts, &arg, NULL, false, 0);
+		args[0] = spi_array_arg(live_ids, NULL, nlive, UUIDOID);
+		args[1] = spi_array_arg(live_uids, NULL, nlive, TEXTOID);
+		args[2] = spi_array_arg(sent, sent_nulls, nlive, TEXTOID);
+		args[3] = spi_array_arg(observed, observed_nulls, nlive, JSONBOID);
+		saved_plan_execute(&record_live_shadows, args, NULL, false, 0);
+		if (SPI_processed > 0)
+			record_shadow_conflicts();
 	}
-	if (nlinked > 0)
-	{
-		Datum		args[3];
-
-		args[0] = spi_array_arg(linked_ids, NULL, nlinked, UUIDOID);
-		args[1] = spi_array_arg(linked_uids, uid_nulls, nlinked, TEXTOID);
-		args[2] = spi_array_arg(linked_attributes, attribute_nulls, nlinked, TEXTOID);
-		saved_plan_execute(&link_accounts, args, NULL, false, 0);
-	}
-	if (nshadow > 0)
+	if (nreplaced > 0)
 	{
 		Datum		args[2];
 
-		args[0] = spi_array_arg(shadow_ids, NULL, nshadow, UUIDOID);
-		args[1] = spi_array_arg(shadow_attributes, NULL, nshadow, TEXTOID);
-		saved_plan_execute(&replace_account_attributes, args, NULL, false, 0);
+		args[0] = spi_array_arg(replaced_ids, NULL, nreplaced, UUIDOID);
+		args[1] = spi_array_arg(replaced_attributes, NULL, nreplaced, TEXTOID);
+		saved_plan_execute(&replace_expected, args, NULL, false, 0);
 	}
 }
 
@@ -562,7 +828,7 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 		*done += outcome_complete(ids, count, NULL, NULL, NULL, tag);
 	else
 		*done += outcome_complete(ids, count, uids, results, hooks, tag);
-	record_accounts(work->ops);
+	record_shadows(work->ops, results + work->nnoop);
 }
 
 static void
@@ -578,7 +844,20 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 		case OUTCOME_DEAD:
 			if (outcome_fail(&op->id, error, outcome->kind == OUTCOME_DEAD,
 							 outcome->retry_after_ms, outcome->http_status, hook_log_json(op), tag))
+			{
 				(*failed)++;
+				if (outcome->gone && !op->noop)
+				{
+					Datum		id = UUIDPGetDatum(&op->id);
+
+					execute_for_ids(&bury_shadows, &id, 1);
+				}
+			}
+			break;
+		case OUTCOME_PARKED:
+			outcome_park(&op->id, outcome->park_details ? outcome->park_details :
+						 "{\"situation\": \"disputed\", \"reason\": \"correlation is uncertain\", \"candidates\": []}",
+						 hook_log_json(op), tag);
 			break;
 		case OUTCOME_SKIPPED:
 			outcome_skip(&op->id, error, hook_log_json(op), tag);

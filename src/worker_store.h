@@ -41,4 +41,10 @@ extern void store_claim(int max, int64 tag, Datum paused_connectors,
 						ClaimResult *result);
 extern void store_record(FinishedWork *work, int64 tag, int64 *done, int64 *failed);
 
+/*
+ * Answer the correlation questions of the operations waiting for the
+ * database (op->awaiting): sets op->verdict, or a transient failure.
+ */
+extern void store_correlate(WorkOp *ops);
+
 #endif							/* WORKER_STORE_H */
