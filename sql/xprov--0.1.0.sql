@@ -1474,6 +1474,21 @@ CREATE VIEW xprov.correlation_decisions AS
 -- linked to the operation's identity?  Returns {"verdict": "create" | "link"
 -- | "park" | "rejected", "uid", "match_type", "rejected": [uids], "case":
 -- {situation, reason, candidates}}.
+-- Who an account belongs to: the owner of its live shadow, else the identity
+-- a person confirmed it for.  NULL: nobody.
+CREATE FUNCTION xprov._account_owner(connector_id uuid, object_class text, target_uid text)
+RETURNS uuid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT coalesce(
+		(SELECT s.identity_id FROM xprov.shadow s
+		  WHERE s.connector_id = $1 AND s.object_class = $2 AND s.target_uid = $3 AND s.dead_at IS NULL),
+		(SELECT d.identity_id FROM xprov.correlation_decision d
+		  WHERE d.connector_id = $1 AND d.object_class = $2 AND d.target_uid = $3 AND d.linked
+		  ORDER BY d.decided_at DESC LIMIT 1))
+$$;
+
 CREATE FUNCTION xprov._correlate_create(op_id uuid, attributes jsonb, found_uid text DEFAULT NULL,
 										found_account jsonb DEFAULT NULL)
 RETURNS jsonb
@@ -1489,7 +1504,9 @@ DECLARE
 	m record;
 	matches jsonb := '[]';
 	n_definite integer := 0;
-	best record;
+	best_uid text;
+	best_owner uuid;
+	decided record;
 BEGIN
 	SELECT * INTO o FROM xprov.op x WHERE x.id = op_id;
 	IF NOT FOUND OR o.identity_id IS NULL THEN
@@ -1505,10 +1522,10 @@ BEGIN
 		IF found_uid = ANY (rejected) THEN
 			RETURN jsonb_build_object('verdict', 'rejected', 'uid', found_uid, 'rejected', to_jsonb(rejected));
 		END IF;
-		SELECT s.identity_id INTO other FROM xprov.shadow s
-		 WHERE s.connector_id = o.connector_id AND s.object_class = o.object_class
-		   AND s.target_uid = found_uid AND s.dead_at IS NULL
-		   AND s.identity_id IS DISTINCT FROM o.identity_id AND s.identity_id IS NOT NULL;
+		other := xprov._account_owner(o.connector_id, o.object_class, found_uid);
+		IF other = o.identity_id THEN
+			other := NULL;
+		END IF;
 		IF other IS NOT NULL THEN
 			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
 				'situation', 'collision',
@@ -1533,23 +1550,23 @@ BEGIN
 	END IF;
 
 	-- a person's confirmed pairing
-	SELECT d.target_uid, s.identity_id AS owner INTO best FROM xprov.correlation_decision d
+	SELECT d.target_uid, s.identity_id AS owner INTO decided FROM xprov.correlation_decision d
 	  LEFT JOIN xprov.shadow s ON s.connector_id = d.connector_id AND s.object_class = d.object_class
 							  AND s.target_uid = d.target_uid AND s.dead_at IS NULL
 	 WHERE d.connector_id = o.connector_id AND d.object_class = o.object_class
 	   AND d.identity_id = o.identity_id AND d.linked
 	 ORDER BY d.decided_at DESC LIMIT 1;
 	IF FOUND THEN
-		IF best.owner IS NOT NULL AND best.owner <> o.identity_id THEN
+		IF decided.owner IS NOT NULL AND decided.owner <> o.identity_id THEN
 			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
 				'situation', 'collision',
 				'reason', format('account %s was confirmed for this identity, but it is now linked to identity %s',
-								 best.target_uid, best.owner),
+								 decided.target_uid, decided.owner),
 				'candidates', jsonb_build_array(jsonb_build_object(
-					'target_uid', best.target_uid, 'confidence', 1.0, 'match_type', 'manual',
-					'linked_identity', best.owner))));
+					'target_uid', decided.target_uid, 'confidence', 1.0, 'match_type', 'manual',
+					'linked_identity', decided.owner))));
 		END IF;
-		RETURN jsonb_build_object('verdict', 'link', 'uid', best.target_uid, 'match_type', 'manual',
+		RETURN jsonb_build_object('verdict', 'link', 'uid', decided.target_uid, 'match_type', 'manual',
 								  'rejected', to_jsonb(rejected));
 	END IF;
 
@@ -1557,33 +1574,32 @@ BEGIN
 	IF EXISTS (SELECT 1 FROM xprov.correlation_rule r WHERE r.connector_id = o.connector_id
 				  AND r.object_class = o.object_class AND r.enabled) THEN
 		SELECT * INTO src FROM xprov.identity_source i WHERE i.tenant_id = o.tenant_id;
-		FOR m IN SELECT c.*, s.identity_id AS owner
+		FOR m IN SELECT c.*, xprov._account_owner(o.connector_id, o.object_class, c.key) AS owner
 				   FROM xprov._correlation_matches(o.tenant_id, src, o.connector_id, o.object_class,
 												   coalesce(attributes, o.attributes)
 												   || xprov._identity_attributes(src, o.connector_id, o.object_class,
 																				 o.identity_id),
 												   'account', rejected) c
-				   LEFT JOIN xprov.shadow s ON s.connector_id = o.connector_id AND s.object_class = o.object_class
-										   AND s.target_uid = c.key AND s.dead_at IS NULL
 				  WHERE c.key IS NOT NULL LOOP
 			matches := matches || jsonb_build_object('target_uid', m.key, 'confidence', m.confidence,
 													 'match_type', m.match_type, 'linked_identity', m.owner,
 													 'evidence', m.evidence);
 			IF m.match_type = 'definite' THEN
 				n_definite := n_definite + 1;
-				best := m;
+				best_uid := m.key;
+				best_owner := m.owner;
 			END IF;
 		END LOOP;
-		IF jsonb_array_length(matches) = 1 AND n_definite = 1 AND best.owner IS NULL THEN
-			RETURN jsonb_build_object('verdict', 'link', 'uid', best.key, 'match_type', 'definite',
+		IF jsonb_array_length(matches) = 1 AND n_definite = 1 AND best_owner IS NULL THEN
+			RETURN jsonb_build_object('verdict', 'link', 'uid', best_uid, 'match_type', 'definite',
 									  'rejected', to_jsonb(rejected));
 		END IF;
 		IF jsonb_array_length(matches) > 0 THEN
 			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
-				'situation', CASE WHEN n_definite = 1 AND best.owner IS NOT NULL THEN 'collision' ELSE 'disputed' END,
+				'situation', CASE WHEN n_definite = 1 AND best_owner IS NOT NULL THEN 'collision' ELSE 'disputed' END,
 				'reason', CASE
-					WHEN n_definite = 1 AND best.owner IS NOT NULL
-						THEN format('account %s matches definitely, but it is linked to identity %s', best.key, best.owner)
+					WHEN n_definite = 1 AND best_owner IS NOT NULL
+						THEN format('account %s matches definitely, but it belongs to identity %s', best_uid, best_owner)
 					WHEN jsonb_array_length(matches) > 1
 						THEN format('%s accounts match; correlation cannot choose', jsonb_array_length(matches))
 					ELSE 'one account matches, below the definite threshold' END,

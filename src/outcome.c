@@ -598,7 +598,7 @@ xprov_skip(PG_FUNCTION_ARGS)
 	SPI_connect();
 	op = lock_one(fcinfo);
 	if (op.finished || (op.is_head && op.lane_state == 'l'))
-		raise_wrong_status(&op, "skip", "pending, failed or dead_letter");
+		raise_wrong_status(&op, "skip", "pending, failed, parked or dead_letter");
 	finish_operations(&op, 1, 's', NULL, NULL, reason, NULL);
 	SPI_finish();
 	PG_RETURN_VOID();

@@ -21,7 +21,11 @@
 #      breaker pausing the connector and resuming it;
 #   5. prints the outcome and checks it against the directory: every employee
 #      exists there exactly once, linked in xprov.accounts, with the title,
-#      department and active flag the application has.  Exit 1 if not.
+#      department and active flag the application has;
+#   6. shows the shadows, then hires two more: one whose account the directory
+#      already has (linked, not duplicated) and a duplicate HR record of a
+#      colleague (parked with a correlation case, which is rejected).
+#      Exit 1 if anything does not add up.
 #
 # Environment:
 #   DEMO_KEEP=1           leave the cluster and the SCIM target running
@@ -634,6 +638,62 @@ say "SELECT * FROM xprov.worker_status();"
 table -c "SELECT pid, state, operations_done, operations_failed, in_flight, paused_connectors,
 	left(last_error, 60) AS last_error FROM xprov.worker_status()"
 
+# --- 5. shadows and correlation ----------------------------------------------------------
+
+step "5. Shadows, and correlation before every create"
+say "SELECT lifecycle, state, situation, count(*) FROM xprov.shadows GROUP BY 1, 2, 3;"
+table -c "SELECT lifecycle, state, situation, count(*) FROM xprov.shadows GROUP BY 1, 2, 3 ORDER BY 4 DESC"
+echo
+# Two new hires.  Marie already has an account on the directory (made by hand,
+# in another case); Olivia's second HR record is a duplicate of a colleague.
+dup_of=$(q -c "SELECT user_name FROM app.employee WHERE employee_no = 'E100002'")
+curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/scim+json' "$SCIM/scim/v2/Users" \
+	-d '{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "MARIE.CURIE", "title": "Physicist"}' \
+	-o "$XPROV_CLUSTER_DIR/marie.json"
+marie_uid=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$XPROV_CLUSTER_DIR/marie.json")
+users_before=$(scim_stat users)
+say "The directory already has an account MARIE.CURIE (made by hand); HR now hires marie.curie,"
+say "and enters a colleague a second time as ${dup_of^^}:"
+q -v tenant="$TENANT" -v conn="$CONN" -v dup="${dup_of^^}" <<'SQL'
+WITH hired AS (
+	INSERT INTO app.employee (employee_no, kind, given_name, family_name, user_name, department, level, title)
+	VALUES ('E200001', 'employee', 'Marie', 'Curie', 'marie.curie', 'Research', 3, 'Physicist'),
+		   ('E200002', 'employee', 'Duplicate', 'Record', :'dup', 'Research', 1, 'Analyst')
+	RETURNING id, user_name, given_name, family_name, title)
+SELECT count(xprov.enqueue(:'tenant', :'conn', id, 'create', 'user',
+		   jsonb_build_object('userName', user_name, 'title', title,
+							  'name', jsonb_build_object('givenName', given_name, 'familyName', family_name))))
+  FROM hired;
+SQL
+q -c "SELECT xprov.wait_idle('30 s')" >/dev/null
+table <<'SQL'
+SELECT e.employee_no AS employee, e.user_name, o.status,
+	   coalesce(s.lifecycle || ' / ' || s.situation, '') AS shadow,
+	   coalesce(left(s.target_uid, 8) || '...', '') AS target_uid,
+	   left(coalesce(o.last_error, ''), 70) AS last_error
+  FROM app.employee e
+  JOIN xprov.operations o ON o.identity_id = e.id
+  LEFT JOIN xprov.shadows s ON s.identity_id = e.id AND s.dead_at IS NULL
+ WHERE e.employee_no IN ('E200001', 'E200002') ORDER BY 1;
+SQL
+marie_linked=$(q -c "SELECT count(*) FROM xprov.shadows s JOIN app.employee e ON e.id = s.identity_id
+	WHERE e.employee_no = 'E200001' AND s.target_uid = '$marie_uid' AND s.lifecycle = 'live'")
+say "Marie's create found MARIE.CURIE (GET ?filter=userName eq, case-insensitive), checked nobody owns it, linked"
+say "it and updated it: no second account.  The duplicate's create found its colleague's account, which belongs"
+say "to someone else: it did not create, link or touch anything, and waits for a person (a correlation case):"
+echo
+say "SELECT situation, reason, candidates FROM xprov.correlation_cases WHERE status = 'open';"
+table -c "SELECT situation, left(reason, 100) AS reason, jsonb_array_length(candidates) AS candidates
+	FROM xprov.correlation_cases WHERE status = 'open'"
+case_id=$(q -c "SELECT id FROM xprov.correlation_cases WHERE status = 'open'")
+say "SELECT xprov.resolve_case(id, 'reject');   -- a duplicate record: it must get no account"
+q -c "SELECT xprov.resolve_case('$case_id', 'reject')" >/dev/null
+table -c "SELECT o.status, o.last_error, (SELECT count(*) FROM xprov.correlation_decisions WHERE case_id = '$case_id') AS decisions_kept
+	FROM xprov.operations o JOIN app.employee e ON e.id = o.identity_id WHERE e.employee_no = 'E200002'"
+dup_status=$(q -c "SELECT o.status FROM xprov.operations o JOIN app.employee e ON e.id = o.identity_id WHERE e.employee_no = 'E200002'")
+users_after=$(scim_stat users)
+target_dups_after=$(scim_stat 'len(duplicate_usernames)')
+
 # --- checks ---------------------------------------------------------------------------
 
 problems=()
@@ -656,11 +716,16 @@ expect "users with a stale title, department or active flag" "$stale" 0
 expect "users without the hook's nickName" "$no_nick" 0
 expect "disabled users on the directory" "$disabled_on_target" "$n_left"
 expect "requests without X-Request-Id" "$no_request_id" 0
+expect "Marie's pre-existing account linked" "$marie_linked" 1
+expect "users the two late hires added to the directory" $((users_after - users_before)) 0
+expect "duplicate userNames on the directory after them" "$target_dups_after" 0
+expect "the duplicate record's create after the case was rejected" "$dup_status" skipped
 
 echo
 if [ ${#problems[@]} -eq 0 ]; then
 	say "${GREEN}${BOLD}OK${OFF}${GREEN}: every employee exists once on the directory, linked, in the state the application holds;"
-	say "the 5 rejected contractors wait in the dead-letter queue; no operation was lost or ran twice.${OFF}"
+	say "the 5 rejected contractors wait in the dead-letter queue; no operation was lost or ran twice;"
+	say "an account the directory already had was linked, and a duplicate HR record took over nothing.${OFF}"
 else
 	say "${RED}${BOLD}FAILED${OFF}${RED}: the numbers do not add up:${OFF}"
 	for p in "${problems[@]}"; do say "  - $p"; done

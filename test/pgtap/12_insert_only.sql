@@ -126,7 +126,7 @@ $io$);
 SELECT is((SELECT n FROM dblink('io', 'SELECT public.seed()') AS t(n bigint)), 2000::bigint,
           'part 2: 2000 operations over 200 subjects committed');
 SELECT cmp_ok((SELECT r FROM dblink('io', 'CALL public.drain()') AS t(r int)), '<', 5000, 'part 2: the drain finishes');
-SELECT results_eq($$SELECT * FROM dblink('io', 'SELECT * FROM xprov.stats()')
+SELECT results_eq($$SELECT * FROM dblink('io', 'SELECT pending, in_progress, failed, dead_letter, completed, skipped, cancelled FROM xprov.stats()')
                          AS t(p bigint, ip bigint, f bigint, d bigint, c bigint, s bigint, x bigint)$$,
                   $$VALUES (0::bigint, 0::bigint, 0::bigint, 0::bigint, 1995::bigint, 3::bigint, 2::bigint)$$,
                   'part 2: fully drained: 1995 completed, 3 skipped, 2 cancelled');

@@ -24,7 +24,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 \endif
 
 BEGIN;
-SELECT plan(78);
+SELECT plan(79);
 \ir common.psql
 
 SELECT set_config('xtest.scim_url', :'scim_url', true) \g /dev/null
@@ -212,8 +212,10 @@ SELECT is(pg_temp.r('odd1')->'exchanges'->0->>'path',
 -- ---------------------------------------------------------------- ambiguous match
 SELECT FROM pg_temp.load('[{"userName": "amb1", "title": "twins"}, {"userName": "amb2", "title": "twins"}]');
 SELECT FROM pg_temp.run('amb', 'by_title', 'create', '{"userName": "amb3", "title": "twins"}');
-SELECT is(pg_temp.calls('amb') || ' ' || (pg_temp.r('amb')->>'outcome'), 'GET 200 dead',
-          'ambiguous match: dead, nothing posted or linked');
+SELECT is(pg_temp.calls('amb') || ' ' || (pg_temp.r('amb')->>'outcome'), 'GET 200 parked',
+          'ambiguous match: parked for a correlation case, nothing posted or linked');
+SELECT is(pg_temp.r('amb')->'case'->>'situation' || ' ' || jsonb_array_length(pg_temp.r('amb')->'case'->'candidates'),
+          'disputed 2', 'ambiguous match: the case is disputed between the two accounts found');
 SELECT matches(pg_temp.r('amb')->>'error', 'more than one account on the target has title "twins"',
                'ambiguous match: the error says so');
 SELECT is((SELECT count(*) FROM pg_temp.users('amb3')), 0::bigint, 'ambiguous match: no account created');

@@ -155,8 +155,8 @@ SELECT results_eq($$SELECT who, match_type FROM pg_temp.owner('c3', '{"emails": 
                   $$VALUES ('-', 'none')$$, 'a connector without rules matches nobody');
 
 -- an account already linked to an identity needs no correlation
-INSERT INTO xprov.account (lane_id, tenant_id, connector_id, object_class, identity_id, target_uid)
-VALUES (-1, pg_temp.id('t1'), pg_temp.id('c1'), 'user', pg_temp.id('alan'), 'acct-77');
+INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, identity_id, target_uid, lifecycle, situation)
+VALUES (pg_temp.id('t1'), pg_temp.id('c1'), 'user', pg_temp.id('alan'), 'acct-77', 'live', 'linked');
 SELECT results_eq($$SELECT who, confidence, match_type FROM pg_temp.owner('c1', '{"id": "acct-77", "emails": [{"value": "ada.lovelace@example.com"}]}')$$,
                   $$VALUES ('alan', 1.0000, 'existing_link')$$, 'an account linked before is its linked identity (existing_link)');
 
