@@ -113,7 +113,7 @@ static SavedPlan conceive_shadows = {
 	"       CASE WHEN x.identity_id IS NOT NULL THEN 'linked' END, "
 	"       (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb, x.attributes "
 	"  FROM x JOIN xprov.connector c ON c.id = x.connector_id "
-	" WHERE NOT EXISTS (SELECT 1 FROM xprov.shadow s WHERE s.lane_id = x.lane_id AND s.dead_at IS NULL) "
+	" WHERE (SELECT s.id FROM xprov.shadow s WHERE s.lane_id = x.lane_id AND s.dead_at IS NULL) IS NULL "
 	"ON CONFLICT DO NOTHING",
 	.nargs = 1,
 	.argtypes = {UUIDARRAYOID},
@@ -140,6 +140,24 @@ static SavedPlan bury_shadows = {
 };
 
 /*
+ * A create that will not run again (dead-lettered, skipped) made no
+ * account that xprov knows of: its conceived shadow dies.  A retry of the
+ * dead letter conceives a new one and correlates first as always.
+ */
+static SavedPlan abort_conceived = {
+	.sql =
+	"UPDATE xprov.shadow s SET lifecycle = 'tombstone', dead_at = now(), updated_at = now() "
+	" WHERE s.lane_id = (SELECT o.lane_id FROM xprov.op o WHERE o.id = $1) "
+	"   AND s.dead_at IS NULL AND s.lifecycle = 'conceived' AND s.target_uid IS NULL",
+	.nargs = 1,
+	.argtypes = {UUIDOID},
+};
+
+/*
+ * The statements below reach shadows only through per-row subqueries on
+ * their unique keys: as joins, a plan made while the table was small scans
+ * it whole for every batch (a million rows later, too).
+ *
  * Completed operations: the subject's shadow is live with the target's id,
  * the attributes provisioned merged into what it expected (a JSON null
  * removes one) and the account as the target answered.  An account alive on
@@ -152,16 +170,16 @@ static SavedPlan record_live_shadows = {
 	"  SELECT i.id, o.lane_id, o.tenant_id, o.connector_id, o.object_class, o.identity_id, i.uid, "
 	"         coalesce(i.sent::jsonb, o.attributes) AS attrs, "
 	"         CASE WHEN jsonb_typeof(i.observed) = 'object' THEN i.observed - 'linked' END AS observed, "
-	"         s.id AS shadow_id "
+	"         (SELECT s.id FROM xprov.shadow s "
+	"           WHERE s.lane_id = o.lane_id AND s.dead_at IS NULL) AS shadow_id, "
+	"         (SELECT t.id FROM xprov.shadow t "
+	"           WHERE t.connector_id = o.connector_id AND t.object_class = o.object_class "
+	"             AND t.target_uid = i.uid AND t.dead_at IS NULL) AS holder_id "
 	"    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS i(id, uid, sent, observed) "
 	"    JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = i.id) o ON true "
-	"    LEFT JOIN xprov.shadow s ON s.lane_id = o.lane_id AND s.dead_at IS NULL "
 	"   WHERE i.uid IS NOT NULL"
 	"), free AS ("
-	"  SELECT x.* FROM x WHERE NOT EXISTS ("
-	"    SELECT 1 FROM xprov.shadow t "
-	"     WHERE t.connector_id = x.connector_id AND t.object_class = x.object_class "
-	"       AND t.target_uid = x.uid AND t.dead_at IS NULL AND t.id IS DISTINCT FROM x.shadow_id)"
+	"  SELECT x.* FROM x WHERE x.holder_id IS NULL OR x.holder_id = x.shadow_id"
 	"), updated AS ("
 	"  UPDATE xprov.shadow s "
 	"     SET target_uid = f.uid, lifecycle = 'live', "
@@ -831,6 +849,18 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	record_shadows(work->ops, results + work->nnoop);
 }
 
+/* What an operation that will not run again leaves of its shadow. */
+static void
+record_dead_shadow(WorkOp *op)
+{
+	Datum		id = UUIDPGetDatum(&op->id);
+
+	if (op->outcome.gone)
+		execute_for_ids(&bury_shadows, &id, 1);
+	else if (op->type == OP_CREATE)
+		saved_plan_execute(&abort_conceived, &id, NULL, false, 0);
+}
+
 static void
 record_failure(WorkOp *op, int64 tag, int64 *failed)
 {
@@ -846,12 +876,8 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 							 outcome->retry_after_ms, outcome->http_status, hook_log_json(op), tag))
 			{
 				(*failed)++;
-				if (outcome->gone && !op->noop)
-				{
-					Datum		id = UUIDPGetDatum(&op->id);
-
-					execute_for_ids(&bury_shadows, &id, 1);
-				}
+				if (outcome->kind == OUTCOME_DEAD && !op->noop)
+					record_dead_shadow(op);
 			}
 			break;
 		case OUTCOME_PARKED:
@@ -860,7 +886,8 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 						 hook_log_json(op), tag);
 			break;
 		case OUTCOME_SKIPPED:
-			outcome_skip(&op->id, error, hook_log_json(op), tag);
+			if (outcome_skip(&op->id, error, hook_log_json(op), tag) && !op->noop)
+				record_dead_shadow(op);
 			break;
 		case OUTCOME_CONNECTOR:
 			if (outcome_release(&op->id,

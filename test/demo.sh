@@ -654,7 +654,7 @@ marie_uid=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id
 users_before=$(scim_stat users)
 say "The directory already has an account MARIE.CURIE (made by hand); HR now hires marie.curie,"
 say "and enters a colleague a second time as ${dup_of^^}:"
-q -v tenant="$TENANT" -v conn="$CONN" -v dup="${dup_of^^}" <<'SQL'
+q -v tenant="$TENANT" -v conn="$CONN" -v dup="${dup_of^^}" >/dev/null <<'SQL'
 WITH hired AS (
 	INSERT INTO app.employee (employee_no, kind, given_name, family_name, user_name, department, level, title)
 	VALUES ('E200001', 'employee', 'Marie', 'Curie', 'marie.curie', 'Research', 3, 'Physicist'),
