@@ -1292,15 +1292,7 @@ BEGIN
 
 	IF account ? 'id' THEN
 		-- an account linked before, or paired by a person, needs no correlation
-		SELECT s.identity_id INTO linked FROM xprov.shadow s
-		 WHERE s.connector_id = correlate_owner.connector_id AND s.object_class = correlate_owner.object_class
-		   AND s.target_uid = account ->> 'id' AND s.dead_at IS NULL AND s.identity_id IS NOT NULL;
-		IF linked IS NULL THEN
-			SELECT d.identity_id INTO linked FROM xprov.correlation_decision d
-			 WHERE d.connector_id = correlate_owner.connector_id AND d.object_class = correlate_owner.object_class
-			   AND d.target_uid = account ->> 'id' AND d.linked
-			 ORDER BY d.decided_at DESC LIMIT 1;
-		END IF;
+		linked := xprov._account_owner(connector_id, object_class, account ->> 'id');
 		IF linked IS NOT NULL THEN
 			RETURN QUERY SELECT linked, 1.0::float8, 'existing_link'::text,
 								jsonb_build_object('target_uid', account ->> 'id');
@@ -1468,12 +1460,6 @@ CREATE VIEW xprov.correlation_decisions AS
 		   d.case_id, d.decided_by, d.decided_at
 	  FROM xprov.correlation_decision d;
 
--- The worker's create path (see README "Correlation before a create").
--- Without found_uid: correlation in the database before the target is
--- called.  With found_uid: may the account the target's lookup found be
--- linked to the operation's identity?  Returns {"verdict": "create" | "link"
--- | "park" | "rejected", "uid", "match_type", "rejected": [uids], "case":
--- {situation, reason, candidates}}.
 -- Who an account belongs to: the owner of its live shadow, else the identity
 -- a person confirmed it for.  NULL: nobody.
 CREATE FUNCTION xprov._account_owner(connector_id uuid, object_class text, target_uid text)
@@ -1489,6 +1475,12 @@ AS $$
 		  ORDER BY d.decided_at DESC LIMIT 1))
 $$;
 
+-- The worker's create path (see README "Correlation before a create").
+-- Without found_uid: correlation in the database before the target is
+-- called.  With found_uid: may the account the target's lookup found be
+-- linked to the operation's identity?  Returns {"verdict": "create" | "link"
+-- | "park" | "rejected", "uid", "match_type", "case": {situation, reason,
+-- candidates}}.
 CREATE FUNCTION xprov._correlate_create(op_id uuid, attributes jsonb, found_uid text DEFAULT NULL,
 										found_account jsonb DEFAULT NULL)
 RETURNS jsonb
@@ -1512,7 +1504,7 @@ BEGIN
 	IF NOT FOUND OR o.identity_id IS NULL THEN
 		-- an account named only by its uid has nobody to correlate for
 		RETURN jsonb_build_object('verdict', CASE WHEN found_uid IS NULL THEN 'create' ELSE 'link' END,
-								  'uid', found_uid, 'rejected', '[]'::jsonb);
+								  'uid', found_uid);
 	END IF;
 	SELECT coalesce(array_agg(d.target_uid), '{}') INTO rejected FROM xprov.correlation_decision d
 	 WHERE d.connector_id = o.connector_id AND d.object_class = o.object_class
@@ -1520,14 +1512,14 @@ BEGIN
 
 	IF found_uid IS NOT NULL THEN
 		IF found_uid = ANY (rejected) THEN
-			RETURN jsonb_build_object('verdict', 'rejected', 'uid', found_uid, 'rejected', to_jsonb(rejected));
+			RETURN jsonb_build_object('verdict', 'rejected', 'uid', found_uid);
 		END IF;
 		other := xprov._account_owner(o.connector_id, o.object_class, found_uid);
 		IF other = o.identity_id THEN
 			other := NULL;
 		END IF;
 		IF other IS NOT NULL THEN
-			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+			RETURN jsonb_build_object('verdict', 'park', 'case', jsonb_build_object(
 				'situation', 'collision',
 				'reason', format('the target''s account %s matches, but it is linked to identity %s', found_uid, other),
 				'candidates', jsonb_build_array(jsonb_build_object(
@@ -1535,8 +1527,7 @@ BEGIN
 					'linked_identity', other,
 					'evidence', jsonb_build_object('found_by', 'target', 'account', found_account)))));
 		END IF;
-		RETURN jsonb_build_object('verdict', 'link', 'uid', found_uid, 'match_type', 'definite',
-								  'rejected', to_jsonb(rejected));
+		RETURN jsonb_build_object('verdict', 'link', 'uid', found_uid, 'match_type', 'definite');
 	END IF;
 
 	-- the subject's own account, or the identity's, needs no correlation
@@ -1545,8 +1536,7 @@ BEGIN
 	   AND s.target_uid IS NOT NULL AND (s.lane_id = o.lane_id OR s.identity_id = o.identity_id)
 	 ORDER BY s.lane_id = o.lane_id DESC LIMIT 1;
 	IF linked IS NOT NULL THEN
-		RETURN jsonb_build_object('verdict', 'link', 'uid', linked, 'match_type', 'existing_link',
-								  'rejected', to_jsonb(rejected));
+		RETURN jsonb_build_object('verdict', 'link', 'uid', linked, 'match_type', 'existing_link');
 	END IF;
 
 	-- a person's confirmed pairing
@@ -1558,7 +1548,7 @@ BEGIN
 	 ORDER BY d.decided_at DESC LIMIT 1;
 	IF FOUND THEN
 		IF decided.owner IS NOT NULL AND decided.owner <> o.identity_id THEN
-			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+			RETURN jsonb_build_object('verdict', 'park', 'case', jsonb_build_object(
 				'situation', 'collision',
 				'reason', format('account %s was confirmed for this identity, but it is now linked to identity %s',
 								 decided.target_uid, decided.owner),
@@ -1566,8 +1556,7 @@ BEGIN
 					'target_uid', decided.target_uid, 'confidence', 1.0, 'match_type', 'manual',
 					'linked_identity', decided.owner))));
 		END IF;
-		RETURN jsonb_build_object('verdict', 'link', 'uid', decided.target_uid, 'match_type', 'manual',
-								  'rejected', to_jsonb(rejected));
+		RETURN jsonb_build_object('verdict', 'link', 'uid', decided.target_uid, 'match_type', 'manual');
 	END IF;
 
 	-- the connector's rules against the shadows of other accounts
@@ -1591,11 +1580,10 @@ BEGIN
 			END IF;
 		END LOOP;
 		IF jsonb_array_length(matches) = 1 AND n_definite = 1 AND best_owner IS NULL THEN
-			RETURN jsonb_build_object('verdict', 'link', 'uid', best_uid, 'match_type', 'definite',
-									  'rejected', to_jsonb(rejected));
+			RETURN jsonb_build_object('verdict', 'link', 'uid', best_uid, 'match_type', 'definite');
 		END IF;
 		IF jsonb_array_length(matches) > 0 THEN
-			RETURN jsonb_build_object('verdict', 'park', 'rejected', to_jsonb(rejected), 'case', jsonb_build_object(
+			RETURN jsonb_build_object('verdict', 'park', 'case', jsonb_build_object(
 				'situation', CASE WHEN n_definite = 1 AND best_owner IS NOT NULL THEN 'collision' ELSE 'disputed' END,
 				'reason', CASE
 					WHEN n_definite = 1 AND best_owner IS NOT NULL
@@ -1606,7 +1594,7 @@ BEGIN
 				'candidates', matches));
 		END IF;
 	END IF;
-	RETURN jsonb_build_object('verdict', 'create', 'rejected', to_jsonb(rejected));
+	RETURN jsonb_build_object('verdict', 'create');
 END
 $$;
 

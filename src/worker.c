@@ -543,6 +543,16 @@ start_op(WorkOp *op)
 		step_op(op, NULL);
 }
 
+/* Whether the operation's protocol converges a linked account itself (scim2). */
+static bool
+links_by_itself(const WorkOp *op)
+{
+	const char *error;
+	Connector  *connector = dispatch_connector(&op->connector_id, &error);
+
+	return connector != NULL && connector->kind == CONNECTOR_SCIM2;
+}
+
 /*
  * The database answered: an uncertain create parks, a failed question is
  * the operation's failure, anything else goes on where it waited.  A create
@@ -577,12 +587,9 @@ resume_answered(void)
 		}
 		else
 		{
-			const char *error;
-			Connector  *connector = dispatch_connector(&op->connector_id, &error);
-
 			op->awaiting = AWAIT_NONE;
 			if (question == AWAIT_CORRELATION && op->verdict == VERDICT_LINK &&
-				connector != NULL && connector->kind != CONNECTOR_SCIM2)
+				!links_by_itself(op))
 			{
 				op->type = OP_UPDATE;
 				op->target_uid = op->link_uid;

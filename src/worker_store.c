@@ -94,6 +94,10 @@ static SavedPlan hook_accounts = {
 };
 
 /*
+ * The shadow statements reach shadows only by key (= ANY, or per-row
+ * subqueries on the unique keys): as joins, a plan made while the table was
+ * small scans it whole for every batch, a million rows later too.
+ *
  * A create about to be sent: its subject's shadow is conceived (a new one
  * unless one is alive; a proposed one, whose case was answered, moves on).
  * The insert yields to any live shadow of the subject or of its owner.
@@ -105,7 +109,8 @@ static SavedPlan conceive_shadows = {
 	"    JOIN LATERAL (SELECT * FROM xprov.op o WHERE o.id = i.id) o ON true"
 	"), woken AS ("
 	"  UPDATE xprov.shadow s SET lifecycle = 'conceived', updated_at = now() "
-	"    FROM x WHERE s.lane_id = x.lane_id AND s.dead_at IS NULL AND s.lifecycle = 'proposed'"
+	"   WHERE s.lane_id = ANY (ARRAY(SELECT x.lane_id FROM x)) "
+	"     AND s.dead_at IS NULL AND s.lifecycle = 'proposed'"
 	") "
 	"INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, lane_id, identity_id, "
 	"                          lifecycle, situation, exclusive, expected) "
@@ -154,10 +159,6 @@ static SavedPlan abort_conceived = {
 };
 
 /*
- * The statements below reach shadows only through per-row subqueries on
- * their unique keys: as joins, a plan made while the table was small scans
- * it whole for every batch (a million rows later, too).
- *
  * Completed operations: the subject's shadow is live with the target's id,
  * the attributes provisioned merged into what it expected (a JSON null
  * removes one) and the account as the target answered.  An account alive on
@@ -223,9 +224,11 @@ static SavedPlan shadow_conflict = {
 static SavedPlan replace_expected = {
 	.sql =
 	"UPDATE xprov.shadow s SET expected = x.attributes::jsonb, updated_at = now() "
-	"  FROM unnest($1::uuid[], $2::text[]) AS x(id, attributes) "
-	"  JOIN LATERAL (SELECT o.lane_id FROM xprov.op o WHERE o.id = x.id) o ON true "
-	" WHERE s.lane_id = o.lane_id AND s.dead_at IS NULL",
+	"  FROM (SELECT (SELECT t.id FROM xprov.shadow t "
+	"                 WHERE t.lane_id = (SELECT o.lane_id FROM xprov.op o WHERE o.id = i.id) "
+	"                   AND t.dead_at IS NULL) AS shadow_id, i.attributes "
+	"          FROM unnest($1::uuid[], $2::text[]) AS i(id, attributes)) x "
+	" WHERE s.id = x.shadow_id",
 	.nargs = 2,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID},
 };
