@@ -7,7 +7,10 @@
  */
 #include "postgres.h"
 
+#include "access/relation.h"
+#include "catalog/namespace.h"
 #include "nodes/parsenodes.h"
+#include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -15,12 +18,56 @@
 #include "claim_cursor.h"
 #include "spi_util.h"
 
+#define GROWING_TABLES 2
+
+/*
+ * Pages of the tables that grow from nothing under load.  The planner takes
+ * a vacuumed empty table at its word (0 pages), so a generic plan made then
+ * scans it whole for every key it looks up; its size is read on each call
+ * (an lseek per table), not from statistics.
+ */
+static void
+growing_tables_blocks(BlockNumber *blocks)
+{
+	static const char *const names[GROWING_TABLES] = {"op", "shadow"};
+	Oid			namespace = get_namespace_oid("xprov", true);
+
+	for (int i = 0; i < GROWING_TABLES; i++)
+	{
+		Oid			relid = OidIsValid(namespace) ? get_relname_relid(names[i], namespace) : InvalidOid;
+		Relation	rel = OidIsValid(relid) ? try_relation_open(relid, AccessShareLock) : NULL;
+
+		blocks[i] = 0;
+		if (rel == NULL)
+			continue;
+		blocks[i] = RelationGetNumberOfBlocks(rel);
+		relation_close(rel, AccessShareLock);
+	}
+}
+
+/* One table grown to more than twice its size at planning, and by 64 kB. */
+static bool
+outgrown(SavedPlan *plan, const BlockNumber *blocks)
+{
+	for (int i = 0; i < GROWING_TABLES; i++)
+		if (blocks[i] > 2 * plan->planned_blocks[i] + 8)
+			return true;
+	return false;
+}
+
 int
 saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 				   bool read_only, long count)
 {
+	BlockNumber blocks[GROWING_TABLES];
 	int			rc;
 
+	growing_tables_blocks(blocks);
+	if (plan->plan != NULL && outgrown(plan, blocks))
+	{
+		SPI_freeplan(plan->plan);
+		plan->plan = NULL;
+	}
 	if (plan->plan == NULL)
 	{
 		/*
@@ -37,6 +84,7 @@ saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 		if (SPI_keepplan(prepared) != 0)
 			elog(ERROR, "xprov: could not save prepared statement");
 		plan->plan = prepared;
+		memcpy(plan->planned_blocks, blocks, sizeof(plan->planned_blocks));
 	}
 
 	rc = SPI_execute_plan(plan->plan, values, nulls, read_only, count);

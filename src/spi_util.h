@@ -5,7 +5,8 @@
  *
  * Every hot-path statement is a SavedPlan: prepared on first use in a
  * backend, kept for its lifetime (the plan cache re-plans it when the
- * tables change).
+ * tables change), and prepared afresh once the queue and shadow tables have
+ * grown well past their size when it was made.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +23,7 @@ typedef struct SavedPlan
 	int			nargs;
 	Oid			argtypes[SAVED_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
+	BlockNumber planned_blocks[2];	/* queue and shadow pages when prepared */
 } SavedPlan;
 
 extern int	saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,

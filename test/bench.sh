@@ -823,7 +823,7 @@ start_nginx() {
     chmod 755 "$NGINX_DIR"
     cat >"$NGINX_DIR/nginx.conf" <<NGINX
 # xprov bench: a static SCIM sink. Every request (any method, PATCH included) gets 200 and
-# the same small User resource; keep-alive connections are never closed by the server.
+# a small User resource (with the id in the URL, if any); keep-alive connections are never closed by the server.
 worker_processes 1;
 daemon off;
 pid $NGINX_DIR/nginx.pid;
@@ -841,6 +841,12 @@ http {
     scgi_temp_path $NGINX_DIR/scgi;
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        # a resource's own id, as a real target answers (one id for all would make every
+        # update claim another's account, which shadows rightly refuse to record as live)
+        location ~ ^/scim/v2/Users/(?<uid>[A-Za-z0-9._-]+)\$ {
+            default_type application/scim+json;
+            return 200 '{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":"\$uid","userName":"bench"}';
+        }
         location / {
             default_type application/scim+json;
             return 200 '{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":"2819c223-7f76-453a-919d-413861904646","userName":"bench"}';
@@ -1434,5 +1440,5 @@ say "    worker commits once per batch (it records batch k in the transaction th
 say "  - Pickup latency: op_result.started_at (lease time) - op.created_at (start of the enqueue transaction, which"
 say "    commits at once); the baseline's is its claim transaction's start - the job's created_at."
 say "  - HTTP drain baseline: curl --parallel (libcurl multi, like xprov) sending the same PATCH to the same sink;"
-say "    the sink answers every PATCH with the same User id, so every account xprov links gets that target uid."
+say "    the sink answers each PATCH with the User id of its URL, as a real target does."
 exit 0
