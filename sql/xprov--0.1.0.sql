@@ -1801,3 +1801,989 @@ BEGIN
 	RETURN 'collision';
 END
 $$;
+
+-- Reconciliation (issue 6) --------------------------------------------------
+--
+-- xprov.reconcile() records a run; the reconciler (a background process the
+-- launcher keeps beside the workers) executes it phase by phase, each phase
+-- step in its own transaction and none open across HTTP:
+--   operation_completion  wait (30 s at most) for the connector's requests in
+--                         flight; shadows whose subject still has unfinished
+--                         operations are left to them, not diffed
+--   listing               page through the target into reconciliation_item,
+--                         each page committed with the run's checkpoint (the
+--                         next page), so a restarted reconciler goes on there
+--   diff                  one set-based comparison of the listing with the
+--                         live shadows and the identity source
+--   reactions             the planned actions; preview stops here, apply
+--                         checks the mass-change threshold (paused) and
+--                         turns actions into queue operations or shadow changes
+-- A listing that fails (after retries) fails the run before any diff: a
+-- partial listing never yields "missing" accounts.
+
+CREATE TABLE xprov.reconciliation_run (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	connector_id uuid NOT NULL,
+	object_class text NOT NULL,
+	mode		text NOT NULL CHECK (mode IN ('apply', 'preview')),
+	status		text NOT NULL DEFAULT 'pending'
+				CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'paused')),
+	phase		text NOT NULL DEFAULT 'operation_completion'
+				CHECK (phase IN ('operation_completion', 'listing', 'diff', 'reactions', 'finalization')),
+	page_cursor	text,					-- the next page: SCIM startIndex, REST cursor; NULL: the first
+	pages		integer NOT NULL DEFAULT 0,
+	listed		bigint NOT NULL DEFAULT 0,	-- accounts staged
+	announced	bigint,					-- SCIM totalResults on the first page
+	passes		integer NOT NULL DEFAULT 1,	-- listings made (a second when paging slipped)
+	processed	bigint NOT NULL DEFAULT 0,
+	total		bigint,
+	statistics	jsonb NOT NULL DEFAULT '{}',
+	error		text,
+	cancel_requested boolean NOT NULL DEFAULT false,
+	restarts	integer NOT NULL DEFAULT 0,	-- times a reconciler took the run up again
+	approved_by	text,
+	approved_at	timestamptz,
+	requested_by text NOT NULL DEFAULT current_user,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	started_at	timestamptz,
+	listing_started_at timestamptz,
+	listing_ms	double precision,
+	diff_ms		double precision,
+	finished_at	timestamptz
+);
+-- one run at a time per connector and object class
+CREATE UNIQUE INDEX reconciliation_run_active ON xprov.reconciliation_run (connector_id, object_class)
+	WHERE status IN ('pending', 'running', 'paused');
+CREATE INDEX reconciliation_run_todo ON xprov.reconciliation_run (created_at)
+	WHERE status IN ('pending', 'running');
+
+-- The listing of a run; removed when the run ends.
+CREATE TABLE xprov.reconciliation_item (
+	run_id		uuid NOT NULL,
+	target_uid	text NOT NULL,
+	identity_id	uuid,					-- REST: the owner the target reports
+	attributes	jsonb NOT NULL,
+	PRIMARY KEY (run_id, target_uid)
+);
+
+CREATE TABLE xprov.discrepancy (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	run_id		uuid NOT NULL,
+	tenant_id	uuid NOT NULL,
+	type		text NOT NULL CHECK (type IN ('missing', 'orphan', 'unlinked', 'disputed', 'collision',
+											   'mismatch', 'unqualified')),
+	shadow_id	uuid,
+	target_uid	text,
+	identity_id	uuid,					-- the owner: linked, or found by correlation
+	differences	jsonb,					-- mismatch: {attribute: {"expected": .., "actual": ..}}
+	candidates	jsonb,					-- disputed, collision: owners correlation proposed
+	attributes	jsonb,					-- the account as listed
+	action		text NOT NULL,
+	status		text NOT NULL DEFAULT 'planned'
+				CHECK (status IN ('planned', 'applied', 'reported', 'cancelled')),
+	operation_id uuid,					-- the queue operation that carries the action
+	case_id		uuid,					-- the correlation case opened for it
+	created_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX discrepancy_run ON xprov.discrepancy (run_id, type);
+
+CREATE TABLE xprov.reaction (
+	connector_id uuid NOT NULL,
+	discrepancy_type text NOT NULL,
+	action		text NOT NULL,
+	tenant_id	uuid NOT NULL,
+	updated_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (connector_id, discrepancy_type)
+);
+
+CREATE TABLE xprov.reconciliation_threshold (
+	connector_id uuid PRIMARY KEY,
+	tenant_id	uuid NOT NULL,
+	max_actions	integer CHECK (max_actions >= 0),
+	max_percent	double precision CHECK (max_percent >= 0 AND max_percent <= 100)
+);
+
+-- Which actions make sense for which discrepancy: 'report' for all.
+CREATE FUNCTION xprov._reaction_actions(discrepancy_type text)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE discrepancy_type
+		WHEN 'missing' THEN ARRAY['report', 'create', 'accept']
+		WHEN 'orphan' THEN ARRAY['report', 'disable', 'delete']
+		WHEN 'unlinked' THEN ARRAY['report', 'link']
+		WHEN 'disputed' THEN ARRAY['report']
+		WHEN 'collision' THEN ARRAY['report', 'disable', 'delete']
+		WHEN 'mismatch' THEN ARRAY['report', 'update', 'accept']
+		WHEN 'unqualified' THEN ARRAY['report', 'disable', 'delete']
+	END
+$$;
+
+CREATE VIEW xprov.reactions AS
+	SELECT c.tenant_id, c.id AS connector_id, t.type AS discrepancy_type,
+		   coalesce(r.action, 'report') AS action, r.action IS NULL AS is_default,
+		   xprov._reaction_actions(t.type) AS allowed_actions
+	  FROM xprov.connector c
+	 CROSS JOIN unnest(ARRAY['missing', 'orphan', 'unlinked', 'disputed', 'collision', 'mismatch',
+							 'unqualified']) t(type)
+	  LEFT JOIN xprov.reaction r ON r.connector_id = c.id AND r.discrepancy_type = t.type;
+
+CREATE VIEW xprov.reconciliation_runs AS
+	SELECT r.id, r.tenant_id, r.connector_id, c.name AS connector, r.object_class, r.mode, r.status,
+		   r.phase, r.processed, r.total,
+		   r.statistics || jsonb_build_object(
+				'accounts_total', CASE WHEN r.phase IN ('reactions', 'finalization') OR r.status = 'completed'
+									   THEN r.listed ELSE r.announced END,
+				'accounts_processed', r.listed, 'pages', r.pages, 'listing_passes', r.passes,
+				'restarts', r.restarts) AS statistics,
+		   r.error, r.cancel_requested, r.approved_by, r.approved_at, r.requested_by,
+		   r.created_at, r.started_at, r.finished_at,
+		   coalesce(r.finished_at, now()) - r.started_at AS duration
+	  FROM xprov.reconciliation_run r
+	  JOIN xprov.connector c ON c.id = r.connector_id;
+
+CREATE VIEW xprov.discrepancies AS
+	SELECT d.id, d.run_id, d.tenant_id, r.connector_id, r.object_class, d.type, d.shadow_id, d.target_uid,
+		   d.identity_id, d.differences, d.candidates, d.action, d.status, d.operation_id,
+		   (SELECT o.status FROM xprov.operations o WHERE o.id = d.operation_id) AS operation_status,
+		   d.case_id, d.attributes, d.created_at
+	  FROM xprov.discrepancy d
+	  JOIN xprov.reconciliation_run r ON r.id = d.run_id;
+
+-- The connector of a run-level call, after the tenant-context check: the
+-- session setting xprov.tenant_id must name the connector's tenant.
+CREATE FUNCTION xprov._tenant_connector(connector_id uuid)
+RETURNS xprov.connector
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector;
+	context text := nullif(current_setting('xprov.tenant_id', true), '');
+BEGIN
+	IF connector_id IS NULL THEN
+		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO c FROM xprov.connector x WHERE x.id = _tenant_connector.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF context IS NULL THEN
+		RAISE EXCEPTION 'no tenant context: xprov.tenant_id is not set'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Reconciliation acts for one tenant and needs to know which.',
+				  HINT = format('SET xprov.tenant_id = %L (the connector''s tenant) first.', c.tenant_id);
+	END IF;
+	IF context !~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+	   OR context::uuid <> c.tenant_id THEN
+		RAISE EXCEPTION 'connector % does not belong to the tenant in context', connector_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('xprov.tenant_id is %s.', context),
+				  HINT = 'Set xprov.tenant_id to the connector''s tenant.';
+	END IF;
+	RETURN c;
+END
+$$;
+
+CREATE FUNCTION xprov._wake_reconciler()
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_wake_reconciler'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION xprov.reconcile(connector_id uuid, object_class text DEFAULT 'user', mode text DEFAULT 'apply')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector := xprov._tenant_connector(connector_id);
+	active xprov.reconciliation_run;
+	new_id uuid;
+BEGIN
+	IF object_class IS NULL OR btrim(object_class) = '' THEN
+		RAISE EXCEPTION 'object_class must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF mode IS NULL OR mode NOT IN ('apply', 'preview') THEN
+		RAISE EXCEPTION 'unknown reconciliation mode "%"', mode
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use apply or preview.';
+	END IF;
+	IF c.kind NOT IN ('scim2', 'rest') THEN
+		RAISE EXCEPTION 'connector % (%) cannot list its accounts', c.name, c.kind
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Only scim2 and rest connectors can be reconciled.';
+	END IF;
+	SELECT * INTO active FROM xprov.reconciliation_run r
+	 WHERE r.connector_id = c.id AND r.object_class = reconcile.object_class
+	   AND r.status IN ('pending', 'running', 'paused');
+	IF FOUND THEN
+		RAISE EXCEPTION 'a reconciliation of connector % (%) is already %', c.name, reconcile.object_class,
+						active.status
+			USING ERRCODE = 'object_in_use',
+				  DETAIL = format('Run %s was requested at %s.', active.id, active.created_at),
+				  HINT = 'Wait for it with xprov.wait_run(), or cancel it with xprov.cancel_run().';
+	END IF;
+	INSERT INTO xprov.reconciliation_run AS r (tenant_id, connector_id, object_class, mode)
+	VALUES (c.tenant_id, c.id, reconcile.object_class, reconcile.mode)
+	RETURNING r.id INTO new_id;
+	PERFORM xprov._wake_reconciler();
+	RETURN new_id;
+END
+$$;
+
+CREATE FUNCTION xprov.reconcile_preview(connector_id uuid, object_class text DEFAULT 'user')
+RETURNS uuid
+LANGUAGE sql
+SET search_path = pg_catalog
+AS $$
+	SELECT xprov.reconcile(connector_id, object_class, 'preview')
+$$;
+
+-- Waits for a run to finish, or to pause for approval; returns its status
+-- (the current one when the timeout passes first).  Each look takes a new
+-- snapshot, so call it in READ COMMITTED.
+CREATE FUNCTION xprov.wait_run(run_id uuid, timeout interval DEFAULT '5 minutes')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + coalesce(timeout, '5 minutes');
+	st text;
+	nap double precision := 0.01;
+BEGIN
+	IF run_id IS NULL THEN
+		RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOOP
+		SELECT r.status INTO st FROM xprov.reconciliation_run r WHERE r.id = wait_run.run_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'reconciliation run % does not exist', run_id USING ERRCODE = 'undefined_object';
+		END IF;
+		EXIT WHEN st IN ('completed', 'failed', 'cancelled', 'paused') OR clock_timestamp() >= deadline;
+		PERFORM pg_sleep(least(nap, greatest(extract(epoch FROM deadline - clock_timestamp()), 0)::float8));
+		nap := least(nap * 2, 0.2);
+	END LOOP;
+	RETURN st;
+END
+$$;
+
+-- The run, locked, after the tenant-context check.
+CREATE FUNCTION xprov._tenant_run(run_id uuid)
+RETURNS xprov.reconciliation_run
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+BEGIN
+	IF run_id IS NULL THEN
+		RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _tenant_run.run_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'reconciliation run % does not exist', run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM xprov._tenant_connector(r.connector_id);
+	RETURN r;
+END
+$$;
+
+CREATE FUNCTION xprov.cancel_run(run_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run := xprov._tenant_run(run_id);
+BEGIN
+	IF r.status IN ('completed', 'failed', 'cancelled') THEN
+		RAISE EXCEPTION 'reconciliation run % is already %', run_id, r.status
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF r.status = 'running' THEN
+		-- the reconciler stops at its next checkpoint
+		UPDATE xprov.reconciliation_run x SET cancel_requested = true WHERE x.id = r.id;
+		PERFORM xprov._wake_reconciler();
+	ELSE
+		PERFORM xprov._recon_finish(r.id, 'cancelled', NULL);
+	END IF;
+END
+$$;
+
+CREATE FUNCTION xprov.approve_run(run_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run := xprov._tenant_run(run_id);
+BEGIN
+	IF r.status <> 'paused' THEN
+		RAISE EXCEPTION 'reconciliation run % is not paused: it is %', run_id, r.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Only a run paused by its mass-change threshold waits for approval.';
+	END IF;
+	UPDATE xprov.reconciliation_run x
+	   SET status = 'pending', approved_by = current_user, approved_at = now()
+	 WHERE x.id = r.id;
+	PERFORM xprov._wake_reconciler();
+END
+$$;
+
+CREATE FUNCTION xprov.set_reaction(connector_id uuid, discrepancy_type text, action text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector;
+	allowed text[] := xprov._reaction_actions(discrepancy_type);
+BEGIN
+	IF connector_id IS NULL OR discrepancy_type IS NULL OR action IS NULL THEN
+		RAISE EXCEPTION 'connector_id, discrepancy_type and action must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_reaction.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF allowed IS NULL THEN
+		RAISE EXCEPTION 'unknown discrepancy type "%"', discrepancy_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Types are missing, orphan, unlinked, disputed, collision, mismatch and unqualified.';
+	END IF;
+	IF NOT action = ANY (allowed) THEN
+		RAISE EXCEPTION 'action "%" does not apply to % accounts', action, discrepancy_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('For %s: %s.', discrepancy_type, array_to_string(allowed, ', '));
+	END IF;
+	INSERT INTO xprov.reaction AS r (connector_id, discrepancy_type, action, tenant_id)
+	VALUES (c.id, discrepancy_type, action, c.tenant_id)
+	ON CONFLICT ON CONSTRAINT reaction_pkey DO UPDATE SET action = excluded.action, updated_at = now();
+END
+$$;
+
+-- A run pauses for approval when it would act (anything but report) on more
+-- than max_actions accounts, or on more than max_percent of the accounts
+-- listed; NULL turns a limit off.  Without a row: 1,000 and 50 %.
+CREATE FUNCTION xprov.set_reconciliation_threshold(connector_id uuid, max_actions integer,
+												   max_percent double precision DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector;
+BEGIN
+	IF connector_id IS NULL THEN
+		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF max_actions < 0 OR max_percent < 0 OR max_percent > 100 THEN
+		RAISE EXCEPTION 'thresholds out of range: max_actions % and max_percent %', max_actions, max_percent
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'max_actions is a count >= 0, max_percent a percentage from 0 to 100; NULL turns one off.';
+	END IF;
+	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_reconciliation_threshold.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	INSERT INTO xprov.reconciliation_threshold AS t (connector_id, tenant_id, max_actions, max_percent)
+	VALUES (c.id, c.tenant_id, max_actions, max_percent)
+	ON CONFLICT ON CONSTRAINT reconciliation_threshold_pkey
+	DO UPDATE SET max_actions = excluded.max_actions, max_percent = excluded.max_percent;
+END
+$$;
+
+CREATE VIEW xprov.reconciliation_thresholds AS
+	SELECT c.tenant_id, c.id AS connector_id,
+		   CASE WHEN t.connector_id IS NULL THEN 1000 ELSE t.max_actions END AS max_actions,
+		   CASE WHEN t.connector_id IS NULL THEN 50 ELSE t.max_percent END AS max_percent
+	  FROM xprov.connector c
+	  LEFT JOIN xprov.reconciliation_threshold t ON t.connector_id = c.id;
+
+-- The reconciler's steps -------------------------------------------------------
+
+-- The next run to work on (the oldest pending or running one), marked
+-- running.  A run found running that the caller was not working on was left
+-- by a reconciler that stopped: it goes on from its checkpoint.
+CREATE FUNCTION xprov._recon_next(current_run uuid)
+RETURNS TABLE (run_id uuid, connector_id uuid, object_class text, phase text, page_cursor text,
+			   cancel_requested boolean, kind text, name text, base_url text, config text, enabled boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x
+	 WHERE x.status IN ('pending', 'running')
+	 ORDER BY x.id IS DISTINCT FROM current_run, x.created_at
+	 LIMIT 1 FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	UPDATE xprov.reconciliation_run x
+	   SET status = 'running', started_at = coalesce(x.started_at, now()),
+		   restarts = x.restarts + CASE WHEN r.status = 'running' AND r.id IS DISTINCT FROM current_run
+										THEN 1 ELSE 0 END
+	 WHERE x.id = r.id;
+	RETURN QUERY
+		SELECT r.id, r.connector_id, r.object_class, r.phase, r.page_cursor, r.cancel_requested,
+			   c.kind, c.name, c.base_url, c.config::text, c.enabled
+		  FROM xprov.connector c WHERE c.id = r.connector_id;
+END
+$$;
+
+-- Ends a run: its status, its error, the final statistics; the listing goes.
+CREATE FUNCTION xprov._recon_finish(run_id uuid, status text, error text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+	secs double precision;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_finish.run_id FOR UPDATE;
+	secs := extract(epoch FROM clock_timestamp() - coalesce(r.started_at, r.created_at));
+	UPDATE xprov.reconciliation_run x
+	   SET status = _recon_finish.status, error = _recon_finish.error, finished_at = clock_timestamp(),
+		   phase = CASE WHEN _recon_finish.status = 'completed' THEN 'finalization' ELSE x.phase END,
+		   statistics = x.statistics || jsonb_build_object(
+				'duration_ms', round((secs * 1000)::numeric, 1),
+				'listing_ms', round(x.listing_ms::numeric, 1), 'diff_ms', round(x.diff_ms::numeric, 1),
+				'accounts_per_second', CASE WHEN secs > 0 THEN round((x.listed / secs)::numeric, 1) END)
+	 WHERE x.id = r.id;
+	IF _recon_finish.status IN ('cancelled', 'failed') THEN
+		UPDATE xprov.discrepancy d SET status = 'cancelled' WHERE d.run_id = r.id AND d.status = 'planned';
+	END IF;
+	DELETE FROM xprov.reconciliation_item i WHERE i.run_id = r.id;
+END
+$$;
+
+-- operation_completion: true once the connector has no request in flight
+-- (or 30 s have passed: shadows still busy are then left out of the diff).
+CREATE FUNCTION xprov._recon_settle(run_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+	busy bigint;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_settle.run_id FOR UPDATE;
+	SELECT count(*) INTO busy FROM xprov.lane l WHERE l.connector_id = r.connector_id AND l.state = 'l';
+	IF busy > 0 AND clock_timestamp() < r.started_at + interval '30 seconds' THEN
+		RETURN false;
+	END IF;
+	UPDATE xprov.reconciliation_run x
+	   SET phase = 'listing', listing_started_at = clock_timestamp(),
+		   statistics = x.statistics || jsonb_build_object('in_flight_at_listing', busy)
+	 WHERE x.id = r.id;
+	RETURN true;
+END
+$$;
+
+-- listing: one page of the target's answer, staged with the run's
+-- checkpoint.  Returns the next page's cursor, NULL when the listing is
+-- complete.  A SCIM listing whose paging slipped (totalResults changed, or
+-- fewer accounts staged than announced) is made a second time: staging
+-- keeps what the first pass saw, so an account skipped by shifting offsets
+-- is not taken for missing.
+CREATE FUNCTION xprov._recon_page(run_id uuid, body text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+	kind text;
+	doc jsonb := body::jsonb;
+	list jsonb;
+	announced_now bigint;
+	start bigint;
+	n integer;
+	added bigint;
+	next_cursor text;
+	slipped boolean;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_page.run_id FOR UPDATE;
+	SELECT c.kind INTO kind FROM xprov.connector c WHERE c.id = r.connector_id;
+	IF jsonb_typeof(doc) <> 'object' THEN
+		RAISE EXCEPTION 'the list page is not a JSON object' USING ERRCODE = 'invalid_text_representation';
+	END IF;
+	list := coalesce(doc -> CASE WHEN kind = 'scim2' THEN 'Resources' ELSE 'items' END, '[]');
+	IF jsonb_typeof(list) <> 'array' THEN
+		RAISE EXCEPTION 'the list page has no array of accounts' USING ERRCODE = 'invalid_text_representation';
+	END IF;
+	n := jsonb_array_length(list);
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(list) e
+				WHERE jsonb_typeof(e -> CASE WHEN kind = 'scim2' THEN 'id' ELSE 'uid' END)
+					  IS DISTINCT FROM 'string') THEN
+		RAISE EXCEPTION 'the list page has an account without an id' USING ERRCODE = 'invalid_text_representation';
+	END IF;
+
+	IF kind = 'scim2' THEN
+		INSERT INTO xprov.reconciliation_item (run_id, target_uid, attributes)
+		SELECT r.id, e ->> 'id', e FROM jsonb_array_elements(list) e
+		ON CONFLICT DO NOTHING;
+		GET DIAGNOSTICS added = ROW_COUNT;
+		announced_now := (doc ->> 'totalResults')::bigint;
+		start := coalesce(r.page_cursor::bigint, 1);
+		slipped := coalesce((r.statistics ->> 'paging_slipped')::boolean, false)
+				   OR (r.announced IS NOT NULL AND announced_now IS DISTINCT FROM r.announced);
+		IF n > 0 AND announced_now IS NOT NULL AND start + n <= announced_now THEN
+			next_cursor := (start + n)::text;
+		ELSIF n > 0 AND announced_now IS NULL THEN
+			next_cursor := (start + n)::text;		-- no total announced: until an empty page
+		ELSIF r.passes < 2 AND (slipped OR r.listed + added < coalesce(announced_now, 0)) THEN
+			next_cursor := '1';
+			UPDATE xprov.reconciliation_run x SET passes = x.passes + 1 WHERE x.id = r.id;
+		END IF;
+	ELSE
+		INSERT INTO xprov.reconciliation_item (run_id, target_uid, identity_id, attributes)
+		SELECT r.id, e ->> 'uid',
+			   CASE WHEN e ->> 'identity_id' ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+					THEN (e ->> 'identity_id')::uuid END,
+			   coalesce(e -> 'attributes', '{}')
+		  FROM jsonb_array_elements(list) e
+		ON CONFLICT DO NOTHING;
+		GET DIAGNOSTICS added = ROW_COUNT;
+		next_cursor := doc ->> 'next_cursor';
+	END IF;
+
+	UPDATE xprov.reconciliation_run x
+	   SET pages = x.pages + 1, listed = x.listed + added, processed = x.listed + added,
+		   announced = coalesce(x.announced, announced_now), total = coalesce(x.announced, announced_now),
+		   page_cursor = next_cursor,
+		   statistics = x.statistics || jsonb_build_object('paging_slipped', coalesce(slipped, false)),
+		   phase = CASE WHEN next_cursor IS NULL THEN 'diff' ELSE x.phase END,
+		   listing_ms = CASE WHEN next_cursor IS NULL
+							 THEN extract(epoch FROM clock_timestamp() - x.listing_started_at) * 1000 END
+	 WHERE x.id = r.id;
+	RETURN next_cursor;
+END
+$$;
+
+-- One correlation rule as a join of the unowned listed accounts
+-- (pg_temp.recon_unowned, alias u) with the identity source (alias i):
+-- target_uid, identity_id and the rule's confidence (product of its items'
+-- scores).  The set-based twin of _rule_query's owner direction.
+CREATE FUNCTION xprov._rule_join(src xprov.identity_source, items jsonb, tenant uuid)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	item jsonb;
+	v text;
+	expr text;
+	conds text[] := '{}';
+	scores text[] := '{}';
+	trgm text := xprov._trgm_schema();
+BEGIN
+	FOR item IN SELECT e.value FROM jsonb_array_elements(items) e LOOP
+		v := format('xprov._account_value(u.attributes, %L)', item ->> 'target');
+		expr := xprov._identity_expr(src, item ->> 'identity');
+		IF expr IS NULL THEN
+			RAISE EXCEPTION 'the identity source % no longer has attribute %', src.relation, item ->> 'identity'
+				USING ERRCODE = 'undefined_column';
+		END IF;
+		CASE item ->> 'match'
+			WHEN 'exact' THEN
+				conds := conds || format('%s = %s', expr, v);
+				scores := scores || '1'::text;
+			WHEN 'case_insensitive' THEN
+				conds := conds || format('lower(%s) = lower(%s)', expr, v);
+				scores := scores || '1'::text;
+			WHEN 'normalized' THEN
+				conds := conds || format('xprov.normalize_text(%s) = xprov.normalize_text(%s)', expr, v);
+				scores := scores || '1'::text;
+			ELSE
+				IF trgm IS NULL THEN
+					RAISE EXCEPTION 'fuzzy matching needs the pg_trgm extension'
+						USING ERRCODE = 'feature_not_supported', HINT = 'CREATE EXTENSION pg_trgm;';
+				END IF;
+				conds := conds || format('%1$s OPERATOR(%2$I.%%) %3$s AND %2$I.similarity(%1$s, %3$s) >= %4$s',
+										 expr, trgm, v, coalesce((item ->> 'min_score')::float8, 0.5));
+				scores := scores || format('%I.similarity(%s, %s)', trgm, expr, v);
+		END CASE;
+	END LOOP;
+	RETURN format('SELECT u.target_uid, i.%I::uuid AS identity_id, (%s)::float8 AS conf '
+				  'FROM pg_temp.recon_unowned u JOIN %s i ON %s%s',
+				  src.id_column, array_to_string(scores, ' * '), src.relation,
+				  CASE WHEN src.tenant_column IS NOT NULL THEN format('i.%I = %L AND ', src.tenant_column, tenant) END,
+				  array_to_string(conds, ' AND '));
+END
+$$;
+
+-- Owners of the unowned listed accounts, into pg_temp.recon_score: confirmed
+-- decisions and owners the target reports count as certain; then the rules,
+-- tier by tier, each later tier only for accounts without a single definite
+-- owner yet.  Rejected pairings are never proposed.
+CREATE FUNCTION xprov._recon_correlate(r xprov.reconciliation_run, src xprov.identity_source,
+									   definite double precision)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	t integer;
+	rule xprov.correlation_rule;
+	q text;
+	min_fuzzy double precision;
+	saved_threshold text;
+BEGIN
+	INSERT INTO pg_temp.recon_score
+	SELECT u.target_uid, d.identity_id, 1.0, jsonb_build_object('decision', 'confirmed', 'case', d.case_id)
+	  FROM pg_temp.recon_unowned u
+	  JOIN xprov.correlation_decision d ON d.connector_id = r.connector_id AND d.object_class = r.object_class
+									   AND d.target_uid = u.target_uid AND d.linked;
+	INSERT INTO pg_temp.recon_score
+	SELECT u.target_uid, u.reported_owner, 1.0, jsonb_build_object('reported_by_target', true)
+	  FROM pg_temp.recon_unowned u WHERE u.reported_owner IS NOT NULL;
+	IF src.relation IS NULL THEN
+		RETURN;
+	END IF;
+
+	FOR t IN SELECT DISTINCT cr.tier FROM xprov.correlation_rule cr
+			  WHERE cr.connector_id = r.connector_id AND cr.object_class = r.object_class AND cr.enabled
+			  ORDER BY cr.tier LOOP
+		-- accounts settled by the tiers before this one leave the search
+		DELETE FROM pg_temp.recon_unowned u
+		 WHERE (SELECT count(*) FROM (SELECT s.identity_id FROM pg_temp.recon_score s
+									   WHERE s.target_uid = u.target_uid
+									   GROUP BY s.identity_id HAVING sum(s.score) >= definite) x) = 1;
+		FOR rule IN SELECT * FROM xprov.correlation_rule cr
+					 WHERE cr.connector_id = r.connector_id AND cr.object_class = r.object_class
+					   AND cr.enabled AND cr.tier = t
+					 ORDER BY cr.created_at, cr.id LOOP
+			q := xprov._rule_join(src, rule.items, r.tenant_id);
+			SELECT min(coalesce((e ->> 'min_score')::float8, 0.5)) INTO min_fuzzy
+			  FROM jsonb_array_elements(rule.items) e WHERE e ->> 'match' = 'fuzzy';
+			IF min_fuzzy IS NOT NULL THEN
+				saved_threshold := current_setting('pg_trgm.similarity_threshold', true);
+				PERFORM set_config('pg_trgm.similarity_threshold', min_fuzzy::text, true);
+			END IF;
+			EXECUTE format(
+				'INSERT INTO pg_temp.recon_score '
+				'SELECT m.target_uid, m.identity_id, %s * m.conf, '
+				'       jsonb_build_object(''rule'', %L::uuid, ''name'', %L::text, ''tier'', %s, ''confidence'', m.conf) '
+				'  FROM (%s) m '
+				' WHERE NOT EXISTS (SELECT 1 FROM xprov.correlation_decision d '
+				'                    WHERE d.connector_id = %L AND d.object_class = %L '
+				'                      AND d.target_uid = m.target_uid AND d.identity_id = m.identity_id '
+				'                      AND NOT d.linked)',
+				rule.weight, rule.id, rule.name, rule.tier, q, r.connector_id, r.object_class);
+			IF min_fuzzy IS NOT NULL THEN
+				PERFORM set_config('pg_trgm.similarity_threshold', coalesce(saved_threshold, '0.3'), true);
+			END IF;
+		END LOOP;
+	END LOOP;
+END
+$$;
+
+-- diff: the listing against the live shadows and the identity source, all
+-- set-based, into xprov.discrepancy with each one's planned action.
+CREATE FUNCTION xprov._recon_diff(run_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+	src xprov.identity_source;
+	acts jsonb;
+	definite double precision;
+	candidate double precision;
+	t0 timestamptz := clock_timestamp();
+	busy bigint;
+	counts jsonb;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_diff.run_id FOR UPDATE;
+	SELECT * INTO src FROM xprov.identity_source s WHERE s.tenant_id = r.tenant_id;
+	SELECT coalesce(jsonb_object_agg(x.discrepancy_type, x.action), '{}') INTO acts
+	  FROM xprov.reaction x WHERE x.connector_id = r.connector_id;
+	SELECT t.definite, t.candidate INTO definite, candidate
+	  FROM xprov.correlation_threshold t WHERE t.connector_id = r.connector_id;
+	definite := coalesce(definite, 1.0);
+	candidate := coalesce(candidate, 0.0);
+	DELETE FROM xprov.discrepancy d WHERE d.run_id = r.id;
+
+	-- Live shadows, each marked judged unless operations of its subject are
+	-- unfinished (those operations will change it; the diff leaves it be).
+	CREATE TEMP TABLE recon_shadow ON COMMIT DROP AS
+	SELECT s.id, s.target_uid, s.identity_id, s.lane_id, s.expected, s.created_at,
+		   s.lifecycle = 'live' AND NOT EXISTS (SELECT 1 FROM xprov.lane l
+												 WHERE l.lane_id = s.lane_id AND l.state <> 'i') AS judged
+	  FROM xprov.shadow s
+	 WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
+	   AND s.dead_at IS NULL AND s.target_uid IS NOT NULL;
+	SELECT count(*) INTO busy FROM pg_temp.recon_shadow WHERE NOT judged;
+
+	CREATE TEMP TABLE recon_pair ON COMMIT DROP AS
+	SELECT i.target_uid, i.attributes, i.identity_id AS reported_owner,
+		   s.id AS shadow_id, s.identity_id, s.expected, coalesce(s.judged, true) AS judged,
+		   false AS gone
+	  FROM xprov.reconciliation_item i
+	  LEFT JOIN pg_temp.recon_shadow s ON s.target_uid = i.target_uid
+	 WHERE i.run_id = r.id;
+
+	-- missing: a live shadow older than the listing whose account was not listed
+	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, action)
+	SELECT r.id, r.tenant_id, 'missing', s.id, s.target_uid, s.identity_id, coalesce(acts ->> 'missing', 'report')
+	  FROM pg_temp.recon_shadow s
+	 WHERE s.judged AND s.created_at < r.listing_started_at
+	   AND NOT EXISTS (SELECT 1 FROM xprov.reconciliation_item i
+						WHERE i.run_id = r.id AND i.target_uid = s.target_uid);
+
+	-- unqualified: a linked account whose identity is gone from the identity source
+	IF src.relation IS NOT NULL THEN
+		EXECUTE format('UPDATE pg_temp.recon_pair p SET gone = true '
+					   ' WHERE p.judged AND p.identity_id IS NOT NULL '
+					   '   AND NOT EXISTS (SELECT 1 FROM %s i WHERE i.%I = p.identity_id%s)',
+					   src.relation, src.id_column,
+					   CASE WHEN src.tenant_column IS NOT NULL
+							THEN format(' AND i.%I = %L', src.tenant_column, r.tenant_id) END);
+		INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, attributes, action)
+		SELECT r.id, r.tenant_id, 'unqualified', p.shadow_id, p.target_uid, p.identity_id, p.attributes,
+			   coalesce(acts ->> 'unqualified', 'report')
+		  FROM pg_temp.recon_pair p WHERE p.gone;
+	END IF;
+
+	-- mismatch: a linked account whose attributes differ from those provisioned
+	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, differences,
+								   attributes, action)
+	SELECT r.id, r.tenant_id, 'mismatch', p.shadow_id, p.target_uid, p.identity_id, d.diff, p.attributes,
+		   coalesce(acts ->> 'mismatch', 'report')
+	  FROM pg_temp.recon_pair p
+	 CROSS JOIN LATERAL (
+		SELECT jsonb_object_agg(e.key, jsonb_build_object('expected', e.value,
+														  'actual', coalesce(p.attributes -> e.key, 'null'))) AS diff
+		  FROM jsonb_each(p.expected) e
+		 WHERE e.key NOT IN ('schemas', 'password', 'id', 'meta') AND e.value <> 'null'::jsonb
+		   AND (p.attributes -> e.key) IS DISTINCT FROM e.value) d
+	 WHERE p.judged AND p.identity_id IS NOT NULL AND NOT p.gone AND d.diff IS NOT NULL;
+
+	-- accounts nobody owns (no shadow, or a shadow without an owner): correlation
+	CREATE TEMP TABLE recon_unowned ON COMMIT DROP AS
+	SELECT p.target_uid, p.attributes, p.shadow_id, p.reported_owner
+	  FROM pg_temp.recon_pair p WHERE p.judged AND p.identity_id IS NULL;
+	CREATE TEMP TABLE recon_score (target_uid text, identity_id uuid, score float8, evidence jsonb) ON COMMIT DROP;
+	CREATE TEMP TABLE recon_all_unowned ON COMMIT DROP AS SELECT * FROM pg_temp.recon_unowned;
+	ANALYZE pg_temp.recon_unowned;
+	PERFORM xprov._recon_correlate(r, src, definite);
+
+	WITH owner_score AS (
+		SELECT s.target_uid, s.identity_id, least(1.0, sum(s.score)) AS score, jsonb_agg(s.evidence) AS evidence
+		  FROM pg_temp.recon_score s GROUP BY s.target_uid, s.identity_id
+	), verdict AS (
+		SELECT u.target_uid, u.attributes, u.shadow_id,
+			   count(o.identity_id) FILTER (WHERE o.score >= definite) AS n_definite,
+			   count(o.identity_id) FILTER (WHERE o.score >= candidate AND o.score > 0) AS n_candidates,
+			   (array_agg(o.identity_id ORDER BY o.score DESC) FILTER (WHERE o.score >= definite))[1] AS owner,
+			   jsonb_agg(jsonb_build_object('identity_id', o.identity_id, 'confidence', o.score,
+											'evidence', o.evidence) ORDER BY o.score DESC, o.identity_id)
+				   FILTER (WHERE o.score >= candidate AND o.score > 0) AS candidates
+		  FROM pg_temp.recon_all_unowned u
+		  LEFT JOIN owner_score o ON o.target_uid = u.target_uid
+		 GROUP BY u.target_uid, u.attributes, u.shadow_id
+	), typed AS (
+		SELECT v.*,
+			   CASE WHEN v.n_definite = 1 AND EXISTS (
+						SELECT 1 FROM xprov.shadow s
+						 WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
+						   AND s.identity_id = v.owner AND s.dead_at IS NULL AND s.exclusive
+						   AND s.target_uid IS DISTINCT FROM v.target_uid) THEN 'collision'
+					WHEN v.n_definite = 1 THEN 'unlinked'
+					WHEN v.n_candidates > 0 THEN 'disputed'
+					ELSE 'orphan' END AS type
+		  FROM verdict v
+	)
+	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, candidates,
+								   attributes, action)
+	SELECT r.id, r.tenant_id, t.type, t.shadow_id, t.target_uid,
+		   CASE WHEN t.type IN ('unlinked', 'collision') THEN t.owner END, t.candidates, t.attributes,
+		   coalesce(acts ->> t.type, 'report')
+	  FROM typed t;
+
+	SELECT coalesce(jsonb_object_agg(x.type, x.n), '{}') INTO counts
+	  FROM (SELECT d.type, count(*) AS n FROM xprov.discrepancy d WHERE d.run_id = r.id GROUP BY d.type) x;
+	UPDATE xprov.reconciliation_run x
+	   SET phase = 'reactions', processed = x.listed, total = x.listed,
+		   diff_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
+		   statistics = x.statistics || jsonb_build_object(
+				'discrepancies', counts, 'shadows_compared', (SELECT count(*) FROM pg_temp.recon_shadow WHERE judged),
+				'shadows_busy', busy)
+	 WHERE x.id = r.id;
+END
+$$;
+
+-- reactions: preview stops with the plan; apply pauses when the plan
+-- crosses the connector's mass-change threshold (until approve_run), else
+-- carries it out.  Target changes become queue operations (ordering,
+-- retries and dead letters as for any other); links and accepted values
+-- change shadows here, in this transaction.  Accounts found without a
+-- shadow get one, owned by nobody until linked.  Returns the run's status.
+CREATE FUNCTION xprov._recon_react(run_id uuid)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+	lim xprov.reconciliation_thresholds;
+	planned bigint;
+	accounts bigint;
+	exclusive_here boolean;
+	taken jsonb;
+	ops jsonb;
+BEGIN
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_react.run_id FOR UPDATE;
+	SELECT count(*) INTO planned FROM xprov.discrepancy d WHERE d.run_id = r.id AND d.action <> 'report';
+	accounts := greatest(r.listed + (SELECT count(*) FROM xprov.discrepancy d
+									  WHERE d.run_id = r.id AND d.type = 'missing'), 1);
+	IF r.mode = 'preview' THEN
+		UPDATE xprov.reconciliation_run x
+		   SET statistics = x.statistics || jsonb_build_object('actions_planned', (
+				SELECT coalesce(jsonb_object_agg(a.action, a.n), '{}')
+				  FROM (SELECT d.action, count(*) AS n FROM xprov.discrepancy d
+						 WHERE d.run_id = r.id GROUP BY d.action) a))
+		 WHERE x.id = r.id;
+		PERFORM xprov._recon_finish(r.id, 'completed', NULL);
+		RETURN 'completed';
+	END IF;
+
+	SELECT * INTO lim FROM xprov.reconciliation_thresholds t WHERE t.connector_id = r.connector_id;
+	IF r.approved_at IS NULL AND planned > 0
+	   AND (planned > lim.max_actions OR planned * 100.0 > lim.max_percent * accounts) THEN
+		UPDATE xprov.reconciliation_run x
+		   SET status = 'paused',
+			   statistics = x.statistics || jsonb_build_object('paused_for', jsonb_build_object(
+					'actions_planned', planned, 'accounts', accounts,
+					'max_actions', lim.max_actions, 'max_percent', lim.max_percent))
+		 WHERE x.id = r.id;
+		RETURN 'paused';
+	END IF;
+
+	SELECT (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb INTO exclusive_here
+	  FROM xprov.connector c WHERE c.id = r.connector_id;
+
+	-- every account listed without a shadow gets one (nobody's, until linked)
+	INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, target_uid, lifecycle, situation,
+							  exclusive, observed, observed_at, version)
+	SELECT r.tenant_id, r.connector_id, r.object_class, d.target_uid, 'live',
+		   CASE d.type WHEN 'orphan' THEN 'unmatched' ELSE d.type END,
+		   exclusive_here, d.attributes, now(), d.attributes #>> '{meta,version}'
+	  FROM xprov.discrepancy d
+	 WHERE d.run_id = r.id AND d.shadow_id IS NULL
+	   AND d.type IN ('orphan', 'unlinked', 'disputed', 'collision')
+	ON CONFLICT DO NOTHING;
+	UPDATE xprov.discrepancy d SET shadow_id = s.id
+	  FROM xprov.shadow s
+	 WHERE d.run_id = r.id AND d.shadow_id IS NULL AND s.connector_id = r.connector_id
+	   AND s.object_class = r.object_class AND s.target_uid = d.target_uid AND s.dead_at IS NULL;
+	UPDATE xprov.shadow s
+	   SET situation = CASE d.type WHEN 'orphan' THEN 'unmatched' ELSE d.type END,
+		   observed = d.attributes, observed_at = now(), updated_at = now()
+	  FROM xprov.discrepancy d
+	 WHERE d.run_id = r.id AND s.id = d.shadow_id AND s.identity_id IS NULL
+	   AND d.type IN ('orphan', 'unlinked', 'disputed', 'collision');
+
+	-- link: the owner correlation found definitely takes the account as it is
+	UPDATE xprov.shadow s
+	   SET identity_id = d.identity_id, situation = 'linked',
+		   expected = d.attributes - 'schemas' - 'meta' - 'id', updated_at = now()
+	  FROM xprov.discrepancy d
+	 WHERE d.run_id = r.id AND d.type = 'unlinked' AND d.action = 'link'
+	   AND s.id = d.shadow_id AND s.identity_id IS NULL;
+
+	-- accept: the target is right
+	UPDATE xprov.shadow s
+	   SET expected = jsonb_strip_nulls(s.expected || (SELECT jsonb_object_agg(e.key, e.value -> 'actual')
+														  FROM jsonb_each(d.differences) e)),
+		   observed = d.attributes, observed_at = now(), updated_at = now()
+	  FROM xprov.discrepancy d
+	 WHERE d.run_id = r.id AND d.type = 'mismatch' AND d.action = 'accept' AND s.id = d.shadow_id;
+	-- a missing account is dead, whether accepted or about to be created anew
+	UPDATE xprov.shadow s
+	   SET lifecycle = 'tombstone', situation = 'deleted', dead_at = now(), updated_at = now()
+	  FROM xprov.discrepancy d
+	 WHERE d.run_id = r.id AND d.type = 'missing' AND d.action IN ('accept', 'create')
+	   AND s.id = d.shadow_id AND s.dead_at IS NULL;
+
+	-- target changes: queue operations, on the subject that provisioned the
+	-- account where there is one (so they queue behind its other operations)
+	SELECT jsonb_agg(jsonb_build_object(
+				'tenant_id', r.tenant_id, 'connector_id', r.connector_id, 'object_class', r.object_class,
+				'operation_type', d.action,
+				'identity_id', CASE WHEN d.action = 'create' OR sub.subject LIKE 'i:%' THEN d.identity_id END,
+				'target_uid', CASE WHEN d.action <> 'create' THEN d.target_uid END,
+				'attributes', CASE d.action
+								  WHEN 'create' THEN jsonb_strip_nulls(s.expected)
+								  WHEN 'update' THEN (SELECT jsonb_object_agg(e.key, e.value -> 'expected')
+														FROM jsonb_each(d.differences) e)
+								  ELSE '{}'::jsonb END,
+				'idempotency_key', 'reconciliation:' || r.id || ':' || d.id) ORDER BY d.id)
+	  INTO ops
+	  FROM xprov.discrepancy d
+	  LEFT JOIN xprov.shadow s ON s.id = d.shadow_id
+	  LEFT JOIN xprov.subject sub ON sub.lane_id = s.lane_id
+	 WHERE d.run_id = r.id AND d.action IN ('create', 'update', 'disable', 'delete')
+	   AND (d.action <> 'create' OR d.identity_id IS NOT NULL);
+	IF ops IS NOT NULL THEN
+		WITH queued AS (
+			SELECT q.id AS op_id, q.n FROM xprov.enqueue_batch(ops) WITH ORDINALITY q(id, n)
+		), planned_ops AS (
+			SELECT d.id, row_number() OVER (ORDER BY d.id) AS n
+			  FROM xprov.discrepancy d
+			  LEFT JOIN xprov.shadow s ON s.id = d.shadow_id
+			 WHERE d.run_id = r.id AND d.action IN ('create', 'update', 'disable', 'delete')
+			   AND (d.action <> 'create' OR d.identity_id IS NOT NULL)
+		)
+		UPDATE xprov.discrepancy d SET operation_id = q.op_id, status = 'applied'
+		  FROM planned_ops p JOIN queued q ON q.n = p.n
+		 WHERE d.id = p.id;
+		-- an account nobody provisioned now belongs to the subject acting on it
+		UPDATE xprov.shadow s SET lane_id = o.lane_id, updated_at = now()
+		  FROM xprov.discrepancy d JOIN xprov.op o ON o.id = d.operation_id
+		 WHERE d.run_id = r.id AND s.id = d.shadow_id AND s.lane_id IS NULL AND s.dead_at IS NULL
+		   AND d.action IN ('disable', 'delete')
+		   AND NOT EXISTS (SELECT 1 FROM xprov.shadow t WHERE t.lane_id = o.lane_id AND t.dead_at IS NULL);
+	END IF;
+
+	-- a person decides who owns an account correlation is unsure of
+	WITH opened AS (
+		INSERT INTO xprov.correlation_case (tenant_id, connector_id, object_class, origin, target_uid,
+											situation, reason, candidates)
+		SELECT r.tenant_id, r.connector_id, r.object_class, 'reconciliation', d.target_uid, d.type,
+			   CASE d.type WHEN 'disputed' THEN 'reconciliation found several or uncertain owners'
+						   ELSE 'the owner reconciliation found has another account here' END,
+			   coalesce(d.candidates, '[]')
+		  FROM xprov.discrepancy d
+		 WHERE d.run_id = r.id AND d.type IN ('disputed', 'collision')
+		   AND NOT EXISTS (SELECT 1 FROM xprov.correlation_case c
+							WHERE c.connector_id = r.connector_id AND c.object_class = r.object_class
+							  AND c.target_uid = d.target_uid AND c.origin = 'reconciliation'
+							  AND c.status = 'open')
+		RETURNING id, target_uid
+	)
+	UPDATE xprov.discrepancy d SET case_id = o.id
+	  FROM opened o WHERE d.run_id = r.id AND d.target_uid = o.target_uid AND d.type IN ('disputed', 'collision');
+
+	UPDATE xprov.discrepancy d
+	   SET status = CASE WHEN d.action = 'report' THEN 'reported' ELSE 'applied' END
+	 WHERE d.run_id = r.id AND d.status = 'planned';
+	SELECT coalesce(jsonb_object_agg(a.action, a.n), '{}') INTO taken
+	  FROM (SELECT d.action, count(*) AS n FROM xprov.discrepancy d
+			 WHERE d.run_id = r.id AND d.action <> 'report' GROUP BY d.action) a;
+	UPDATE xprov.reconciliation_run x
+	   SET statistics = x.statistics || jsonb_build_object('actions_taken', taken)
+	 WHERE x.id = r.id;
+	PERFORM xprov._recon_finish(r.id, 'completed', NULL);
+	RETURN 'completed';
+END
+$$;

@@ -4,7 +4,8 @@
  *	  The launcher: keeps xprov.workers background workers running.
  *
  * The launcher is the one static background worker (registered at server
- * start); it starts the workers as dynamic background workers and restarts
+ * start); it starts the workers, and the reconciler beside them whenever
+ * there is at least one worker, as dynamic background workers and restarts
  * them itself, backing off when one keeps failing (a missing database, for
  * instance, would otherwise be a FATAL every few seconds), and it starts or
  * stops workers when xprov.workers changes on reload.
@@ -40,7 +41,19 @@ typedef struct LaunchedWorker
 	int			backoff_ms;
 } LaunchedWorker;
 
-static LaunchedWorker launched[XPROV_MAX_WORKERS];
+/* the slot after the workers' is the reconciler's */
+#define RECONCILER_SLOT XPROV_MAX_WORKERS
+
+static LaunchedWorker launched[XPROV_MAX_WORKERS + 1];
+
+/* Whether a slot should have a process running now. */
+static bool
+slot_wanted(int slot)
+{
+	if (slot == RECONCILER_SLOT)
+		return xprov_workers > 0;
+	return slot < xprov_workers;
+}
 
 void
 worker_register_launcher(void)
@@ -71,9 +84,18 @@ start_worker(int slot, TimestampTz now)
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	worker.bgw_notify_pid = MyProcPid;
 	strlcpy(worker.bgw_library_name, "xprov", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "xprov_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "xprov worker %d", slot);
-	strlcpy(worker.bgw_type, "xprov worker", BGW_MAXLEN);
+	if (slot == RECONCILER_SLOT)
+	{
+		strlcpy(worker.bgw_function_name, "xprov_reconciler_main", BGW_MAXLEN);
+		strlcpy(worker.bgw_name, "xprov reconciler", BGW_MAXLEN);
+		strlcpy(worker.bgw_type, "xprov reconciler", BGW_MAXLEN);
+	}
+	else
+	{
+		strlcpy(worker.bgw_function_name, "xprov_worker_main", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "xprov worker %d", slot);
+		strlcpy(worker.bgw_type, "xprov worker", BGW_MAXLEN);
+	}
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &w->handle))
 	{
@@ -102,7 +124,7 @@ tend_slot(int slot, TimestampTz now)
 
 		if (status == BGWH_POSTMASTER_DIED)
 			proc_exit(1);
-		if (slot >= xprov_workers && status != BGWH_STOPPED)
+		if (!slot_wanted(slot) && status != BGWH_STOPPED)
 		{
 			TerminateBackgroundWorker(w->handle);
 			return -1;
@@ -118,7 +140,7 @@ tend_slot(int slot, TimestampTz now)
 			w->backoff_ms = Min(Max(w->backoff_ms * 2, FIRST_BACKOFF_MS), MAX_BACKOFF_MS);
 		w->restart_at = TimestampTzPlusMilliseconds(now, w->backoff_ms);
 	}
-	if (slot >= xprov_workers)
+	if (!slot_wanted(slot))
 		return -1;
 	if (now < w->restart_at)
 		return (long) ((w->restart_at - now) / 1000) + 1;
@@ -161,7 +183,7 @@ xprov_launcher_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		for (int slot = 0; slot < XPROV_MAX_WORKERS; slot++)
+		for (int slot = 0; slot <= RECONCILER_SLOT; slot++)
 		{
 			long		wait_ms = tend_slot(slot, now);
 

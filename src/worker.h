@@ -14,5 +14,6 @@ extern void worker_register_launcher(void);
 
 extern PGDLLEXPORT void xprov_launcher_main(Datum arg);
 extern PGDLLEXPORT void xprov_worker_main(Datum arg);
+extern PGDLLEXPORT void xprov_reconciler_main(Datum arg);
 
 #endif							/* WORKER_H */

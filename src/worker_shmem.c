@@ -34,6 +34,7 @@
 PG_FUNCTION_INFO_V1(xprov_worker_status);
 PG_FUNCTION_INFO_V1(xprov_wait_idle);
 PG_FUNCTION_INFO_V1(xprov_hooks_changed);
+PG_FUNCTION_INFO_V1(xprov_wake_reconciler);
 
 typedef struct WorkerSlot
 {
@@ -55,6 +56,9 @@ typedef struct WorkerShared
 {
 	slock_t		mutex;
 	int			launcher_pid;
+	int			reconciler_pid; /* 0: none */
+	int			reconciler_procno;
+	Oid			reconciler_dboid;
 	pg_atomic_uint64 config_generation; /* bumped when hooks change */
 	WorkerSlot	slots[XPROV_MAX_WORKERS];
 } WorkerShared;
@@ -267,6 +271,62 @@ worker_slot_set_error(const char *error)
 	strlcpy(my_slot->last_error, error, sizeof(my_slot->last_error));
 	my_slot->last_error_at = GetCurrentTimestamp();
 	SpinLockRelease(&worker_shared->mutex);
+}
+
+/* The reconciler, about itself: reconciliation runs wake it at commit. */
+static void
+reconciler_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&worker_shared->mutex);
+	worker_shared->reconciler_pid = 0;
+	worker_shared->reconciler_procno = -1;
+	SpinLockRelease(&worker_shared->mutex);
+}
+
+void
+worker_shmem_set_reconciler(void)
+{
+	SpinLockAcquire(&worker_shared->mutex);
+	worker_shared->reconciler_pid = MyProcPid;
+	worker_shared->reconciler_procno = MyProc->pgprocno;
+	worker_shared->reconciler_dboid = MyDatabaseId;
+	SpinLockRelease(&worker_shared->mutex);
+	before_shmem_exit(reconciler_detach, (Datum) 0);
+}
+
+static bool reconciler_wake_pending = false;
+static bool reconciler_callback_registered = false;
+
+/* A commit callback must not fail: a stale procno costs a spurious wake-up. */
+static void
+reconciler_wake_callback(XactEvent event, void *arg)
+{
+	if (!reconciler_wake_pending)
+		return;
+	if (event == XACT_EVENT_COMMIT && worker_shared != NULL)
+	{
+		int			procno = worker_shared->reconciler_procno;
+
+		if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == MyDatabaseId &&
+			procno >= 0 && procno < (int) ProcGlobal->allProcCount)
+			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		reconciler_wake_pending = false;
+}
+
+/* xprov._wake_reconciler(): a run was requested, approved or cancelled */
+Datum
+xprov_wake_reconciler(PG_FUNCTION_ARGS)
+{
+	if (!reconciler_callback_registered)
+	{
+		RegisterXactCallback(reconciler_wake_callback, NULL);
+		reconciler_callback_registered = true;
+	}
+	reconciler_wake_pending = true;
+	PG_RETURN_VOID();
 }
 
 static void

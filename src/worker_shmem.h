@@ -29,6 +29,9 @@ extern void worker_config_changed_at_commit(void);
 /* bumped by every committed change of hooks; 0 without shared memory */
 extern uint64 worker_config_generation(void);
 
+/* the reconciler, about itself */
+extern void worker_shmem_set_reconciler(void);
+
 /* the launcher */
 extern void worker_shmem_set_launcher(int pid);
 

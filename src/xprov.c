@@ -40,6 +40,8 @@ int			xprov_worker_nap_ms = 5 * 1000;
 int			xprov_max_response_kb = 1024;
 int			xprov_hook_max_timeout_ms = 5 * 1000;
 int			xprov_hook_max_memory_kb = 64 * 1024;
+char	   *xprov_tenant_id = NULL;
+int			xprov_reconcile_page_size = 1000;
 
 void		_PG_init(void);
 
@@ -174,12 +176,32 @@ define_hook_settings(void)
 							NULL, NULL, NULL);
 }
 
+static void
+define_reconciliation_settings(void)
+{
+	DefineCustomStringVariable("xprov.tenant_id",
+							   "The tenant this session acts for.",
+							   "Reconciliation and the other tenant-scoped functions require it.",
+							   &xprov_tenant_id,
+							   "",
+							   PGC_USERSET, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.reconcile_page_size",
+							"Accounts the reconciler asks the target for per list page.",
+							NULL,
+							&xprov_reconcile_page_size,
+							1000, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+}
+
 void
 _PG_init(void)
 {
 	define_queue_settings();
 	define_worker_settings();
 	define_hook_settings();
+	define_reconciliation_settings();
 	MarkGUCPrefixReserved("xprov");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -35,4 +35,8 @@ extern int	xprov_max_response_kb;
 extern int	xprov_hook_max_timeout_ms;
 extern int	xprov_hook_max_memory_kb;
 
+/* Reconciliation (xprov.c) */
+extern char *xprov_tenant_id;
+extern int	xprov_reconcile_page_size;
+
 #endif							/* XPROV_H */

@@ -1,0 +1,518 @@
+/*-------------------------------------------------------------------------
+ *
+ * reconciler.c
+ *	  The reconciler: the background process that executes reconciliation
+ *	  runs (xprov.reconcile), beside the workers.
+ *
+ * A run moves through its phases in steps, each one short transaction on a
+ * SQL function (xprov._recon_*, which hold the logic); the target's list
+ * pages are fetched between transactions with the workers' HTTP engine, so
+ * no transaction or snapshot is open across HTTP.  The run's row is its
+ * checkpoint: a reconciler that starts again (after a kill -9, say) picks a
+ * running run up at the page or phase the row records.  Runs of one
+ * database are executed one at a time, oldest first; the workers keep
+ * provisioning meanwhile, including the operations a run enqueues.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/uuid.h"
+
+#include "connector.h"
+#include "http.h"
+#include "worker.h"
+#include "worker_shmem.h"
+#include "xprov.h"
+
+/* A page is tried this many times, backing off from PAGE_BACKOFF_MS. */
+#define PAGE_ATTEMPTS		4
+#define PAGE_BACKOFF_MS		500
+/* How often the operation_completion phase looks at requests in flight. */
+#define SETTLE_NAP_MS		100
+/* How long an idle reconciler sleeps when nobody wakes it. */
+#define IDLE_NAP_MS			5000
+#define WAIT_SLICE_MS		100
+
+/* The run being worked on, as its row said at the start of this step. */
+typedef struct Run
+{
+	char		id[UUID_LEN * 2 + 5];
+	char	   *object_class;
+	char	   *phase;
+	char	   *cursor;			/* the next page; NULL: the first */
+	bool		cancel_requested;
+	bool		connector_enabled;
+	Connector  *connector;
+	char	   *connector_error;	/* connector config unusable */
+} Run;
+
+/* Statements of a step: text, arguments, and whether one row comes back. */
+typedef struct Step
+{
+	const char *sql;
+	const char *arg;			/* one text argument: the run id, or NULL */
+	const char *arg2;			/* a second one, or NULL */
+	char	   *result;			/* first column of the first row, or NULL */
+	char	   *error;			/* set when the step failed */
+} Step;
+
+static MemoryContext step_cxt = NULL;
+static char current_run[UUID_LEN * 2 + 5] = "";
+
+/* Failed attempts at the page the run is on. */
+static char page_key[1024] = "";
+static int	page_failures = 0;
+
+/* ---------------------------------------------------------------------
+ * Transactions
+ */
+
+static void
+execute_step(Step *step)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	int			nargs = 0;
+
+	if (step->arg)
+		values[nargs++] = CStringGetTextDatum(step->arg);
+	if (step->arg2)
+		values[nargs++] = CStringGetTextDatum(step->arg2);
+	if (SPI_execute_with_args(step->sql, nargs, types, values, NULL, false, 0) < 0)
+		elog(ERROR, "xprov reconciler: statement failed: %s", step->sql);
+	if (SPI_processed > 0 && SPI_tuptable != NULL)
+	{
+		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		step->result = value ? MemoryContextStrdup(step_cxt, value) : NULL;
+	}
+}
+
+/*
+ * One statement in its own transaction.  An error is caught here, logged
+ * and returned in step->error: the reconciler decides what it means for the
+ * run (nothing foreign is on the stack between here and the error).
+ */
+static bool
+run_step(Step *step, const char *activity)
+{
+	volatile bool ok = true;
+
+	step->result = NULL;
+	step->error = NULL;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, activity);
+		execute_step(step);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(step_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		step->error = pstrdup(edata->message);
+		ereport(LOG, errmsg("xprov reconciler: %s failed: %s", activity, edata->message));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(step_cxt);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
+}
+
+static void
+finish_run(Run *run, const char *status, const char *error)
+{
+	const char *sql = "SELECT xprov._recon_finish($1::uuid, $2, $3)";
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', error ? ' ' : 'n'};
+	volatile bool ok = true;
+
+	values[0] = CStringGetTextDatum(run->id);
+	values[1] = CStringGetTextDatum(status);
+	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_execute_with_args(sql, 3, types, values, nulls, false, 0);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(step_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG, errmsg("xprov reconciler: ending run %s failed: %s", run->id, edata->message));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(step_cxt);
+	if (ok)
+		ereport(LOG, errmsg("xprov reconciler: run %s %s%s%s", run->id, status,
+							error ? ": " : "", error ? error : ""));
+}
+
+/* ---------------------------------------------------------------------
+ * Loading the run
+ */
+
+static void
+read_run(Run *run)
+{
+	HeapTuple	row = SPI_tuptable->vals[0];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+	pg_uuid_t	connector_id;
+	char	   *error = NULL;
+
+	strlcpy(run->id, SPI_getvalue(row, desc, 1), sizeof(run->id));
+	memcpy(&connector_id, DatumGetUUIDP(SPI_getbinval(row, desc, 2, &isnull)), sizeof(connector_id));
+	run->object_class = MemoryContextStrdup(step_cxt, SPI_getvalue(row, desc, 3));
+	run->phase = MemoryContextStrdup(step_cxt, SPI_getvalue(row, desc, 4));
+	run->cursor = SPI_getvalue(row, desc, 5);
+	if (run->cursor)
+		run->cursor = MemoryContextStrdup(step_cxt, run->cursor);
+	run->cancel_requested = DatumGetBool(SPI_getbinval(row, desc, 6, &isnull));
+	run->connector_enabled = DatumGetBool(SPI_getbinval(row, desc, 11, &isnull));
+	run->connector = connector_parse(step_cxt, &connector_id,
+									 SPI_getvalue(row, desc, 8), SPI_getvalue(row, desc, 7),
+									 SPI_getvalue(row, desc, 9), SPI_getvalue(row, desc, 10),
+									 run->connector_enabled, &error);
+	run->connector_error = error ? MemoryContextStrdup(step_cxt, error) : NULL;
+}
+
+/* The run to work on, if any.  False also when xprov is not installed. */
+static bool
+load_run(Run *run)
+{
+	volatile bool found = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov'", true, 1);
+		if (SPI_processed == 1)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(current_run)};
+			char		nulls[1] = {current_run[0] ? ' ' : 'n'};
+
+			SPI_execute_with_args("SELECT * FROM xprov._recon_next($1::uuid)",
+								  1, types, values, nulls, false, 1);
+			if (SPI_processed == 1)
+			{
+				MemoryContext old = MemoryContextSwitchTo(step_cxt);
+
+				read_run(run);
+				MemoryContextSwitchTo(old);
+				found = true;
+			}
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(step_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG, errmsg("xprov reconciler: looking for runs failed: %s", edata->message));
+		FreeErrorData(edata);
+		found = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(step_cxt);
+	return found;
+}
+
+/* ---------------------------------------------------------------------
+ * Listing
+ */
+
+static void
+append_escaped(StringInfo buf, const char *text)
+{
+	for (const unsigned char *c = (const unsigned char *) text; *c; c++)
+	{
+		if (isalnum(*c) || *c == '-' || *c == '_' || *c == '.' || *c == '~')
+			appendStringInfoChar(buf, (char) *c);
+		else
+			appendStringInfo(buf, "%%%02X", *c);
+	}
+}
+
+static char *
+page_url(const Run *run)
+{
+	StringInfoData url;
+
+	initStringInfo(&url);
+	appendStringInfoString(&url, run->connector->base_url);
+	if (run->connector->kind == CONNECTOR_SCIM2)
+	{
+		appendStringInfo(&url, "%s?startIndex=", connector_endpoint(run->connector, run->object_class));
+		append_escaped(&url, run->cursor ? run->cursor : "1");
+		appendStringInfo(&url, "&count=%d", xprov_reconcile_page_size);
+	}
+	else
+	{
+		appendStringInfoString(&url, "/list?object_class=");
+		append_escaped(&url, run->object_class);
+		appendStringInfo(&url, "&limit=%d", xprov_reconcile_page_size);
+		if (run->cursor)
+		{
+			appendStringInfoString(&url, "&cursor=");
+			append_escaped(&url, run->cursor);
+		}
+	}
+	return url.data;
+}
+
+/* Sleep on the latch (and the postmaster), waking for signals. */
+static void
+nap(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * GET one page.  Returns the body, or NULL with *error set.  The request id
+ * names the run and the page, for the target's logs.
+ */
+static char *
+fetch_page(const Run *run, const char *url, char **error)
+{
+	HttpRequest *request = palloc0(sizeof(HttpRequest));
+	char	   *request_id = psprintf("reconciliation-%s-%s", run->id, run->cursor ? run->cursor : "first");
+	HttpResponse *response = &request->response;
+
+	request->method = "GET";
+	request->url = pstrdup(url);
+	request->accept = run->connector->kind == CONNECTOR_SCIM2
+		? "application/scim+json, application/json" : "application/json";
+	http_engine_start(request, run->connector, request_id);
+	for (;;)
+	{
+		HttpRequest *done = NULL;
+		bool		latch_set;
+		int			n = http_engine_wait(WAIT_SLICE_MS, &done, 1, &latch_set);
+
+		if (latch_set)
+			ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (n > 0)
+			break;
+	}
+	if (response->transport_failed)
+		*error = psprintf("GET %s: %s", url, response->error[0] ? response->error : "no response");
+	else if (response->status != 200)
+		*error = psprintf("GET %s: HTTP %ld%s%.200s", url, response->status,
+						  response->body ? ": " : "", response->body ? response->body : "");
+	else if (response->body_truncated)
+		*error = psprintf("GET %s: the page is larger than xprov.max_response_size", url);
+	else if (response->body == NULL)
+		*error = psprintf("GET %s: empty response", url);
+	else
+		return response->body;
+	return NULL;
+}
+
+/*
+ * A failed page is tried again, backing off, PAGE_ATTEMPTS times in all;
+ * then the run fails before any diff: a partial listing must never make
+ * accounts look missing.
+ */
+static void
+page_failed(Run *run, const char *error)
+{
+	page_failures++;
+	if (page_failures < PAGE_ATTEMPTS)
+	{
+		ereport(LOG, errmsg("xprov reconciler: run %s, page at %s failed (attempt %d of %d): %s",
+							run->id, run->cursor ? run->cursor : "the start", page_failures,
+							PAGE_ATTEMPTS, error));
+		nap(PAGE_BACKOFF_MS << (page_failures - 1));
+		return;
+	}
+	finish_run(run, "failed",
+			   psprintf("listing the target failed at page %s after %d attempts: %s",
+						run->cursor ? run->cursor : "1", PAGE_ATTEMPTS, error));
+	page_failures = 0;
+}
+
+static void
+list_page(Run *run)
+{
+	char	   *key = psprintf("%s/%s", run->id, run->cursor ? run->cursor : "");
+	char	   *error = NULL;
+	char	   *url;
+	char	   *body;
+	Step		step = {.sql = "SELECT xprov._recon_page($1::uuid, $2)"};
+
+	if (strcmp(key, page_key) != 0)
+	{
+		strlcpy(page_key, key, sizeof(page_key));
+		page_failures = 0;
+	}
+	url = page_url(run);
+	body = fetch_page(run, url, &error);
+	if (body == NULL)
+	{
+		page_failed(run, error);
+		return;
+	}
+	step.arg = run->id;
+	step.arg2 = body;
+	if (!run_step(&step, "staging a list page"))
+		page_failed(run, psprintf("GET %s: %s", url, step.error));
+}
+
+/* ---------------------------------------------------------------------
+ * Phases
+ */
+
+static void
+settle(Run *run)
+{
+	Step		step = {.sql = "SELECT xprov._recon_settle($1::uuid)", .arg = run->id};
+
+	if (!run_step(&step, "waiting for operations in flight"))
+		finish_run(run, "failed", step.error);
+	else if (step.result && strcmp(step.result, "f") == 0)
+		nap(SETTLE_NAP_MS);
+}
+
+static void
+diff(Run *run)
+{
+	Step		step = {.sql = "SELECT xprov._recon_diff($1::uuid)", .arg = run->id};
+
+	if (!run_step(&step, "comparing the listing with the shadows"))
+		finish_run(run, "failed", psprintf("the diff failed: %s", step.error));
+}
+
+static void
+react(Run *run)
+{
+	Step		step = {.sql = "SELECT xprov._recon_react($1::uuid)", .arg = run->id};
+
+	if (!run_step(&step, "applying reactions"))
+		finish_run(run, "failed", psprintf("the reactions failed: %s", step.error));
+	else
+		ereport(LOG, errmsg("xprov reconciler: run %s %s", run->id, step.result ? step.result : "?"));
+}
+
+/* One step of the oldest run; false when there was nothing to do. */
+static bool
+reconcile_step(void)
+{
+	Run			run = {0};
+
+	if (!load_run(&run))
+	{
+		current_run[0] = '\0';
+		return false;
+	}
+	strlcpy(current_run, run.id, sizeof(current_run));
+	if (run.cancel_requested)
+		finish_run(&run, "cancelled", NULL);
+	else if (run.connector == NULL)
+		finish_run(&run, "failed", psprintf("the connector is misconfigured: %s", run.connector_error));
+	else if (!run.connector_enabled &&
+			 (strcmp(run.phase, "operation_completion") == 0 || strcmp(run.phase, "listing") == 0))
+		finish_run(&run, "failed", "the connector is disabled");
+	else if (strcmp(run.phase, "operation_completion") == 0)
+		settle(&run);
+	else if (strcmp(run.phase, "listing") == 0)
+		list_page(&run);
+	else if (strcmp(run.phase, "diff") == 0)
+		diff(&run);
+	else if (strcmp(run.phase, "reactions") == 0)
+		react(&run);
+	else
+		finish_run(&run, "completed", NULL);
+	return true;
+}
+
+void
+xprov_reconciler_main(Datum arg)
+{
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(xprov_database_name, NULL, 0);
+	pgstat_report_appname("xprov reconciler");
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
+	worker_shmem_set_reconciler();
+	step_cxt = AllocSetContextCreate(TopMemoryContext, "xprov reconciliation step",
+									 ALLOCSET_DEFAULT_SIZES);
+	http_engine_init();
+	ereport(LOG, errmsg("xprov reconciler started on database \"%s\"", xprov_database_name));
+
+	for (;;)
+	{
+		MemoryContext old;
+		bool		worked;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextReset(step_cxt);
+		old = MemoryContextSwitchTo(step_cxt);
+		worked = reconcile_step();
+		MemoryContextSwitchTo(old);
+		if (!worked)
+			nap(IDLE_NAP_MS);
+	}
+}
