@@ -43,6 +43,7 @@
 
 #define HTTP_MAX_WAIT_MS		250
 #define HTTP_MAX_CONNECTS		256
+#define EXCHANGE_SLICE_MS		250
 #define HTTP_USER_AGENT			"User-Agent: xprov/0.1"
 #define HTTP_HEADER_VALUE_MAX	1024
 
@@ -852,6 +853,33 @@ http_engine_wait(long timeout_ms, HttpRequest **done, int max_done,
 	dispatch_socket_events(nevents, latch_set);
 	run_timer_if_due();
 	return collect_done(done, max_done);
+}
+
+/*
+ * Send one request and wait for its answer alone, in short slices that
+ * notice signals; for callers with nothing else in flight (SQL functions,
+ * the reconciler).
+ */
+void
+http_engine_exchange(HttpRequest *request, const struct Connector *connector,
+					 const char *request_id)
+{
+	http_engine_start(request, connector, request_id);
+	for (;;)
+	{
+		HttpRequest *done = NULL;
+		bool		latch_set;
+		int			n = http_engine_wait(EXCHANGE_SLICE_MS, &done, 1, &latch_set);
+
+		if (latch_set)
+			ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (n > 0)
+		{
+			Assert(done == request);
+			return;
+		}
+	}
 }
 
 int

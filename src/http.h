@@ -76,6 +76,10 @@ extern void http_engine_start(HttpRequest *request, const struct Connector *conn
 extern int	http_engine_wait(long timeout_ms, HttpRequest **done, int max_done,
 							 bool *latch_set);
 
+/* Start a request and sleep until it is answered (signals still seen). */
+extern void http_engine_exchange(HttpRequest *request, const struct Connector *connector,
+								 const char *request_id);
+
 extern int	http_engine_in_flight(void);
 
 /* Abort every transfer (shutdown); their requests are forgotten. */

@@ -39,6 +39,7 @@
 #include "http.h"
 #include "worker.h"
 #include "worker_shmem.h"
+#include "xact_step.h"
 #include "xprov.h"
 
 /* A page is tried this many times, backing off from PAGE_BACKOFF_MS. */
@@ -48,7 +49,6 @@
 #define SETTLE_NAP_MS		100
 /* How long an idle reconciler sleeps when nobody wakes it. */
 #define IDLE_NAP_MS			5000
-#define WAIT_SLICE_MS		100
 
 /* The run being worked on, as its row said at the start of this step. */
 typedef struct Run
@@ -63,12 +63,12 @@ typedef struct Run
 	char	   *connector_error;	/* connector config unusable */
 } Run;
 
-/* Statements of a step: text, arguments, and whether one row comes back. */
+/* A statement of a step: text arguments, and the first value it returns. */
 typedef struct Step
 {
 	const char *sql;
-	const char *arg;			/* one text argument: the run id, or NULL */
-	const char *arg2;			/* a second one, or NULL */
+	int			nargs;
+	const char *args[3];		/* NULL: SQL NULL */
 	char	   *result;			/* first column of the first row, or NULL */
 	char	   *error;			/* set when the step failed */
 } Step;
@@ -85,17 +85,20 @@ static int	page_failures = 0;
  */
 
 static void
-execute_step(Step *step)
+execute_step(void *arg)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Step	   *step = (Step *) arg;
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	int			nargs = 0;
 
-	if (step->arg)
-		values[nargs++] = CStringGetTextDatum(step->arg);
-	if (step->arg2)
-		values[nargs++] = CStringGetTextDatum(step->arg2);
-	if (SPI_execute_with_args(step->sql, nargs, types, values, NULL, false, 0) < 0)
+	for (int i = 0; i < step->nargs; i++)
+	{
+		nulls[nargs] = step->args[i] ? ' ' : 'n';
+		values[nargs++] = step->args[i] ? CStringGetTextDatum(step->args[i]) : (Datum) 0;
+	}
+	if (SPI_execute_with_args(step->sql, nargs, types, values, nulls, false, 0) < 0)
 		elog(ERROR, "xprov reconciler: statement failed: %s", step->sql);
 	if (SPI_processed > 0 && SPI_tuptable != NULL)
 	{
@@ -105,87 +108,27 @@ execute_step(Step *step)
 	}
 }
 
-/*
- * One statement in its own transaction.  An error is caught here, logged
- * and returned in step->error: the reconciler decides what it means for the
- * run (nothing foreign is on the stack between here and the error).
- */
+/* One statement in its own transaction; false (and step->error) if it failed. */
 static bool
 run_step(Step *step, const char *activity)
 {
-	volatile bool ok = true;
-
 	step->result = NULL;
-	step->error = NULL;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, activity);
-		execute_step(step);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(step_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		step->error = pstrdup(edata->message);
-		ereport(LOG, errmsg("xprov reconciler: %s failed: %s", activity, edata->message));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(step_cxt);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
+	step->error = xact_step_run(execute_step, step, activity);
+	if (step->error)
+		ereport(LOG, errmsg("xprov reconciler: %s failed: %s", activity, step->error));
+	return step->error == NULL;
 }
 
 static void
 finish_run(Run *run, const char *status, const char *error)
 {
-	const char *sql = "SELECT xprov._recon_finish($1::uuid, $2, $3)";
-	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', error ? ' ' : 'n'};
-	volatile bool ok = true;
+	Step		step = {
+		.sql = "SELECT xprov._recon_finish($1::uuid, $2, $3)",
+		.nargs = 3,
+		.args = {run->id, status, error},
+	};
 
-	values[0] = CStringGetTextDatum(run->id);
-	values[1] = CStringGetTextDatum(status);
-	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_execute_with_args(sql, 3, types, values, nulls, false, 0);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(step_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ereport(LOG, errmsg("xprov reconciler: ending run %s failed: %s", run->id, edata->message));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(step_cxt);
-	if (ok)
+	if (run_step(&step, "ending a run"))
 		ereport(LOG, errmsg("xprov reconciler: run %s %s%s%s", run->id, status,
 							error ? ": " : "", error ? error : ""));
 }
@@ -219,55 +162,44 @@ read_run(Run *run)
 	run->connector_error = error ? MemoryContextStrdup(step_cxt, error) : NULL;
 }
 
+typedef struct RunLookup
+{
+	Run		   *run;
+	bool		found;
+} RunLookup;
+
+static void
+look_up_run(void *arg)
+{
+	RunLookup  *lookup = (RunLookup *) arg;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(current_run)};
+	char		nulls[1] = {current_run[0] ? ' ' : 'n'};
+
+	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov'", true, 1);
+	if (SPI_processed != 1)
+		return;
+	SPI_execute_with_args("SELECT * FROM xprov._recon_next($1::uuid)", 1, types, values, nulls, false, 1);
+	if (SPI_processed == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(step_cxt);
+
+		read_run(lookup->run);
+		MemoryContextSwitchTo(old);
+		lookup->found = true;
+	}
+}
+
 /* The run to work on, if any.  False also when xprov is not installed. */
 static bool
 load_run(Run *run)
 {
-	volatile bool found = false;
+	RunLookup	lookup = {.run = run};
+	char	   *error = xact_step_run(look_up_run, &lookup, "looking for runs");
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov'", true, 1);
-		if (SPI_processed == 1)
-		{
-			Oid			types[1] = {TEXTOID};
-			Datum		values[1] = {CStringGetTextDatum(current_run)};
-			char		nulls[1] = {current_run[0] ? ' ' : 'n'};
-
-			SPI_execute_with_args("SELECT * FROM xprov._recon_next($1::uuid)",
-								  1, types, values, nulls, false, 1);
-			if (SPI_processed == 1)
-			{
-				MemoryContext old = MemoryContextSwitchTo(step_cxt);
-
-				read_run(run);
-				MemoryContextSwitchTo(old);
-				found = true;
-			}
-		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(step_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ereport(LOG, errmsg("xprov reconciler: looking for runs failed: %s", edata->message));
-		FreeErrorData(edata);
-		found = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(step_cxt);
-	return found;
+	if (error)
+		ereport(LOG, errmsg("xprov reconciler: looking for runs failed: %s", error));
+	return error == NULL && lookup.found;
 }
 
 /* ---------------------------------------------------------------------
@@ -337,19 +269,7 @@ fetch_page(const Run *run, const char *url, char **error)
 	request->url = pstrdup(url);
 	request->accept = run->connector->kind == CONNECTOR_SCIM2
 		? "application/scim+json, application/json" : "application/json";
-	http_engine_start(request, run->connector, request_id);
-	for (;;)
-	{
-		HttpRequest *done = NULL;
-		bool		latch_set;
-		int			n = http_engine_wait(WAIT_SLICE_MS, &done, 1, &latch_set);
-
-		if (latch_set)
-			ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (n > 0)
-			break;
-	}
+	http_engine_exchange(request, run->connector, request_id);
 	if (response->transport_failed)
 		*error = psprintf("GET %s: %s", url, response->error[0] ? response->error : "no response");
 	else if (response->status != 200)
@@ -394,7 +314,7 @@ list_page(Run *run)
 	char	   *error = NULL;
 	char	   *url;
 	char	   *body;
-	Step		step = {.sql = "SELECT xprov._recon_page($1::uuid, $2)"};
+	Step		step = {.sql = "SELECT xprov._recon_page($1::uuid, $2)", .nargs = 2};
 
 	if (strcmp(key, page_key) != 0)
 	{
@@ -408,8 +328,8 @@ list_page(Run *run)
 		page_failed(run, error);
 		return;
 	}
-	step.arg = run->id;
-	step.arg2 = body;
+	step.args[0] = run->id;
+	step.args[1] = body;
 	if (!run_step(&step, "staging a list page"))
 		page_failed(run, psprintf("GET %s: %s", url, step.error));
 }
@@ -421,7 +341,7 @@ list_page(Run *run)
 static void
 settle(Run *run)
 {
-	Step		step = {.sql = "SELECT xprov._recon_settle($1::uuid)", .arg = run->id};
+	Step		step = {.sql = "SELECT xprov._recon_settle($1::uuid)", .nargs = 1, .args = {run->id}};
 
 	if (!run_step(&step, "waiting for operations in flight"))
 		finish_run(run, "failed", step.error);
@@ -432,7 +352,7 @@ settle(Run *run)
 static void
 diff(Run *run)
 {
-	Step		step = {.sql = "SELECT xprov._recon_diff($1::uuid)", .arg = run->id};
+	Step		step = {.sql = "SELECT xprov._recon_diff($1::uuid)", .nargs = 1, .args = {run->id}};
 
 	if (!run_step(&step, "comparing the listing with the shadows"))
 		finish_run(run, "failed", psprintf("the diff failed: %s", step.error));
@@ -441,7 +361,7 @@ diff(Run *run)
 static void
 react(Run *run)
 {
-	Step		step = {.sql = "SELECT xprov._recon_react($1::uuid)", .arg = run->id};
+	Step		step = {.sql = "SELECT xprov._recon_react($1::uuid)", .nargs = 1, .args = {run->id}};
 
 	if (!run_step(&step, "applying reactions"))
 		finish_run(run, "failed", psprintf("the reactions failed: %s", step.error));

@@ -43,7 +43,6 @@ PG_FUNCTION_INFO_V1(xprov_try_operation);
 #define MAX_EXCHANGES 20
 
 /* One wait of the engine: short, so cancels are seen at once. */
-#define WAIT_SLICE_MS 250
 
 /* ------------------------------------------------------------------------
  * Arguments and the connector
@@ -181,28 +180,6 @@ append_exchange(StringInfo exchanges, const HttpRequest *request)
 	appendStringInfo(exchanges, ", \"ms\": %.1f}", response->elapsed_ms);
 }
 
-/* Send one request and sleep in short slices until it is answered. */
-static void
-exchange(WorkOp *op, HttpRequest *request)
-{
-	http_engine_start(request, op->connector, op->id_text);
-	for (;;)
-	{
-		HttpRequest *done = NULL;
-		bool		latch_set;
-		int			n = http_engine_wait(WAIT_SLICE_MS, &done, 1, &latch_set);
-
-		if (latch_set)
-			ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (n > 0)
-		{
-			Assert(done == request);
-			return;
-		}
-	}
-}
-
 static void
 run_protocol(WorkOp *op, const Protocol *protocol, StringInfo exchanges)
 {
@@ -231,7 +208,7 @@ run_protocol(WorkOp *op, const Protocol *protocol, StringInfo exchanges)
 			break;
 		}
 		op->request = NULL;
-		exchange(op, request);
+		http_engine_exchange(request, op->connector, op->id_text);
 		count++;
 		append_exchange(exchanges, request);
 		MemoryContextSwitchTo(op->cxt);

@@ -47,6 +47,7 @@
 #include "worker.h"
 #include "worker_shmem.h"
 #include "worker_store.h"
+#include "xact_step.h"
 #include "xprov.h"
 
 #define MAX_DONE_PER_WAIT 64
@@ -260,49 +261,21 @@ record_delay_ms(TimestampTz now)
  * Transactions
  */
 
-typedef void (*TransactionBody) (void *arg);
-
 /*
  * Run body in a transaction of its own.  An error is logged and recorded in
  * xprov.worker_status(); the worker carries on.
  */
 static bool
-run_transaction(TransactionBody body, void *arg, const char *activity)
+run_transaction(XactStepBody body, void *arg, const char *activity)
 {
-	MemoryContext old = CurrentMemoryContext;
-	volatile bool ok = true;
+	char	   *error = xact_step_run(body, arg, activity);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, activity);
-		body(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(old);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ereport(LOG,
-				errmsg("xprov worker %d: %s failed: %s", w.slot, activity, edata->message));
-		worker_slot_set_error(edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
+	if (error == NULL)
+		return true;
+	ereport(LOG, errmsg("xprov worker %d: %s failed: %s", w.slot, activity, error));
+	worker_slot_set_error(error);
+	pfree(error);
+	return false;
 }
 
 /*

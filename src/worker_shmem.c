@@ -126,21 +126,46 @@ worker_wake_at_commit(void)
 }
 
 static bool config_change_pending = false;
-static bool config_callback_registered = false;
+static bool reconciler_wake_pending = false;
+static bool commit_callback_registered = false;
 
 static void
-config_change_callback(XactEvent event, void *arg)
+wake_reconciler(void)
 {
-	if (!config_change_pending)
-		return;
+	int			procno = worker_shared->reconciler_procno;
+
+	if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == MyDatabaseId &&
+		procno >= 0 && procno < (int) ProcGlobal->allProcCount)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* What a committed transaction announces; it must not fail. */
+static void
+commit_callback(XactEvent event, void *arg)
+{
 	if (event == XACT_EVENT_COMMIT && worker_shared != NULL)
 	{
-		pg_atomic_fetch_add_u64(&worker_shared->config_generation, 1);
-		worker_wake_at_commit();
+		if (config_change_pending)
+		{
+			pg_atomic_fetch_add_u64(&worker_shared->config_generation, 1);
+			worker_wake_at_commit();
+		}
+		if (reconciler_wake_pending)
+			wake_reconciler();
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		config_change_pending = false;
+		config_change_pending = reconciler_wake_pending = false;
+}
+
+static void
+register_commit_callback(void)
+{
+	if (!commit_callback_registered)
+	{
+		RegisterXactCallback(commit_callback, NULL);
+		commit_callback_registered = true;
+	}
 }
 
 /*
@@ -150,11 +175,7 @@ config_change_callback(XactEvent event, void *arg)
 void
 worker_config_changed_at_commit(void)
 {
-	if (!config_callback_registered)
-	{
-		RegisterXactCallback(config_change_callback, NULL);
-		config_callback_registered = true;
-	}
+	register_commit_callback();
 	config_change_pending = true;
 }
 
@@ -294,37 +315,11 @@ worker_shmem_set_reconciler(void)
 	before_shmem_exit(reconciler_detach, (Datum) 0);
 }
 
-static bool reconciler_wake_pending = false;
-static bool reconciler_callback_registered = false;
-
-/* A commit callback must not fail: a stale procno costs a spurious wake-up. */
-static void
-reconciler_wake_callback(XactEvent event, void *arg)
-{
-	if (!reconciler_wake_pending)
-		return;
-	if (event == XACT_EVENT_COMMIT && worker_shared != NULL)
-	{
-		int			procno = worker_shared->reconciler_procno;
-
-		if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == MyDatabaseId &&
-			procno >= 0 && procno < (int) ProcGlobal->allProcCount)
-			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		reconciler_wake_pending = false;
-}
-
 /* xprov._wake_reconciler(): a run was requested, approved or cancelled */
 Datum
 xprov_wake_reconciler(PG_FUNCTION_ARGS)
 {
-	if (!reconciler_callback_registered)
-	{
-		RegisterXactCallback(reconciler_wake_callback, NULL);
-		reconciler_callback_registered = true;
-	}
+	register_commit_callback();
 	reconciler_wake_pending = true;
 	PG_RETURN_VOID();
 }
