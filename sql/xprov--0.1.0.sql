@@ -2554,7 +2554,9 @@ BEGIN
 		  FROM pg_temp.recon_pair p WHERE p.gone;
 	END IF;
 
-	-- mismatch: a linked account whose attributes differ from those provisioned
+	-- mismatch: a linked account whose attributes differ from those provisioned;
+	-- what xprov never set is not compared (containment: an extension's other
+	-- sub-attributes, an email's "type", server defaults)
 	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, differences,
 								   attributes, action)
 	SELECT r.id, r.tenant_id, 'mismatch', p.shadow_id, p.target_uid, p.identity_id, d.diff, p.attributes,
@@ -2565,7 +2567,7 @@ BEGIN
 														  'actual', coalesce(p.attributes -> e.key, 'null'))) AS diff
 		  FROM jsonb_each(p.expected) e
 		 WHERE e.key NOT IN ('schemas', 'password', 'id', 'meta') AND e.value <> 'null'::jsonb
-		   AND (p.attributes -> e.key) IS DISTINCT FROM e.value) d
+		   AND NOT coalesce((p.attributes -> e.key) @> e.value, false)) d
 	 WHERE p.judged AND p.identity_id IS NOT NULL AND NOT p.gone AND d.diff IS NOT NULL;
 
 	-- accounts nobody owns (no shadow, or a shadow without an owner): correlation

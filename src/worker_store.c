@@ -725,6 +725,14 @@ record_shadow_conflicts(void)
  * The shadows of completed operations: live, re-linked, or buried.  results
  * are parallel to ops (only the completed ones, in order), as recorded.
  */
+/* A scim2 enable or disable: it sets the account's "active" and nothing else. */
+static bool
+sets_scim_active(const WorkOp *op)
+{
+	return (op->type == OP_ENABLE || op->type == OP_DISABLE) &&
+		op->connector != NULL && op->connector->kind == CONNECTOR_SCIM2;
+}
+
 static void
 record_shadows(WorkOp *ops, Jsonb **op_results)
 {
@@ -779,6 +787,13 @@ record_shadows(WorkOp *ops, Jsonb **op_results)
 		sent_nulls[nlive] = !op->attributes_replaced;
 		if (op->attributes_replaced)
 			sent[nlive] = CStringGetTextDatum(op->attributes);
+		if (sets_scim_active(op))
+		{
+			/* what the account now is, for reconciliation to compare */
+			sent_nulls[nlive] = false;
+			sent[nlive] = CStringGetTextDatum(op->type == OP_ENABLE ? "{\"active\": true}"
+											  : "{\"active\": false}");
+		}
 		observed_nulls[nlive] = result == NULL;
 		if (result != NULL)
 			observed[nlive] = JsonbPGetDatum(result);
