@@ -194,13 +194,13 @@ worker_config_generation(void)
 }
 
 /*
- * Ask the workers connected to a database to exit (DROP DATABASE).  Only
- * pids published by our own workers are signalled.
+ * Ask the workers and the reconciler connected to a database to exit (DROP
+ * DATABASE).  Only pids published by our own processes are signalled.
  */
 void
 worker_stop_for_database(Oid dboid)
 {
-	int			pids[XPROV_MAX_WORKERS];
+	int			pids[XPROV_MAX_WORKERS + 1];
 	int			count = 0;
 
 	if (worker_shared == NULL)
@@ -209,6 +209,8 @@ worker_stop_for_database(Oid dboid)
 	for (int i = 0; i < XPROV_MAX_WORKERS; i++)
 		if (worker_shared->slots[i].pid != 0 && worker_shared->slots[i].dboid == dboid)
 			pids[count++] = worker_shared->slots[i].pid;
+	if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == dboid)
+		pids[count++] = worker_shared->reconciler_pid;
 	SpinLockRelease(&worker_shared->mutex);
 	for (int i = 0; i < count; i++)
 		kill(pids[i], SIGTERM);

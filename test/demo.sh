@@ -706,6 +706,14 @@ SQL
 say "SELECT xprov.set_identity_source(tenant, 'app.employee', '{}');   -- read in place, through its indexes"
 say "SELECT xprov.add_correlation_rule(conn, 'user', '{\"items\": [{\"target\": \"userName\", \"identity\": \"user_name\", \"match\": \"case_insensitive\"}]}');"
 echo
+# start_run MODE: a reconciliation of the directory, in the tenant's context; prints its id
+start_run()
+{
+	q -v tenant="$TENANT" -v conn="$CONN" -v mode="$1" <<'SQL'
+SET xprov.tenant_id = :'tenant';
+SELECT xprov.reconcile(:'conn', 'user', :'mode');
+SQL
+}
 uid_of() { q -c "SELECT s.target_uid FROM xprov.shadows s JOIN app.employee e ON e.id = s.identity_id
 	WHERE e.employee_no = '$1' AND s.lifecycle = 'live'"; }
 scim_call() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/scim+json' "$@"; }
@@ -728,11 +736,7 @@ echo
 say "SET xprov.tenant_id = '$TENANT';   -- reconciliation acts for one tenant"
 say "SELECT xprov.reconcile_preview(conn);  SELECT xprov.wait_run(run);"
 t=$(now_ms)
-run=$(q -v tenant="$TENANT" -v conn="$CONN" <<'SQL'
-SET xprov.tenant_id = :'tenant';
-SELECT xprov.reconcile_preview(:'conn');
-SQL
-)
+run=$(start_run preview)
 preview_status=$(q -c "SELECT xprov.wait_run('$run', '60 s')")
 say "preview $preview_status in $(secs $(($(now_ms) - t))) s; it changed nothing, and plans:"
 table <<SQL
@@ -758,11 +762,7 @@ say "SELECT xprov.set_reaction(conn, 'missing', 'create');  -- mismatch: update,
 say "                                                       -- unlinked: link, unqualified: delete"
 say "SELECT xprov.reconcile(conn);"
 t=$(now_ms)
-run=$(q -v tenant="$TENANT" -v conn="$CONN" <<'SQL'
-SET xprov.tenant_id = :'tenant';
-SELECT xprov.reconcile(:'conn');
-SQL
-)
+run=$(start_run apply)
 apply_status=$(q -c "SELECT xprov.wait_run('$run', '60 s')")
 q -c "SELECT xprov.wait_idle('30 s')" >/dev/null
 say "apply $apply_status; its operations ran through the queue like any other ($(secs $(($(now_ms) - t))) s):"
@@ -773,11 +773,7 @@ SELECT d.type, d.action, d.status, coalesce(d.operation_status, '') AS operation
 SQL
 table -c "SELECT status, statistics -> 'accounts_total' AS accounts, statistics -> 'listing_ms' AS listing_ms,
 	statistics -> 'diff_ms' AS diff_ms, statistics -> 'duration_ms' AS total_ms FROM xprov.reconciliation_runs WHERE id = '$run'"
-run=$(q -v tenant="$TENANT" -v conn="$CONN" <<'SQL'
-SET xprov.tenant_id = :'tenant';
-SELECT xprov.reconcile_preview(:'conn');
-SQL
-)
+run=$(start_run preview)
 q -c "SELECT xprov.wait_run('$run', '60 s')" >/dev/null
 after_found=$(q -c "SELECT coalesce(string_agg(type, ',' ORDER BY type), 'none') FROM xprov.discrepancies WHERE run_id = '$run'")
 say "A new preview finds: $after_found   (temp.admin is disabled; it stays an orphan until someone deletes or claims it)"
