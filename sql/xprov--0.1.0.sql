@@ -2312,11 +2312,14 @@ DECLARE
 BEGIN
 	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_page.run_id FOR UPDATE;
 	SELECT c.kind INTO kind FROM xprov.connector c WHERE c.id = r.connector_id;
-	IF jsonb_typeof(doc) <> 'object' THEN
+	IF jsonb_typeof(doc) IS DISTINCT FROM 'object' THEN
 		RAISE EXCEPTION 'the list page is not a JSON object' USING ERRCODE = 'invalid_text_representation';
 	END IF;
-	list := coalesce(doc -> CASE WHEN kind = 'scim2' THEN 'Resources' ELSE 'items' END, '[]');
-	IF jsonb_typeof(list) <> 'array' THEN
+	list := doc -> CASE WHEN kind = 'scim2' THEN 'Resources' ELSE 'items' END;
+	IF list IS NULL AND kind = 'scim2' AND doc ->> 'totalResults' IS NOT NULL THEN
+		list := '[]';		-- SCIM leaves Resources out of an empty answer; nothing else may
+	END IF;
+	IF jsonb_typeof(list) IS DISTINCT FROM 'array' THEN
 		RAISE EXCEPTION 'the list page has no array of accounts' USING ERRCODE = 'invalid_text_representation';
 	END IF;
 	n := jsonb_array_length(list);
@@ -2444,7 +2447,10 @@ BEGIN
 									   AND d.target_uid = u.target_uid AND d.linked;
 	INSERT INTO pg_temp.recon_score
 	SELECT u.target_uid, u.reported_owner, 1.0, jsonb_build_object('reported_by_target', true)
-	  FROM pg_temp.recon_unowned u WHERE u.reported_owner IS NOT NULL;
+	  FROM pg_temp.recon_unowned u WHERE u.reported_owner IS NOT NULL
+	   AND NOT EXISTS (SELECT 1 FROM xprov.correlation_decision d
+						WHERE d.connector_id = r.connector_id AND d.object_class = r.object_class
+						  AND d.target_uid = u.target_uid AND d.identity_id = u.reported_owner AND NOT d.linked);
 	IF src.relation IS NULL THEN
 		RETURN;
 	END IF;
@@ -2502,8 +2508,11 @@ DECLARE
 	t0 timestamptz := clock_timestamp();
 	busy bigint;
 	counts jsonb;
+	exclusive_here boolean;
 BEGIN
 	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_diff.run_id FOR UPDATE;
+	SELECT (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb INTO exclusive_here
+	  FROM xprov.connector c WHERE c.id = r.connector_id;
 	SELECT * INTO src FROM xprov.identity_source s WHERE s.tenant_id = r.tenant_id;
 	SELECT coalesce(jsonb_object_agg(x.discrepancy_type, x.action), '{}') INTO acts
 	  FROM xprov.reaction x WHERE x.connector_id = r.connector_id;
@@ -2600,6 +2609,10 @@ BEGIN
 						 WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
 						   AND s.identity_id = v.owner AND s.dead_at IS NULL AND s.exclusive
 						   AND s.target_uid IS DISTINCT FROM v.target_uid) THEN 'collision'
+					-- another account listed without owner has the same one: neither is linked
+					WHEN v.n_definite = 1 AND exclusive_here AND EXISTS (
+						SELECT 1 FROM verdict w
+						 WHERE w.n_definite = 1 AND w.owner = v.owner AND w.target_uid <> v.target_uid) THEN 'collision'
 					WHEN v.n_definite = 1 THEN 'unlinked'
 					WHEN v.n_candidates > 0 THEN 'disputed'
 					ELSE 'orphan' END AS type
