@@ -2024,9 +2024,16 @@ BEGIN
 				  DETAIL = format('Run %s was requested at %s.', active.id, active.created_at),
 				  HINT = 'Wait for it with xprov.wait_run(), or cancel it with xprov.cancel_run().';
 	END IF;
-	INSERT INTO xprov.reconciliation_run AS r (tenant_id, connector_id, object_class, mode)
-	VALUES (c.tenant_id, c.id, reconcile.object_class, reconcile.mode)
-	RETURNING r.id INTO new_id;
+	BEGIN
+		INSERT INTO xprov.reconciliation_run AS r (tenant_id, connector_id, object_class, mode)
+		VALUES (c.tenant_id, c.id, reconcile.object_class, reconcile.mode)
+		RETURNING r.id INTO new_id;
+	EXCEPTION WHEN unique_violation THEN
+		-- another session started one between the check above and this insert
+		RAISE EXCEPTION 'a reconciliation of connector % (%) is already pending', c.name, reconcile.object_class
+			USING ERRCODE = 'object_in_use',
+				  HINT = 'Wait for it with xprov.wait_run(), or cancel it with xprov.cancel_run().';
+	END;
 	PERFORM xprov._wake_reconciler();
 	RETURN new_id;
 END
@@ -2356,6 +2363,10 @@ BEGIN
 		ON CONFLICT DO NOTHING;
 		GET DIAGNOSTICS added = ROW_COUNT;
 		next_cursor := doc ->> 'next_cursor';
+		IF next_cursor = '' OR next_cursor = r.page_cursor THEN
+			RAISE EXCEPTION 'the target''s next_cursor % does not move the listing on', to_jsonb(next_cursor)
+				USING ERRCODE = 'invalid_text_representation';
+		END IF;
 	END IF;
 
 	UPDATE xprov.reconciliation_run x
@@ -2492,6 +2503,21 @@ BEGIN
 END
 $$;
 
+-- The action a discrepancy gets: the connector's reaction, unless it cannot
+-- or need not happen (a create with nobody to create for, a disable of an
+-- account that is disabled already: reported instead).
+CREATE FUNCTION xprov._planned_action(reactions jsonb, discrepancy_type text, account jsonb, owner uuid)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE
+		WHEN a.action = 'create' AND owner IS NULL THEN 'report'
+		WHEN a.action = 'disable' AND account -> 'active' = 'false'::jsonb THEN 'report'
+		ELSE a.action END
+	  FROM (SELECT coalesce(reactions ->> discrepancy_type, 'report') AS action) a
+$$;
+
 -- diff: the listing against the live shadows and the identity source, all
 -- set-based, into xprov.discrepancy with each one's planned action.
 CREATE FUNCTION xprov._recon_diff(run_id uuid)
@@ -2543,7 +2569,8 @@ BEGIN
 
 	-- missing: a live shadow older than the listing whose account was not listed
 	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, action)
-	SELECT r.id, r.tenant_id, 'missing', s.id, s.target_uid, s.identity_id, coalesce(acts ->> 'missing', 'report')
+	SELECT r.id, r.tenant_id, 'missing', s.id, s.target_uid, s.identity_id,
+		   xprov._planned_action(acts, 'missing', NULL, s.identity_id)
 	  FROM pg_temp.recon_shadow s
 	 WHERE s.judged AND s.created_at < r.listing_started_at
 	   AND NOT EXISTS (SELECT 1 FROM xprov.reconciliation_item i
@@ -2559,7 +2586,7 @@ BEGIN
 							THEN format(' AND i.%I = %L', src.tenant_column, r.tenant_id) END);
 		INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, attributes, action)
 		SELECT r.id, r.tenant_id, 'unqualified', p.shadow_id, p.target_uid, p.identity_id, p.attributes,
-			   coalesce(acts ->> 'unqualified', 'report')
+			   xprov._planned_action(acts, 'unqualified', p.attributes, p.identity_id)
 		  FROM pg_temp.recon_pair p WHERE p.gone;
 	END IF;
 
@@ -2569,7 +2596,7 @@ BEGIN
 	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, differences,
 								   attributes, action)
 	SELECT r.id, r.tenant_id, 'mismatch', p.shadow_id, p.target_uid, p.identity_id, d.diff, p.attributes,
-		   coalesce(acts ->> 'mismatch', 'report')
+		   xprov._planned_action(acts, 'mismatch', p.attributes, p.identity_id)
 	  FROM pg_temp.recon_pair p
 	 CROSS JOIN LATERAL (
 		SELECT jsonb_object_agg(e.key, jsonb_build_object('expected', e.value,
@@ -2610,19 +2637,19 @@ BEGIN
 						   AND s.identity_id = v.owner AND s.dead_at IS NULL AND s.exclusive
 						   AND s.target_uid IS DISTINCT FROM v.target_uid) THEN 'collision'
 					-- another account listed without owner has the same one: neither is linked
-					WHEN v.n_definite = 1 AND exclusive_here AND EXISTS (
-						SELECT 1 FROM verdict w
-						 WHERE w.n_definite = 1 AND w.owner = v.owner AND w.target_uid <> v.target_uid) THEN 'collision'
+					WHEN v.n_definite = 1 AND exclusive_here AND v.owner_claims > 1 THEN 'collision'
 					WHEN v.n_definite = 1 THEN 'unlinked'
 					WHEN v.n_candidates > 0 THEN 'disputed'
 					ELSE 'orphan' END AS type
-		  FROM verdict v
+		  FROM (SELECT w.*, sum(CASE WHEN w.n_definite = 1 THEN 1 ELSE 0 END)
+								OVER (PARTITION BY w.owner) AS owner_claims
+				  FROM verdict w) v
 	)
 	INSERT INTO xprov.discrepancy (run_id, tenant_id, type, shadow_id, target_uid, identity_id, candidates,
 								   attributes, action)
 	SELECT r.id, r.tenant_id, t.type, t.shadow_id, t.target_uid,
 		   CASE WHEN t.type IN ('unlinked', 'collision') THEN t.owner END, t.candidates, t.attributes,
-		   coalesce(acts ->> t.type, 'report')
+		   xprov._planned_action(acts, t.type, t.attributes, t.owner)
 	  FROM typed t;
 
 	SELECT coalesce(jsonb_object_agg(x.type, x.n), '{}') INTO counts
@@ -2788,6 +2815,12 @@ BEGIN
 	)
 	UPDATE xprov.discrepancy d SET case_id = o.id
 	  FROM opened o WHERE d.run_id = r.id AND d.target_uid = o.target_uid AND d.type IN ('disputed', 'collision');
+	-- an account whose case is still open from an earlier run points at it
+	UPDATE xprov.discrepancy d SET case_id = c.id
+	  FROM xprov.correlation_case c
+	 WHERE d.run_id = r.id AND d.case_id IS NULL AND d.type IN ('disputed', 'collision')
+	   AND c.connector_id = r.connector_id AND c.object_class = r.object_class
+	   AND c.target_uid = d.target_uid AND c.origin = 'reconciliation' AND c.status = 'open';
 
 	UPDATE xprov.discrepancy d
 	   SET status = CASE WHEN d.action = 'report' THEN 'reported' ELSE 'applied' END

@@ -15,7 +15,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(254);
+SELECT plan(260);
 \ir common.psql
 
 -- ---------------------------------------------------------------- helpers
@@ -471,6 +471,10 @@ SELECT is((SELECT string_agg(target_uid || ' ' || coalesce(pg_temp.nm(identity_i
              FROM xprov.reconciliation_item WHERE run_id = pg_temp.id('rq')),
           'k1 kim {"login": "kim"}, k2 - {"login": "k2"}, k3 - {}, k5 lee {"login": "lee"}',
           'REST items are staged with the owner the target reports (a uuid only) and their attributes ({} when none)');
+SELECT throws_ok($$SELECT xprov._recon_page(pg_temp.id('rq'), '{"items": [], "next_cursor": "opaque-42"}')$$, '22P02', NULL,
+                 'REST: a next_cursor that does not move the listing on is refused (no endless listing)');
+SELECT throws_ok($$SELECT xprov._recon_page(pg_temp.id('rq'), '{"items": [], "next_cursor": ""}')$$, '22P02', NULL,
+                 'REST: an empty next_cursor is refused');
 SELECT is(pg_temp.page('rq', '{"items": [{"uid": "k1"}, {"uid": "k4"}], "next_cursor": null}'), NULL,
           'next_cursor null ends the listing');
 SELECT is((SELECT concat_ws(' ', phase, pages, listed, passes) FROM xprov.reconciliation_run WHERE id = pg_temp.id('rq')),
@@ -749,7 +753,7 @@ CREATE FUNCTION pg_temp.list_cu(p_run text) RETURNS text LANGUAGE sql AS $$
 $$;
 SELECT FROM (VALUES ('missing', 'create'), ('mismatch', 'update'), ('orphan', 'delete'), ('collision', 'disable')) v(t, a),
             LATERAL xprov.set_reaction(pg_temp.id('cu'), t, a);
-SELECT FROM xprov.set_reconciliation_threshold(pg_temp.id('cu'), 4, NULL);
+SELECT FROM xprov.set_reconciliation_threshold(pg_temp.id('cu'), 3, NULL);
 SELECT FROM pg_temp.run('u1', 'cu');
 SELECT is(pg_temp.list_cu('u1'), 'true -', 'u1 listed');
 SELECT FROM pg_temp.diff('u1');
@@ -757,11 +761,11 @@ SELECT is(pg_temp.disc('u1'), concat_ws(E'\n',
     'collision k-2 bob disable planned',
     'mismatch p-1 grace update planned',
     'missing m-1 ada create planned',
-    'missing m-2 - create planned',
-    'orphan o-1 - delete planned'), 'u1: five actions planned');
-SELECT is(pg_temp.react('u1'), 'paused', 'more than max_actions (4): paused, whatever the percentage (max_percent off)');
+    'missing m-2 - report planned',
+    'orphan o-1 - delete planned'), 'u1: four actions planned (nobody to create the ownerless m-2 for: reported)');
+SELECT is(pg_temp.react('u1'), 'paused', 'more than max_actions (3): paused, whatever the percentage (max_percent off)');
 SELECT is((SELECT statistics -> 'paused_for' FROM pg_temp.runv('u1')),
-          '{"accounts": 6, "max_actions": 4, "max_percent": null, "actions_planned": 5}'::jsonb, 'paused_for says so');
+          '{"accounts": 6, "max_actions": 3, "max_percent": null, "actions_planned": 4}'::jsonb, 'paused_for says so');
 SELECT lives_ok($$SELECT xprov.cancel_run(pg_temp.id('u1'))$$, 'a paused run can be cancelled');
 SELECT is((SELECT status || ' ' || (finished_at IS NOT NULL) FROM pg_temp.runv('u1')), 'cancelled true', 'it is cancelled');
 SELECT is((SELECT string_agg(DISTINCT status, ',') FROM xprov.discrepancies WHERE run_id = pg_temp.id('u1')), 'cancelled',
@@ -771,11 +775,11 @@ SELECT is((SELECT count(*) FROM xprov.shadow WHERE connector_id = pg_temp.id('cu
           || (SELECT count(*) FROM xprov.op WHERE connector_id = pg_temp.id('cu')), '4 1',
           'nothing was done: 4 shadows, only the one operation of the test''s own');
 
-SELECT FROM xprov.set_reconciliation_threshold(pg_temp.id('cu'), 5, NULL);
+SELECT FROM xprov.set_reconciliation_threshold(pg_temp.id('cu'), 4, NULL);
 SELECT FROM pg_temp.run('u2', 'cu');
 SELECT is(pg_temp.list_cu('u2'), 'true -', 'u2 listed');
 SELECT FROM pg_temp.diff('u2');
-SELECT is(pg_temp.react('u2'), 'completed', 'exactly max_actions (5) planned: no pause, no approval needed');
+SELECT is(pg_temp.react('u2'), 'completed', 'exactly max_actions (4) planned: no pause, no approval needed');
 SELECT is((SELECT approved_at FROM pg_temp.runv('u2')), NULL, 'nobody approved it');
 SELECT results_eq($$SELECT d.type, d.target_uid, o.operation_type, pg_temp.nm(o.identity_id), o.target_uid, o.attributes
                       FROM xprov.discrepancies d JOIN xprov.operations o ON o.id = d.operation_id
@@ -790,8 +794,8 @@ SELECT is((SELECT o.lane_id FROM xprov.op o JOIN xprov.discrepancy d ON d.operat
             WHERE d.run_id = pg_temp.id('u2') AND d.target_uid = 'p-1'),
           (SELECT lane_id FROM xprov.shadow WHERE id = pg_temp.id('p-1')), 'the update queues on the shadow''s own subject');
 SELECT is((SELECT string_agg(target_uid || ' ' || lifecycle, ', ' ORDER BY target_uid) FROM xprov.shadow
-            WHERE connector_id = pg_temp.id('cu') AND target_uid LIKE 'm-%'), 'm-1 tombstone, m-2 tombstone',
-          'create missing: the old shadows die (a new one comes with the create)');
+            WHERE connector_id = pg_temp.id('cu') AND target_uid LIKE 'm-%'), 'm-1 tombstone, m-2 live',
+          'create missing: the old shadow dies (a new one comes with the create); the ownerless one is only reported');
 SELECT is((SELECT operation_id FROM xprov.discrepancies WHERE run_id = pg_temp.id('u2') AND target_uid = 'm-2'), NULL,
           'an account nobody owned is not created again (no identity to create it for)');
 SELECT is((SELECT count(*) FROM xprov.op WHERE connector_id = pg_temp.id('cu')), 5::bigint, 'four operations enqueued');
@@ -872,6 +876,15 @@ SELECT is(pg_temp.outcome($$SELECT pg_temp.react('cm-run')$$), 'OK: completed', 
 SELECT is((SELECT string_agg(target_uid || ' ' || pg_temp.nm(identity_id) || ' ' || exclusive, ', ' ORDER BY target_uid)
              FROM xprov.shadow WHERE connector_id = pg_temp.id('cm')), 'w-1 bob false, w-2 bob false',
           'both linked, neither exclusive');
+
+-- ---------------------------------------------------------------- planned actions that cannot or need not happen
+SELECT is(xprov._planned_action('{"orphan": "disable"}', 'orphan', '{"active": false}', NULL), 'report',
+          'disabling an account that is disabled already is only reported');
+SELECT is(xprov._planned_action('{"orphan": "disable"}', 'orphan', '{"active": true}', NULL), 'disable',
+          'an active account is disabled');
+SELECT is(xprov._planned_action('{"missing": "create"}', 'missing', NULL, NULL), 'report',
+          'a missing account nobody owned is not created again');
+SELECT is(xprov._planned_action('{}', 'mismatch', '{}', gen_random_uuid()), 'report', 'report by default');
 
 SELECT * FROM finish();
 ROLLBACK;
