@@ -388,15 +388,15 @@ ops0=$(q "SELECT count(*) FROM xprov.operations")
 run_b=$(tq "$T" "SELECT xprov.reconcile('$C')")
 check "threshold 0: the apply run pauses, nothing queued" \
 	"$(wait_run "$run_b") $(run_field "$run_b" "r.statistics #>> '{paused_for,actions_planned}'") $(q "SELECT count(*) FROM xprov.operations")" \
-	"paused 2 $ops0"
+	"paused 1 $ops0"
 check "approve_run of the paused run" "$(sqlstate "$T" "SELECT xprov.approve_run('$run_b')" true)" ok
 check "approved: the run completes, approved_by and approved_at set" \
 	"$(wait_run "$run_b") $(run_field "$run_b" "r.approved_by || ' ' || (r.approved_at IS NOT NULL)")" "completed postgres true"
-check "approved: eve's mismatch updated on the target, the orphan disabled again" \
+check "approved: eve's mismatch updated on the target; the orphan, disabled already, only reported" \
 	"$(q "SELECT xprov.wait_idle('30 seconds')") $(tuser eve@example.com "u['displayName']") \
 $(q "SELECT string_agg(d.type || ':' || d.action || ':' || d.status || ':' || coalesce(d.operation_status, '-'), ' ' ORDER BY d.type)
 		FROM xprov.discrepancies d WHERE d.run_id = '$run_b'")" \
-	"t Eve collision:report:reported:- disputed:report:reported:- mismatch:update:applied:completed orphan:disable:applied:completed"
+	"t Eve collision:report:reported:- disputed:report:reported:- mismatch:update:applied:completed orphan:report:reported:-"
 q "SELECT xprov.set_reconciliation_threshold('$C', 100, 100)" >/dev/null
 
 # --- the page size is reloaded; a target failing mid-listing ------------------------------
