@@ -41,3 +41,29 @@ wait_for()
 	done
 	printf '%s' "$got"
 }
+
+# create_try_sql: creates try_sql(sql text, keep boolean) in the current
+# database, for checking what a statement answers: 'ok' or its SQLSTATE;
+# keep = false rolls back what it did.
+create_try_sql()
+{
+	psql -qAtX -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+CREATE FUNCTION try_sql(sql text, keep boolean)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	EXECUTE sql;
+	IF NOT keep THEN
+		RAISE SQLSTATE 'XP000';
+	END IF;
+	RETURN 'ok';
+EXCEPTION
+	WHEN SQLSTATE 'XP000' THEN
+		RETURN 'ok';
+	WHEN OTHERS THEN
+		RETURN SQLSTATE;
+END
+$$;
+SQL
+}

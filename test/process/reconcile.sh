@@ -156,25 +156,8 @@ target_start rest_pid test/targets/rest_server.py "$REST_PORT" "$XPROV_CLUSTER_D
 psql -qAtX -d postgres -c "CREATE DATABASE $DB"
 q "CREATE EXTENSION xprov"
 q "CREATE EXTENSION pg_cron"
+create_try_sql
 psql -qAtX -v ON_ERROR_STOP=1 -v t="$T" <<'SQL' >/dev/null
--- SQL's outcome: 'ok' or its SQLSTATE; keep = false rolls back what it did.
-CREATE FUNCTION try_sql(sql text, keep boolean)
-RETURNS text
-LANGUAGE plpgsql
-AS $$
-BEGIN
-	EXECUTE sql;
-	IF NOT keep THEN
-		RAISE SQLSTATE 'XP000';
-	END IF;
-	RETURN 'ok';
-EXCEPTION
-	WHEN SQLSTATE 'XP000' THEN
-		RETURN 'ok';
-	WHEN OTHERS THEN
-		RETURN SQLSTATE;
-END
-$$;
 -- the test's names for accounts (by target uid) and identities
 CREATE TABLE acct (uid text PRIMARY KEY, name text NOT NULL);
 CREATE TABLE names (id uuid PRIMARY KEY, name text NOT NULL);

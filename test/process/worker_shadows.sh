@@ -138,26 +138,7 @@ trap 'scim_stop; cluster_stop' EXIT
 scim_start
 psql -qAtX -d postgres -c "CREATE DATABASE $DB"
 q "CREATE EXTENSION xprov"
-psql -qAtX -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
--- SQL's outcome: 'ok' or its SQLSTATE; keep = false rolls back what it did.
-CREATE FUNCTION try_sql(sql text, keep boolean)
-RETURNS text
-LANGUAGE plpgsql
-AS $$
-BEGIN
-	EXECUTE sql;
-	IF NOT keep THEN
-		RAISE SQLSTATE 'XP000';
-	END IF;
-	RETURN 'ok';
-EXCEPTION
-	WHEN SQLSTATE 'XP000' THEN
-		RETURN 'ok';
-	WHEN OTHERS THEN
-		RETURN SQLSTATE;
-END
-$$;
-SQL
+create_try_sql
 check "one worker runs on $DB" \
 	"$(wait_for "SELECT count(*) FROM xprov.worker_status() WHERE database = '$DB'" 20 1)" 1
 postmaster0=$(postmaster_pid)
