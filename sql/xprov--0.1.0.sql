@@ -2203,6 +2203,32 @@ BEGIN
 END
 $$;
 
+-- Removes finished runs (completed, failed, cancelled) older than the
+-- retention period, with their discrepancies; schedule it with pg_cron.
+-- Returns how many runs were removed.
+CREATE FUNCTION xprov.purge_runs(older_than interval DEFAULT '30 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	removed bigint;
+BEGIN
+	IF older_than IS NULL OR older_than < interval '0' THEN
+		RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	WITH gone AS (
+		DELETE FROM xprov.reconciliation_run r
+		 WHERE r.status IN ('completed', 'failed', 'cancelled') AND r.finished_at < now() - older_than
+		RETURNING r.id
+	), discrepancies AS (
+		DELETE FROM xprov.discrepancy d USING gone g WHERE d.run_id = g.id
+	)
+	SELECT count(*) INTO removed FROM gone;
+	RETURN removed;
+END
+$$;
+
 CREATE VIEW xprov.reconciliation_thresholds AS
 	SELECT c.tenant_id, c.id AS connector_id,
 		   CASE WHEN t.connector_id IS NULL THEN 1000 ELSE t.max_actions END AS max_actions,

@@ -15,7 +15,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(260);
+SELECT plan(266);
 \ir common.psql
 
 -- ---------------------------------------------------------------- helpers
@@ -885,6 +885,19 @@ SELECT is(xprov._planned_action('{"orphan": "disable"}', 'orphan', '{"active": t
 SELECT is(xprov._planned_action('{"missing": "create"}', 'missing', NULL, NULL), 'report',
           'a missing account nobody owned is not created again');
 SELECT is(xprov._planned_action('{}', 'mismatch', '{}', gen_random_uuid()), 'report', 'report by default');
+
+-- ---------------------------------------------------------------- purge_runs
+SELECT throws_ok($$SELECT xprov.purge_runs(NULL)$$, '22023', NULL, 'purge_runs: NULL is refused');
+SELECT throws_ok($$SELECT xprov.purge_runs('-1 day')$$, '22023', NULL, 'purge_runs: a negative interval is refused');
+UPDATE xprov.reconciliation_run SET finished_at = now() - interval '40 days' WHERE id = pg_temp.id('u1');
+SELECT is(xprov.purge_runs(), 1::bigint, 'purge_runs removes the finished run older than 30 days');
+SELECT is((SELECT count(*) FROM xprov.reconciliation_run WHERE id = pg_temp.id('u1'))
+          + (SELECT count(*) FROM xprov.discrepancy WHERE run_id = pg_temp.id('u1')), 0::bigint,
+          'with its discrepancies');
+UPDATE xprov.reconciliation_run SET finished_at = now() - interval '2 days' WHERE finished_at IS NOT NULL;
+SELECT is(xprov.purge_runs('1 day') >= 1, true, 'purge_runs(''1 day'') removes every run finished before');
+SELECT is((SELECT count(*) FROM xprov.reconciliation_run WHERE status IN ('completed', 'failed', 'cancelled')), 0::bigint,
+          'none is left');
 
 SELECT * FROM finish();
 ROLLBACK;
