@@ -488,6 +488,20 @@ CREATE VIEW xprov.accounts AS
 
 -- Removes tombstones older than the retention period; schedule it with
 -- pg_cron.  Returns how many were removed.
+-- The end of a retention period that ends now, after checking it.
+CREATE FUNCTION xprov._retention_cutoff(older_than interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+BEGIN
+	IF older_than IS NULL OR older_than < interval '0' THEN
+		RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN now() - older_than;
+END
+$$;
+
 CREATE FUNCTION xprov.purge_tombstones(older_than interval DEFAULT '7 days')
 RETURNS bigint
 LANGUAGE plpgsql
@@ -495,11 +509,9 @@ SET search_path = pg_catalog
 AS $$
 DECLARE
 	removed bigint;
+	cutoff timestamptz := xprov._retention_cutoff(older_than);
 BEGIN
-	IF older_than IS NULL OR older_than < interval '0' THEN
-		RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	DELETE FROM xprov.shadow s WHERE s.dead_at IS NOT NULL AND s.dead_at < now() - older_than;
+	DELETE FROM xprov.shadow s WHERE s.dead_at IS NOT NULL AND s.dead_at < cutoff;
 	GET DIAGNOSTICS removed = ROW_COUNT;
 	RETURN removed;
 END
@@ -2213,13 +2225,11 @@ SET search_path = pg_catalog
 AS $$
 DECLARE
 	removed bigint;
+	cutoff timestamptz := xprov._retention_cutoff(older_than);
 BEGIN
-	IF older_than IS NULL OR older_than < interval '0' THEN
-		RAISE EXCEPTION 'older_than must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
 	WITH gone AS (
 		DELETE FROM xprov.reconciliation_run r
-		 WHERE r.status IN ('completed', 'failed', 'cancelled') AND r.finished_at < now() - older_than
+		 WHERE r.status IN ('completed', 'failed', 'cancelled') AND r.finished_at < cutoff
 		RETURNING r.id
 	), discrepancies AS (
 		DELETE FROM xprov.discrepancy d USING gone g WHERE d.run_id = g.id
