@@ -38,6 +38,15 @@
 # Part "correlation":
 #  13. correlate_owner per second against 1M       vs  the bare index lookup (btree on lower(email);
 #      identities, exact and fuzzy                     trigram GIN) the rule becomes, same loop
+# Part "reconciliation" (the reconciler process, scim2 connector, test/targets/scim_server.py):
+#  14. xprov.reconcile_preview of 100k accounts     vs  curl fetching the same pages (GET /Users?
+#      against 100k shadows: listing, diff and         startIndex=N&count=<xprov.reconcile_page_size>)
+#      total from xprov.reconciliation_runs;           one after the other over one keep-alive
+#      discrepancy counts per type must equal          connection from the same server
+#      the planted ones (BENCH_RECON_PERCENT of
+#      the accounts each for mismatch, unqualified,
+#      orphan, unlinked, disputed and collision; 4x
+#      that missing, so that both sides hold 100k)
 #
 # Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of a database loaded once,
 # so all drains start from the same physical state; the barred drains run BENCH_REPEAT times,
@@ -49,18 +58,23 @@
 # Benchmarks are not tests: the script exits 0 when a bar is missed (it prints FAIL) and
 # non-zero only when it cannot run at all. Knobs (environment):
 #   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http hooks
-#   correlation")  BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)  BENCH_CORR_IDENTITIES (1000000)
+#   correlation reconciliation")  BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)  BENCH_CORR_IDENTITIES (1000000)
 #   BENCH_CORR_EXACT (5000)  BENCH_CORR_FUZZY (500)
+#   BENCH_RECON_ACCOUNTS (100000: target accounts, and shadows)  BENCH_RECON_PERCENT (2: planted per type,
+#   at most 14)  BENCH_RECON_CAP (300 s per run)  BENCH_SCIM_PORT (18436: the SCIM server, 127.0.0.1)
 #   BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
 #   BENCH_CLAIM (100)  BENCH_REPEAT (2)  BENCH_DRAIN_CAP (120 s per drain)
 #   BENCH_PINNED_CAP (150 s)  BENCH_VARIANTS (1: also time the one-commit drain, and sample
 #   the per-op complete() drain for BENCH_SAMPLE_SECS (6) on the operations left by step 2)
-#   BENCH_PROFILE (0: 1 preloads pg_stat_statements and prints the top statements per xprov drain)
+#   BENCH_PROFILE (0: 1 preloads pg_stat_statements and prints the top statements per xprov drain
+#   and per reconciliation run)
 #   BENCH_POLL_MS (50: how often the worker's shared-memory counters are read during a drain)
 #   BENCH_LAT_RATE (5000 ops/s offered)  BENCH_LAT_BATCH (10 ops per producer transaction)
 #   BENCH_LAT_SECS (20)  BENCH_HTTP_OPS (20000)  BENCH_HTTP_IN_FLIGHT (64)
 #   BENCH_NGINX_PORT (18434)  BENCH_PERF (0: 1 records a perf profile of the worker during the
-#   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data)
+#   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data;
+#   and of the reconciler during the first reconciliation run, its listing and the rest apart:
+#   /tmp/xprov-bench-recon-{listing,diff}.perf.data)
 #   XPROV_KEEP_CLUSTER (0: 1 keeps the cluster directory, see test/lib/cluster.sh)
 
 set -uo pipefail
@@ -80,7 +94,7 @@ PINNED_CAP=${BENCH_PINNED_CAP:-150}
 SAMPLE_SECS=${BENCH_SAMPLE_SECS:-6}
 VARIANTS=${BENCH_VARIANTS:-1}
 PROFILE=${BENCH_PROFILE:-0}
-PARTS=" ${BENCH_PARTS:-queue worker latency http hooks correlation} "
+PARTS=" ${BENCH_PARTS:-queue worker latency http hooks correlation reconciliation} "
 HOOK_CALLS=${BENCH_HOOK_CALLS:-20000}
 CORR_IDENTITIES=${BENCH_CORR_IDENTITIES:-1000000}
 CORR_EXACT=${BENCH_CORR_EXACT:-5000}
@@ -94,6 +108,10 @@ HTTP_OPS=${BENCH_HTTP_OPS:-20000}
 HTTP_IN_FLIGHT=${BENCH_HTTP_IN_FLIGHT:-64}
 NGINX_PORT=${BENCH_NGINX_PORT:-18434}
 PERF=${BENCH_PERF:-0}
+RECON_ACCOUNTS=${BENCH_RECON_ACCOUNTS:-100000}
+RECON_PERCENT=${BENCH_RECON_PERCENT:-2}
+RECON_CAP=${BENCH_RECON_CAP:-300}
+SCIM_PORT=${BENCH_SCIM_PORT:-18436}
 BATCH=1000                                   # ops per enqueue_batch call / batched INSERT
 NB=$(( (SUBJECTS + BATCH - 1) / BATCH ))     # prebuilt batches; batch b holds subjects b*1000 .. b*1000+999
 SUBJECTS=$(( NB * BATCH ))
@@ -130,6 +148,7 @@ cleanup() {
     stop_pin
     poll_close
     stop_nginx
+    stop_scim
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -141,6 +160,8 @@ fmt_rate() { if [ -n "$1" ]; then LC_ALL=C printf "%'.0f" "$1"; else printf 'n/a
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "" }'; }
 ge() { awk -v a="${1:-}" -v b="$2" 'BEGIN { exit !(a != "" && a + 0 >= b + 0) }'; }
 max() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { print (a + 0 >= b + 0) ? a : b }'; }
+min() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { print (a == "" || (b != "" && b + 0 < a + 0)) ? b : a }'; }
+le() { awk -v a="${1:-}" -v b="$2" 'BEGIN { exit !(a != "" && a + 0 <= b + 0) }'; }
 scale() { awk -v t="$1" -v n="$2" 'BEGIN { if (t != "") printf "%.0f", t * n }'; }
 
 # ---------------------------------------------------------------- SQL pieces
@@ -895,6 +916,214 @@ sink_baseline() {
     S_RATE=$(awk -v n="$S_OK" -v s="$S_SECS" 'BEGIN { printf "%.0f", n / s }')
 }
 
+# ---------------------------------------------------------------- reconciliation (part 14)
+SCIM_PID=''
+start_scim() {
+    python3 "$here/targets/scim_server.py" --port "$SCIM_PORT" >"$work/scim.log" 2>&1 &
+    SCIM_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q "^listening on 127.0.0.1:$SCIM_PORT\$" "$work/scim.log" 2>/dev/null && return 0
+        kill -0 "$SCIM_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    sed 's/^/    scim_server: /' "$work/scim.log" >&2
+    stop_scim
+    return 1
+}
+
+stop_scim() {
+    [ -n "$SCIM_PID" ] || return 0
+    kill "$SCIM_PID" 2>/dev/null
+    wait "$SCIM_PID" 2>/dev/null
+    SCIM_PID=''
+}
+
+# recon_load: $WORKER_DB afresh (the reconciler serves xprov.database_name) with, for N =
+# RECON_ACCOUNTS and k = RK accounts per type, account/shadow number i:
+#   1 .. k        mismatch     shadow, account with another displayName
+#   k .. 2k       unqualified  shadow, account as provisioned, identity gone from people
+#   2k .. 3k      orphan       account only; nobody has its userName
+#   3k .. 4k      unlinked     account only (userName in capitals); one person has it, no account
+#   4k .. 5k      disputed     account only; two people share its userName
+#   5k .. 6k      collision    account only; its person owns account i + k already
+#   6k .. N       linked, as provisioned (6k .. 7k: the collision people's accounts)
+#   N .. N + 4k   missing      shadow only (so that both sides hold N)
+# Shadows: identity, target_uid, 'live', 'linked', expected = the attributes, a day old, each
+# with the subject ('i:' || identity) and idle lane the workers leave behind (xprov.subject,
+# xprov.lane: nothing queued). The SCIM server gets the accounts with ids = the target_uids.
+recon_load() {
+    local k=$RK n=$RECON_ACCOUNTS lo hi code
+    fresh_worker_db
+    DB=$WORKER_DB
+    q "CREATE FUNCTION recon_attrs(i int) RETURNS jsonb LANGUAGE sql IMMUTABLE AS \$\$
+         SELECT jsonb_build_object('userName', 'user' || i || '@example.com',
+                  'name', jsonb_build_object('givenName', 'Given' || i, 'familyName', 'Family' || i),
+                  'displayName', 'Given' || i || ' Family' || i,
+                  'emails', jsonb_build_array(jsonb_build_object('value', 'user' || i || '@example.com',
+                                                                 'type', 'work', 'primary', true)),
+                  'title', 'Senior Software Engineer', 'active', true) \$\$;
+       CREATE FUNCTION recon_uid(i int) RETURNS text LANGUAGE sql IMMUTABLE AS \$\$ SELECT md5('a' || i)::uuid::text \$\$;
+       CREATE FUNCTION recon_person(i int) RETURNS uuid LANGUAGE sql IMMUTABLE AS \$\$ SELECT md5('p' || i)::uuid \$\$;
+       CREATE FUNCTION recon_account(i int) RETURNS jsonb LANGUAGE sql IMMUTABLE AS \$\$
+         SELECT recon_attrs(i) || jsonb_build_object('id', recon_uid(i))
+                || CASE WHEN i <= $k THEN jsonb_build_object('displayName', 'Renamed' || i)
+                        WHEN i > 3 * $k AND i <= 4 * $k THEN jsonb_build_object('userName', upper('user' || i || '@example.com'))
+                        ELSE '{}' END \$\$;
+       CREATE TABLE people (id uuid PRIMARY KEY, email text NOT NULL, first_name text NOT NULL, last_name text NOT NULL);
+       INSERT INTO people
+       SELECT recon_person(i), 'user' || i || '@example.com', 'Given' || i, 'Family' || i
+         FROM generate_series(1, $n + 4 * $k) i WHERE i <= $k OR i > 3 * $k
+       UNION ALL
+       SELECT md5('q' || i)::uuid, 'user' || i || '@example.com', 'Twin' || i, 'Family' || i
+         FROM generate_series(4 * $k + 1, 5 * $k) i;
+       CREATE INDEX people_email ON people (lower(email));" >/dev/null || die "loading the identities failed"
+    R_CONN=$(q "SELECT xprov.add_connector('$TENANT', 'bench-recon', 'scim2', 'http://127.0.0.1:$SCIM_PORT/scim/v2', '{}')") \
+        || die "add_connector failed"
+    q "SELECT xprov.set_identity_source('$TENANT', 'people', '{\"columns\": {\"email\": \"email\"}}');
+       SELECT xprov.add_correlation_rule('$R_CONN', 'user', '{\"items\": [{\"target\": \"userName\", \"identity\": \"email\", \"match\": \"case_insensitive\"}]}');
+       CREATE TEMP TABLE recon_shadows AS
+       SELECT i, recon_person(CASE WHEN i > 6 * $k AND i <= 7 * $k THEN i - $k ELSE i END) AS person
+         FROM generate_series(1, $n + 4 * $k) i WHERE i <= 2 * $k OR i > 6 * $k;
+       INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant)
+       SELECT '$TENANT', '$R_CONN', 'user', 'i:' || person, 'w' FROM recon_shadows ORDER BY i;
+       INSERT INTO xprov.lane (lane_id, tenant_id, connector_id, claimant, state, next_seq, priority, run_at)
+       SELECT lane_id, tenant_id, connector_id, claimant, 'i', lane_id + 1, 0, now() - interval '1 day'
+         FROM xprov.subject WHERE connector_id = '$R_CONN';
+       INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, lane_id, identity_id, target_uid, lifecycle,
+                                 situation, exclusive, expected, created_at, updated_at)
+       SELECT '$TENANT', '$R_CONN', 'user', sj.lane_id, s.person, recon_uid(s.i), 'live', 'linked', true, recon_attrs(s.i),
+              now() - interval '1 day', now() - interval '1 day'
+         FROM recon_shadows s
+         JOIN xprov.subject sj ON sj.connector_id = '$R_CONN' AND sj.object_class = 'user' AND sj.subject = 'i:' || s.person;" \
+        >/dev/null || die "loading the shadows failed"
+    q "VACUUM ANALYZE" || die "VACUUM failed"
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$SCIM_PORT/_admin/reset" || die "resetting the SCIM server failed"
+    for (( lo = 1; lo <= n; lo += 10000 )); do
+        hi=$(( lo + 9999 > n ? n : lo + 9999 ))
+        q "SELECT jsonb_agg(recon_account(i) ORDER BY i) FROM generate_series($lo, $hi) i" >"$work/accounts.json" \
+            || die "building the accounts failed"
+        code=$(curl -s -o "$work/accounts.out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+                    --data-binary @"$work/accounts.json" "http://127.0.0.1:$SCIM_PORT/_admin/users")
+        [ "$code" = 201 ] || die "loading accounts $lo..$hi into the SCIM server: HTTP $code $(head -c 300 "$work/accounts.out")"
+    done
+    rm -f "$work/accounts.json" "$work/accounts.out"
+    R_SHADOWS=$(q "SELECT count(*) FROM xprov.shadow WHERE connector_id = '$R_CONN'")
+    R_USERS=$(curl -s "http://127.0.0.1:$SCIM_PORT/_admin/stats" | sed -n 's/.*"users": *\([0-9]*\).*/\1/p')
+    if [ "$R_SHADOWS" != "$n" ] || [ "$R_USERS" != "$n" ]; then
+        die "expected $n shadows and $n accounts, found $R_SHADOWS and ${R_USERS:-?}"
+    fi
+    RECON_PAGE_SIZE=$(q "SHOW xprov.reconcile_page_size")
+    DB=$MAIN_DB
+}
+
+# recon_baseline: the pages xprov lists (GET /Users?startIndex=1+j*size&count=size), fetched in
+# order by one curl over one keep-alive connection. Sets RB_SECS RB_PAGES RB_MS_PAGE RB_MB.
+recon_baseline() {
+    local t0 t1
+    t0=$(now_ns)
+    curl -s --no-progress-meter -H 'Accept: application/scim+json, application/json' \
+        -w '%{stderr}%{http_code} %{size_download}\n' \
+        "http://127.0.0.1:$SCIM_PORT/scim/v2/Users?startIndex=[1-$RECON_ACCOUNTS:$RECON_PAGE_SIZE]&count=$RECON_PAGE_SIZE" \
+        >/dev/null 2>"$work/recon_curl.codes"
+    t1=$(now_ns)
+    RB_PAGES=$(grep -c '^200 ' "$work/recon_curl.codes")
+    RB_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    RB_MS_PAGE=$(awk -v s="$RB_SECS" -v n="$RB_PAGES" 'BEGIN { if (n > 0) printf "%.1f", s * 1000 / n }')
+    RB_MB=$(awk '{ b += $2 } END { printf "%.1f", b / 1e6 }' "$work/recon_curl.codes")
+}
+
+# proc_usage PID: "user+system CPU ticks, minor page faults" of a process so far (empty if unknown)
+proc_usage() {
+    [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 0
+    awk '{ sub(/^.*\) /, ""); print $12 + $13, $8 }' "/proc/$1/stat"
+}
+
+# recon_run: one preview run, timed by the run itself (xprov.reconciliation_runs.statistics)
+# and by the client (reconcile_preview() to wait_run()). Sets R_STATUS R_ERROR R_LIST R_DIFF
+# R_TOTAL R_WALL R_APS R_ACCOUNTS R_PAGES_N R_DISC (counts by type), R_COUNTS (ok, or what
+# differs) and R_CPU (CPU time and minor page faults of the reconciler process meanwhile, from /proc).
+recon_run() {
+    local t0 t1 run st k=$RK
+    DB=$WORKER_DB
+    local rpid perf_pid='' phase='' use0 use1 _
+    [ "$PROFILE" = 1 ] && q "SELECT pg_stat_statements_reset()" >/dev/null
+    rpid=$(qpg "SELECT pid FROM pg_stat_activity WHERE backend_type = 'xprov reconciler' AND datname = '$WORKER_DB'")
+    use0=$(proc_usage "$rpid")
+    if [ "$PERF" = 1 ] && [ "${R_PERF_DONE:-0}" = 0 ] && command -v perf >/dev/null; then
+        if [ -n "$rpid" ]; then
+            perf record -q -g -p "$rpid" -o "$work/recon-listing.perf.data" >"$work/perf.log" 2>&1 &
+            perf_pid=$!
+            sleep 0.5
+        fi
+    fi
+    t0=$(now_ns)
+    run=$(q "SET xprov.tenant_id = '$TENANT'; SELECT xprov.reconcile_preview('$R_CONN', 'user')") || die "reconcile_preview failed"
+    if [ -n "$perf_pid" ]; then
+        # one profile of the listing, one of the rest (the diff, mostly): the phase is polled
+        for _ in $(seq 1 $(( RECON_CAP * 20 ))); do
+            phase=$(q "SELECT CASE WHEN status IN ('pending', 'running') THEN phase ELSE status END
+                         FROM xprov.reconciliation_run WHERE id = '$run'")
+            [ "$phase" = operation_completion ] || [ "$phase" = listing ] || break
+            sleep 0.05
+        done
+        kill -INT "$perf_pid"; wait "$perf_pid"
+        perf record -q -g -p "$rpid" -o "$work/recon-diff.perf.data" >>"$work/perf.log" 2>&1 &
+        perf_pid=$!
+    fi
+    st=$(q "SELECT xprov.wait_run('$run', '$RECON_CAP seconds')")
+    t1=$(now_ns)
+    use1=$(proc_usage "$rpid")
+    R_CPU=$(awk -v a="$use0" -v b="$use1" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        if (a != "" && b != "") printf "%.2fs, %.0fk minor faults", (y[1] - x[1]) / hz, (y[2] - x[2]) / 1000; else printf "?" }')
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"; wait "$perf_pid"
+        R_PERF_DONE=1
+        for f in listing diff; do
+            say "    perf, reconciler during the $f (this run's figures include the phase polling):"
+            perf report -i "$work/recon-$f.perf.data" --no-children --sort dso,symbol -g none 2>/dev/null \
+                | grep -v '^#' | grep -v '^$' | head -25 | sed 's/^/      /'
+            cp "$work/recon-$f.perf.data" "/tmp/xprov-bench-recon-$f.perf.data" 2>/dev/null
+        done
+    fi
+    R_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    IFS='|' read -r R_STATUS R_ERROR R_LIST R_DIFF R_TOTAL R_APS R_ACCOUNTS R_PAGES_N R_DISC R_COUNTS < <(q "
+        SELECT status, regexp_replace(coalesce(error, ''), '[|\n]', ' ', 'g'),
+               round((statistics ->> 'listing_ms')::numeric / 1000, 2), round((statistics ->> 'diff_ms')::numeric / 1000, 2),
+               round((statistics ->> 'duration_ms')::numeric / 1000, 2), round((statistics ->> 'accounts_per_second')::numeric),
+               statistics ->> 'accounts_total', statistics ->> 'pages',
+               (SELECT string_agg(t || ' ' || coalesce(statistics -> 'discrepancies' ->> t, '0'), ', ' ORDER BY o)
+                  FROM unnest(ARRAY['missing', 'mismatch', 'unqualified', 'orphan', 'unlinked', 'disputed', 'collision'])
+                       WITH ORDINALITY u(t, o)),
+               coalesce(nullif(concat_ws(', ',
+                   (SELECT string_agg(e.key || ' ' || coalesce(statistics -> 'discrepancies' ->> e.key, '0')
+                                      || ' (planted ' || e.value || ')', ', ')
+                      FROM jsonb_each_text(jsonb_build_object('missing', 4 * $k, 'mismatch', $k, 'unqualified', $k,
+                             'orphan', $k, 'unlinked', $k, 'disputed', $k, 'collision', $k)) e
+                     WHERE (statistics -> 'discrepancies' ->> e.key) IS DISTINCT FROM e.value),
+                   (SELECT 'unexpected ' || string_agg(x.key || ' ' || x.value, ', ')
+                      FROM jsonb_each_text(statistics -> 'discrepancies') x
+                     WHERE x.key NOT IN ('missing', 'mismatch', 'unqualified', 'orphan', 'unlinked', 'disputed', 'collision'))),
+                 ''), 'ok')
+          FROM xprov.reconciliation_runs WHERE id = '$run'")
+    [ -n "$R_STATUS" ] || R_STATUS=${st:-unknown}
+    if [ "$R_STATUS" != completed ] && [ "$R_STATUS" != failed ]; then
+        R_ERROR="still $R_STATUS after ${RECON_CAP}s (BENCH_RECON_CAP)"
+        q "SET xprov.tenant_id = '$TENANT'; SELECT xprov.cancel_run('$run')" >/dev/null 2>&1
+        q "SELECT xprov.wait_run('$run', '30 seconds')" >/dev/null 2>&1
+    fi
+    if [ "$PROFILE" = 1 ]; then
+        say "    top statements of the run (pg_stat_statements, track = all: a function's time includes its statements'):"
+        q "SELECT lpad(round(total_exec_time)::text, 7) || ' ms ' || lpad(calls::text, 5) || ' calls  '
+                  || regexp_replace(left(query, 110), '\s+', ' ', 'g')
+             FROM pg_stat_statements
+            WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND query !~ 'wait_run|pg_sleep|pg_stat_statements'
+            ORDER BY total_exec_time DESC LIMIT 20" | sed 's/^/      /'
+    fi
+    DB=$MAIN_DB
+}
+
 # ================================================================ main
 command -v pgbench >/dev/null || die "pgbench not found"
 # xprov stays preloaded (cluster.sh does it): its claim cursor lives in shared memory.
@@ -1409,6 +1638,67 @@ DB=$MAIN_DB
 say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
 fi # correlation
 
+# ---- 14. reconciliation: a SCIM target's accounts against the shadows
+if has_part reconciliation; then
+part_t0=$SECONDS
+RK=$(( RECON_ACCOUNTS * RECON_PERCENT / 100 ))   # accounts (or shadows) planted per discrepancy type
+say "14. reconciliation, preview mode: $(fmt_rate "$RECON_ACCOUNTS") accounts on the bundled SCIM server (127.0.0.1:$SCIM_PORT) against"
+say "    $(fmt_rate "$RECON_ACCOUNTS") live shadows; $(fmt_rate "$RK") each of mismatch, unqualified, orphan, unlinked, disputed, collision and"
+say "    $(fmt_rate $(( 4 * RK ))) missing; baseline = curl fetching the same pages sequentially from the same server, keep-alive"
+skip=''
+if [ "$RK" -lt 1 ] || [ $(( RECON_ACCOUNTS - 7 * RK )) -lt 0 ]; then skip="SKIP: BENCH_RECON_PERCENT must plant at least 1 of each type and leave room (<= 14 %)"
+elif ! command -v curl >/dev/null; then skip="SKIP: curl not installed"
+elif ! start_scim; then skip="SKIP: the SCIM server did not start on 127.0.0.1:$SCIM_PORT (BENCH_SCIM_PORT)"
+fi
+if [ -n "$skip" ]; then
+    say "    $skip"
+    row "Reconciliation, 100k accounts, end to end (s)" "" "" "" "<= 15 s" "$skip"
+else
+    recon_load
+    set_workers 1                    # the launcher starts the reconciler beside the worker
+    for _ in $(seq 1 100); do
+        [ "$(qpg "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'xprov reconciler' AND datname = '$WORKER_DB'")" = 1 ] && break
+        sleep 0.1
+    done
+    RL=''; RD=''; RT=''; RB=''; RAPS=''; R_FOUND=''; R_COUNTS_OK=1; R_DONE=0
+    for r_ in $(seq 1 "$REPEAT"); do
+        recon_baseline
+        say "    run $r_ curl   $RB_PAGES pages (count=$RECON_PAGE_SIZE) answered 200 in ${RB_SECS}s ($RB_MS_PAGE ms/page, $RB_MB MB)"
+        RB=$(min "$RB" "$RB_SECS")
+        recon_run
+        if [ "$R_STATUS" != completed ]; then
+            say "    run $r_ xprov  ERROR: the run ended $R_STATUS: $R_ERROR" >&2
+            R_COUNTS_OK=0
+            continue
+        fi
+        R_DONE=$(( R_DONE + 1 ))
+        say "    run $r_ xprov  $R_ACCOUNTS accounts in $R_PAGES_N pages: listing ${R_LIST}s ($(awk -v s="$R_LIST" -v n="$R_PAGES_N" \
+            'BEGIN { if (n > 0) printf "%.1f", s * 1000 / n }') ms/page), diff ${R_DIFF}s, total ${R_TOTAL}s"
+        say "                 (client wall ${R_WALL}s, reconciler CPU ${R_CPU}; $(fmt_rate "$R_APS") accounts/s; $R_DISC)"
+        [ "$R_COUNTS" = ok ] || { R_COUNTS_OK=0; say "    run $r_ xprov  ERROR: discrepancy counts: $R_COUNTS" >&2; }
+        [ "$R_ACCOUNTS" = "$RECON_ACCOUNTS" ] || { R_COUNTS_OK=0; say "    run $r_ xprov  ERROR: $R_ACCOUNTS accounts listed, expected $RECON_ACCOUNTS" >&2; }
+        # the best of the runs counts, figure by figure (the counts must be right in every run)
+        RT=$(min "$RT" "$R_TOTAL"); RL=$(min "$RL" "$R_LIST"); RD=$(min "$RD" "$R_DIFF"); RAPS=$(max "$RAPS" "$R_APS")
+        R_FOUND=$(awk -v s="$R_DISC" 'BEGIN { n = split(s, a, ", "); for (i = 1; i <= n; i++) { split(a[i], b, " "); t += b[2] } print t }')
+    done
+    set_workers 0
+    stop_scim
+    if [ "$R_DONE" = 0 ]; then
+        row "Reconciliation, 100k accounts, end to end (s)" "" "$RB" "" "<= 15 s" "FAIL (no run completed)"
+    else
+        le "$RT" 15 && v=PASS || v=FAIL
+        row "Reconciliation, $(fmt_rate "$RECON_ACCOUNTS") accounts, end to end (s)" "$RT" "$RB" "$(ratio "$RT" "$RB")" "<= 15 s" "$v"
+        row "  listing (s), vs curl of the same pages" "$RL" "$RB" "$(ratio "$RL" "$RB")" "info" ""
+        le "$RD" 3 && v=PASS || v=FAIL
+        row "  diff (s)" "$RD" "" "" "<= 3 s" "$v"
+        row "  accounts/s (end to end)" "$RAPS" "" "" "info" ""
+        [ "$R_COUNTS_OK" = 1 ] && v=PASS || v=FAIL
+        row "  discrepancies found, planted" "$R_FOUND" "$(( 10 * RK ))" "" "= per type" "$v"
+    fi
+fi
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # reconciliation
+
 # ---------------------------------------------------------------- summary
 say ""
 say "Summary, ops/s (baseline = raw SQL on the same cluster in this run; ratio = xprov / baseline); bench took $(( SECONDS / 60 ))m$(( SECONDS % 60 ))s"
@@ -1441,4 +1731,10 @@ say "  - Pickup latency: op_result.started_at (lease time) - op.created_at (star
 say "    commits at once); the baseline's is its claim transaction's start - the job's created_at."
 say "  - HTTP drain baseline: curl --parallel (libcurl multi, like xprov) sending the same PATCH to the same sink;"
 say "    the sink answers each PATCH with the User id of its URL, as a real target does."
+if has_part reconciliation; then
+say "  - Reconciliation: preview runs (they write nothing but discrepancies); listing, diff and total are the run's"
+say "    own figures (xprov.reconciliation_runs.statistics), the best of the runs each; the baseline only fetches"
+say "    the pages (no parsing, no staging). The first run of a freshly started reconciler is slower: its process"
+say "    maps shared_buffers and grows its heap page by page (see its minor faults)."
+fi
 exit 0
