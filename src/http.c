@@ -856,15 +856,24 @@ http_engine_wait(long timeout_ms, HttpRequest **done, int max_done,
 }
 
 /*
- * Send one request and wait for its answer alone, in short slices that
- * notice signals; for callers with nothing else in flight (SQL functions,
- * the reconciler).
+ * Send one request and wait for its answer alone; for callers with nothing
+ * else in flight (SQL functions, the reconciler).
  */
 void
 http_engine_exchange(HttpRequest *request, const struct Connector *connector,
 					 const char *request_id)
 {
 	http_engine_start(request, connector, request_id);
+	http_engine_await(request);
+}
+
+/*
+ * Wait for one request started earlier, the only one in flight, in short
+ * slices that notice signals.
+ */
+void
+http_engine_await(HttpRequest *request)
+{
 	for (;;)
 	{
 		HttpRequest *done = NULL;

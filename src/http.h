@@ -79,6 +79,8 @@ extern int	http_engine_wait(long timeout_ms, HttpRequest **done, int max_done,
 /* Start a request and sleep until it is answered (signals still seen). */
 extern void http_engine_exchange(HttpRequest *request, const struct Connector *connector,
 								 const char *request_id);
+/* Sleep until a request, the only one in flight, is answered. */
+extern void http_engine_await(HttpRequest *request);
 
 extern int	http_engine_in_flight(void);
 

@@ -74,6 +74,12 @@ typedef struct Step
 static MemoryContext step_cxt = NULL;
 static char current_run[UUID_LEN * 2 + 5] = "";
 
+/* The next list page, asked for ahead (see prefetch_next). */
+static MemoryContext prefetch_cxt = NULL;
+static HttpRequest *prefetched = NULL;
+static char prefetch_key[1024] = "";
+static long page_step = 0;		/* accounts per page the target answers */
+
 /* Failed attempts at the page the run is on. */
 static char page_key[1024] = "";
 static int	page_failures = 0;
@@ -217,7 +223,7 @@ append_escaped(StringInfo buf, const char *text)
 }
 
 static char *
-page_url(const Run *run)
+page_url(const Run *run, const char *cursor)
 {
 	StringInfoData url;
 
@@ -226,7 +232,7 @@ page_url(const Run *run)
 	if (run->connector->kind == CONNECTOR_SCIM2)
 	{
 		appendStringInfo(&url, "%s?startIndex=", connector_endpoint(run->connector, run->object_class));
-		append_escaped(&url, run->cursor ? run->cursor : "1");
+		append_escaped(&url, cursor ? cursor : "1");
 		appendStringInfo(&url, "&count=%d", xprov_reconcile_page_size);
 	}
 	else
@@ -234,10 +240,10 @@ page_url(const Run *run)
 		appendStringInfoString(&url, "/list?object_class=");
 		append_escaped(&url, run->object_class);
 		appendStringInfo(&url, "&limit=%d", xprov_reconcile_page_size);
-		if (run->cursor)
+		if (cursor)
 		{
 			appendStringInfoString(&url, "&cursor=");
-			append_escaped(&url, run->cursor);
+			append_escaped(&url, cursor);
 		}
 	}
 	return url.data;
@@ -252,22 +258,55 @@ nap(long ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
-/*
- * GET one page.  Returns the body, or NULL with *error set.  The request id
- * names the run and the page, for the target's logs.
- */
-static char *
-fetch_page(const Run *run, const char *url, char **error)
+/* Ask for the page at cursor; the request lives in prefetch_cxt. */
+static HttpRequest *
+start_page(const Run *run, const char *cursor)
 {
+	MemoryContext old = MemoryContextSwitchTo(prefetch_cxt);
 	HttpRequest *request = palloc0(sizeof(HttpRequest));
-	char	   *request_id = psprintf("reconciliation-%s-%s", run->id, run->cursor ? run->cursor : "first");
-	HttpResponse *response = &request->response;
+	char	   *request_id = psprintf("reconciliation-%s-%s", run->id, cursor ? cursor : "first");
 
 	request->method = "GET";
-	request->url = pstrdup(url);
+	request->url = page_url(run, cursor);
 	request->accept = run->connector->kind == CONNECTOR_SCIM2
 		? "application/scim+json, application/json" : "application/json";
-	http_engine_exchange(request, run->connector, request_id);
+	http_engine_start(request, run->connector, request_id);
+	MemoryContextSwitchTo(old);
+	snprintf(prefetch_key, sizeof(prefetch_key), "%s/%s", run->id, cursor ? cursor : "");
+	return request;
+}
+
+static void
+forget_prefetch(void)
+{
+	if (prefetched != NULL)
+		http_engine_abandon_all();
+	prefetched = NULL;
+	prefetch_key[0] = '\0';
+	MemoryContextReset(prefetch_cxt);
+}
+
+/*
+ * The page the run is on, fetched ahead during the last step or now: its
+ * body copied into the step's memory, or NULL with *error set.
+ */
+static char *
+fetch_page(const Run *run, const char *key, char **error)
+{
+	HttpRequest *request;
+	HttpResponse *response;
+	const char *url;
+	char	   *body = NULL;
+
+	if (prefetched == NULL || strcmp(prefetch_key, key) != 0)
+	{
+		forget_prefetch();
+		prefetched = start_page(run, run->cursor);
+	}
+	request = prefetched;
+	http_engine_await(request);
+	response = &request->response;
+	url = request->url;
 	if (response->transport_failed)
 		*error = psprintf("GET %s: %s", url, response->error[0] ? response->error : "no response");
 	else if (response->status != 200)
@@ -278,8 +317,27 @@ fetch_page(const Run *run, const char *url, char **error)
 	else if (response->body == NULL)
 		*error = psprintf("GET %s: empty response", url);
 	else
-		return response->body;
-	return NULL;
+		body = pstrdup(response->body);
+	prefetched = NULL;
+	forget_prefetch();
+	return body;
+}
+
+/*
+ * A SCIM listing's next page has a known startIndex: it is asked for before
+ * this page is staged, so the target's time and the database's overlap.
+ * Nothing in the staging transaction waits for it; a guess that turns out
+ * wrong (a target answering shorter pages) is dropped at the next step.
+ */
+static void
+prefetch_next(const Run *run)
+{
+	char		next[32];
+
+	if (run->connector->kind != CONNECTOR_SCIM2)
+		return;
+	snprintf(next, sizeof(next), "%ld", (run->cursor ? atol(run->cursor) : 1) + page_step);
+	prefetched = start_page(run, next);
 }
 
 /*
@@ -290,6 +348,7 @@ fetch_page(const Run *run, const char *url, char **error)
 static void
 page_failed(Run *run, const char *error)
 {
+	forget_prefetch();
 	page_failures++;
 	if (page_failures < PAGE_ATTEMPTS)
 	{
@@ -310,7 +369,6 @@ list_page(Run *run)
 {
 	char	   *key = psprintf("%s/%s", run->id, run->cursor ? run->cursor : "");
 	char	   *error = NULL;
-	char	   *url;
 	char	   *body;
 	Step		step = {.sql = "SELECT xprov._recon_page($1::uuid, $2)", .nargs = 2};
 
@@ -319,17 +377,24 @@ list_page(Run *run)
 		strlcpy(page_key, key, sizeof(page_key));
 		page_failures = 0;
 	}
-	url = page_url(run);
-	body = fetch_page(run, url, &error);
+	body = fetch_page(run, key, &error);
 	if (body == NULL)
 	{
 		page_failed(run, error);
 		return;
 	}
+	prefetch_next(run);
 	step.args[0] = run->id;
 	step.args[1] = body;
 	if (!run_step(&step, "staging a list page"))
-		page_failed(run, psprintf("GET %s: %s", url, step.error));
+	{
+		forget_prefetch();
+		page_failed(run, psprintf("GET %s: %s", page_url(run, run->cursor), step.error));
+		return;
+	}
+	/* how far the target's pages really go, for the next guess */
+	if (step.result != NULL && strcmp(step.result, "1") != 0)
+		page_step = Max(atol(step.result) - (run->cursor ? atol(run->cursor) : 1), 1);
 }
 
 /* ---------------------------------------------------------------------
@@ -376,9 +441,12 @@ reconcile_step(void)
 	if (!load_run(&run))
 	{
 		current_run[0] = '\0';
+		forget_prefetch();
 		return false;
 	}
 	strlcpy(current_run, run.id, sizeof(current_run));
+	if (strcmp(run.phase, "listing") != 0 || run.cancel_requested)
+		forget_prefetch();
 	if (run.cancel_requested)
 		finish_run(&run, "cancelled", NULL);
 	else if (run.connector == NULL)
@@ -409,9 +477,21 @@ xprov_reconciler_main(Datum arg)
 	pgstat_report_appname("xprov reconciler");
 	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The diff builds temporary tables of the whole listing (100 MB for
+	 * 100,000 accounts) and joins them: with the default 8 MB of temporary
+	 * buffers and 4 MB of work memory they spill to files and are read back
+	 * by every later statement.  One process, so the memory is bounded.
+	 */
+	SetConfigOption("temp_buffers", "256MB", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("work_mem", "64MB", PGC_USERSET, PGC_S_OVERRIDE);
+
 	worker_shmem_set_reconciler();
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "xprov reconciliation step",
 									 ALLOCSET_DEFAULT_SIZES);
+	prefetch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov reconciler prefetch",
+										 ALLOCSET_DEFAULT_SIZES);
+	page_step = xprov_reconcile_page_size;
 	http_engine_init();
 	ereport(LOG, errmsg("xprov reconciler started on database \"%s\"", xprov_database_name));
 
