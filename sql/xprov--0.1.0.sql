@@ -175,11 +175,14 @@ CREATE TABLE xprov.shadow (
 	dead_at		timestamptz,			-- set exactly when the shadow is dead
 	CHECK ((lifecycle IN ('corpse', 'tombstone')) = (dead_at IS NOT NULL)),
 	CHECK (lifecycle NOT IN ('gestating', 'live', 'reaping') OR target_uid IS NOT NULL)
-) WITH (autovacuum_analyze_scale_factor = 0.02);
+) WITH (fillfactor = 80,				-- every completion rewrites the row: room for a HOT update
+		autovacuum_analyze_scale_factor = 0.02);
 CREATE UNIQUE INDEX shadow_live_uid ON xprov.shadow (connector_id, object_class, target_uid)
 	WHERE dead_at IS NULL;
+-- (shadows without an owner are left out: they never conflict, and would
+-- all share one key, where every insert of an unowned shadow would meet)
 CREATE UNIQUE INDEX shadow_live_identity ON xprov.shadow (connector_id, object_class, identity_id)
-	WHERE dead_at IS NULL AND exclusive;
+	WHERE dead_at IS NULL AND exclusive AND identity_id IS NOT NULL;
 CREATE UNIQUE INDEX shadow_live_lane ON xprov.shadow (lane_id) WHERE dead_at IS NULL;
 CREATE INDEX shadow_owner ON xprov.shadow (identity_id) WHERE identity_id IS NOT NULL;
 CREATE INDEX shadow_dead ON xprov.shadow (dead_at) WHERE dead_at IS NOT NULL;
