@@ -175,8 +175,7 @@ CREATE TABLE xprov.shadow (
 	dead_at		timestamptz,			-- set exactly when the shadow is dead
 	CHECK ((lifecycle IN ('corpse', 'tombstone')) = (dead_at IS NOT NULL)),
 	CHECK (lifecycle NOT IN ('gestating', 'live', 'reaping') OR target_uid IS NOT NULL)
-) WITH (fillfactor = 80,				-- every completion rewrites the row: room for a HOT update
-		autovacuum_analyze_scale_factor = 0.02);
+) WITH (autovacuum_analyze_scale_factor = 0.02);
 CREATE UNIQUE INDEX shadow_live_uid ON xprov.shadow (connector_id, object_class, target_uid)
 	WHERE dead_at IS NULL;
 -- (shadows without an owner are left out: they never conflict, and would
