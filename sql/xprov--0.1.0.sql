@@ -199,6 +199,51 @@ CREATE TABLE xprov.idempotency (
 
 -- Connectors ---------------------------------------------------------------
 
+-- A connector's credentials (its "auth" object), apart from its visible
+-- configuration: the connectors view and everything that shows a config
+-- never read this table; the loaders of the worker, the reconciler and
+-- try_operation put it back as config.auth.
+CREATE TABLE xprov.connector_secret (
+	connector_id uuid PRIMARY KEY,
+	tenant_id	uuid NOT NULL,
+	secret		jsonb NOT NULL CHECK (jsonb_typeof(secret) = 'object'),
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+
+-- The reason a credentials object is unusable, or NULL.  The values are
+-- never part of the reason.
+CREATE FUNCTION xprov._secret_problem(secret jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT CASE
+		WHEN jsonb_typeof(secret) IS DISTINCT FROM 'object' THEN 'it is not a JSON object'
+		WHEN secret ->> 'type' = 'bearer' THEN
+			CASE WHEN jsonb_typeof(secret -> 'token') IS DISTINCT FROM 'string' THEN 'a bearer secret needs a token' END
+		WHEN secret ->> 'type' = 'basic' THEN
+			CASE WHEN jsonb_typeof(secret -> 'username') IS DISTINCT FROM 'string'
+					  OR jsonb_typeof(secret -> 'password') IS DISTINCT FROM 'string'
+				 THEN 'a basic secret needs a username and a password' END
+		WHEN secret ->> 'type' = 'header' THEN
+			CASE WHEN jsonb_typeof(coalesce(secret -> 'header_name', secret -> 'header')) IS DISTINCT FROM 'string'
+					  OR jsonb_typeof(secret -> 'value') IS DISTINCT FROM 'string'
+				 THEN 'a header secret needs a header_name and a value' END
+		ELSE 'its type must be bearer, basic or header'
+	END
+$$;
+
+-- The config a loader hands to the C code: the visible config with the
+-- credentials put back.
+CREATE FUNCTION xprov._connector_config(connector_id uuid, config jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT config || coalesce((SELECT jsonb_build_object('auth', s.secret) FROM xprov.connector_secret s
+								WHERE s.connector_id = _connector_config.connector_id), '{}')
+$$;
+
 CREATE FUNCTION xprov.mask_secrets(config jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -246,10 +291,16 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Pass ''{}'' for no settings.';
 	END IF;
+	-- the credentials are kept apart from the visible configuration (like the
+	-- rest of the config, they are checked where they are used)
 	INSERT INTO xprov.connector AS c (tenant_id, name, kind, base_url, config)
 	VALUES (add_connector.tenant_id, add_connector.name, add_connector.kind,
-			add_connector.base_url, add_connector.config)
+			add_connector.base_url, add_connector.config - 'auth')
 	RETURNING c.id INTO new_id;
+	IF config ? 'auth' THEN
+		INSERT INTO xprov.connector_secret (connector_id, tenant_id, secret)
+		VALUES (new_id, add_connector.tenant_id, config -> 'auth');
+	END IF;
 	RETURN new_id;
 EXCEPTION
 	WHEN unique_violation THEN
@@ -261,8 +312,44 @@ $$;
 
 CREATE VIEW xprov.connectors AS
 	SELECT c.id, c.tenant_id, c.name, c.kind, c.base_url,
-		   xprov.mask_secrets(c.config) AS config, c.enabled, c.created_at
+		   xprov.mask_secrets(c.config) AS config, c.enabled, c.created_at,
+		   (SELECT s.secret ->> 'type' FROM xprov.connector_secret s WHERE s.connector_id = c.id) AS auth_type,
+		   (SELECT s.updated_at FROM xprov.connector_secret s WHERE s.connector_id = c.id) AS secret_updated_at
 	  FROM xprov.connector c;
+
+-- Replaces a connector's credentials (NULL removes them).  Workers use the
+-- new ones within a minute (they reload connector settings that often).
+CREATE FUNCTION xprov.set_connector_secret(connector_id uuid, secret jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector;
+BEGIN
+	IF connector_id IS NULL THEN
+		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_connector_secret.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id
+			USING ERRCODE = 'undefined_object', HINT = 'List connectors with SELECT * FROM xprov.connectors.';
+	END IF;
+	IF secret IS NULL THEN
+		DELETE FROM xprov.connector_secret s WHERE s.connector_id = c.id;
+		RETURN;
+	END IF;
+	IF xprov._secret_problem(secret) IS NOT NULL THEN
+		RAISE EXCEPTION 'connector secret is unusable: %', xprov._secret_problem(secret)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A secret is {"type": "bearer", "token": ...}, {"type": "basic", "username": ..., "password": ...} or {"type": "header", "header_name": ..., "value": ...}.';
+	END IF;
+	INSERT INTO xprov.connector_secret AS s (connector_id, tenant_id, secret)
+	VALUES (c.id, c.tenant_id, set_connector_secret.secret)
+	ON CONFLICT ON CONSTRAINT connector_secret_pkey
+	DO UPDATE SET secret = excluded.secret, updated_at = now();
+END
+$$;
 
 CREATE FUNCTION xprov._rewind_claims()
 RETURNS void
@@ -2276,7 +2363,7 @@ BEGIN
 	 WHERE x.id = r.id;
 	RETURN QUERY
 		SELECT r.id, r.connector_id, r.object_class, r.phase, r.page_cursor, r.cancel_requested,
-			   c.kind, c.name, c.base_url, c.config::text, c.enabled
+			   c.kind, c.name, c.base_url, xprov._connector_config(c.id, c.config)::text, c.enabled
 		  FROM xprov.connector c WHERE c.id = r.connector_id;
 END
 $$;

@@ -92,8 +92,8 @@ load_connector(pg_uuid_t *id, MemoryContext cxt, pg_uuid_t *tenant_id)
 	char	   *error;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT name, kind, base_url, config::text, enabled, tenant_id "
-							  "FROM xprov.connector WHERE id = $1",
+	if (SPI_execute_with_args("SELECT name, kind, base_url, xprov._connector_config(id, config)::text, "
+							  "enabled, tenant_id FROM xprov.connector WHERE id = $1",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "xprov: could not read the connector");
 	if (SPI_processed == 0)

@@ -67,7 +67,7 @@ static SavedPlan release_dead_epochs = {
 
 static SavedPlan load_connectors = {
 	.sql =
-	"SELECT c.id, c.name, c.kind, c.base_url, c.config::text, c.enabled "
+	"SELECT c.id, c.name, c.kind, c.base_url, xprov._connector_config(c.id, c.config)::text, c.enabled "
 	"  FROM xprov.connector c WHERE c.id = ANY ($1)",
 	.nargs = 1,
 	.argtypes = {UUIDARRAYOID},

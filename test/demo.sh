@@ -193,8 +193,8 @@ SELECT xprov.add_connector(:'tenant', 'corp-directory', 'scim2', :'url',
 						   'timeout_ms', 5000, 'max_in_flight', 32));
 SQL
 )
-say "SELECT name, kind, base_url, config, enabled FROM xprov.connectors;   -- the token is masked"
-table -c "SELECT name, kind, base_url, config, enabled FROM xprov.connectors"
+say "SELECT name, kind, base_url, config, auth_type, enabled FROM xprov.connectors;   -- the token is kept apart"
+table -c "SELECT name, kind, base_url, config, auth_type, enabled FROM xprov.connectors"
 echo
 say "A JavaScript hook for the tenant's users (runs in the worker's sandbox before each request):"
 HOOK_JS='function hook(ctx) {

@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(33);
+SELECT plan(46);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -79,8 +79,32 @@ SELECT unalike((SELECT config::text FROM xprov.connectors WHERE id = pg_temp.id(
                'connectors view masks a bearer token');
 SELECT unalike((SELECT config::text FROM xprov.connectors WHERE id = pg_temp.id('sec2')), '%TOPSECRET%',
                'connectors view masks a basic-auth password');
-SELECT is((SELECT config #>> '{auth,username}' FROM xprov.connectors WHERE id = pg_temp.id('sec2')), 'svc',
-          'connectors view keeps the non-secret username');
+SELECT is((SELECT auth_type FROM xprov.connectors WHERE id = pg_temp.id('sec2')), 'basic',
+          'connectors view shows the kind of credentials only');
+SELECT is((SELECT config FROM xprov.connector WHERE id = pg_temp.id('sec1')), '{}'::jsonb,
+          'the credentials are not kept in the connector''s config');
+SELECT is((SELECT secret ->> 'token' FROM xprov.connector_secret WHERE connector_id = pg_temp.id('sec1')), 'TOPSECRET-bearer-1',
+          'they are kept in xprov.connector_secret');
+SELECT lives_ok($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), '{"type": "bearer", "token": "TOPSECRET-new"}')$$,
+                'set_connector_secret replaces them');
+SELECT is((SELECT secret ->> 'token' FROM xprov.connector_secret WHERE connector_id = pg_temp.id('sec1')), 'TOPSECRET-new',
+          '... with the new token');
+SELECT is((xprov._connector_config(pg_temp.id('sec1'), '{"timeout_ms": 5}') #>> '{auth,token}'), 'TOPSECRET-new',
+          'loaders get the credentials back as config.auth');
+SELECT throws_ok($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), '{"type": "oauth"}')$$, '22023', NULL,
+                 'a secret of an unknown type is refused');
+SELECT throws_ok($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), '{"type": "basic", "username": "u"}')$$, '22023', NULL,
+                 'a basic secret without a password is refused');
+SELECT throws_ok($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), '"TOPSECRET"')$$, '22023', NULL,
+                 'a secret that is not an object is refused');
+SELECT throws_ok($$SELECT xprov.set_connector_secret(gen_random_uuid(), '{"type": "bearer", "token": "x"}')$$, '42704', NULL,
+                 'set_connector_secret of an unknown connector -> 42704');
+SELECT throws_ok($$SELECT xprov.set_connector_secret(NULL, '{"type": "bearer", "token": "x"}')$$, '22004', NULL,
+                 'a NULL connector -> 22004');
+SELECT unalike(pg_temp.err($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), '{"type": "basic", "username": "TOPSECRET-u"}')$$),
+               '%TOPSECRET%', 'an error about a secret never shows its values');
+SELECT lives_ok($$SELECT xprov.set_connector_secret(pg_temp.id('sec1'), NULL)$$, 'set_connector_secret(NULL) removes them');
+SELECT is((SELECT auth_type FROM xprov.connectors WHERE id = pg_temp.id('sec1')), NULL, '... and the view shows none');
 
 -- ---------------------------------------------------------------- enable / disable
 SELECT lives_ok($$SELECT xprov.set_connector_enabled(pg_temp.id('ext'), false)$$, 'set_connector_enabled(false)');
