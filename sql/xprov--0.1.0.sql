@@ -16,6 +16,28 @@
  * An operation's status is derived (view xprov.operations), never stored on the log.
  */
 
+/*
+ * pg_dump: the tables of an extension are not dumped unless registered with
+ * pg_extension_config_dump().  Registered, each right after its CREATE, are
+ * the tables that hold configuration -- what an administrator set up or a
+ * person decided, which cannot be rebuilt from anywhere else: connector,
+ * hook and hook_version (and hook's identity sequence), identity_source,
+ * correlation_rule, correlation_threshold, correlation_decision, reaction and
+ * reconciliation_threshold.  Runtime state is not dumped: the queue (op,
+ * subject, lane, op_result, op_failure, idempotency, op_seq, worker_epoch),
+ * shadows, correlation cases and reconciliation runs, items and
+ * discrepancies.  It describes work in flight and the targets as last seen,
+ * it is large, and half of it makes no sense without the rest (a lease
+ * without its worker, a parked operation without its lane); a restored
+ * database starts with an empty queue and rebuilds shadows and links with a
+ * reconciliation (whose 'unlinked' -> 'link' reaction and the dumped
+ * decisions re-link what was linked).  Nothing refers to runtime rows by
+ * foreign key, and connectors are referred to by id only, so the dumped
+ * tables load in any order except hook_version after hook, which pg_dump
+ * orders by the foreign key.  Secrets inside connector.config are dumped as
+ * they are stored.
+ */
+
 CREATE TABLE xprov.connector (
 	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
 	tenant_id	uuid NOT NULL,
@@ -27,6 +49,9 @@ CREATE TABLE xprov.connector (
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (tenant_id, name)
 );
+-- Configuration: an administrator's connectors (with their credentials, as
+-- stored); everything else refers to them by id.
+SELECT pg_catalog.pg_extension_config_dump('xprov.connector', '');
 
 -- Queued work refers to connectors without foreign keys (a check per row on the
 -- hot path); instead connectors are never deleted, only disabled.
@@ -49,6 +74,7 @@ CREATE TRIGGER connector_keep BEFORE DELETE OR TRUNCATE ON xprov.connector
 -- No cache: numbers must be handed out in call order across sessions (see
 -- lock_subject_lane in src/enqueue.c).
 CREATE SEQUENCE xprov.op_seq AS bigint;
+-- (Not dumped, like the queue it numbers: a restored queue is empty.)
 
 -- One row per subject ever queued to; never updated.  Holds the subject's
 -- identity so that the lane below, which churns, carries no unique index.
@@ -61,6 +87,7 @@ CREATE TABLE xprov.subject (
 	claimant	"char" NOT NULL,		-- 'e': xprov.dequeue, 'w': background worker
 	UNIQUE (connector_id, object_class, subject)
 ) WITH (autovacuum_analyze_scale_factor = 0.02);
+-- Runtime (not dumped): a subject exists because something was queued to it.
 
 -- The subject's queue state: its cursor into the log, lease and retries.
 -- Every claim and completion writes a new version of this row, so it stays
@@ -94,6 +121,7 @@ CREATE INDEX lane_ready ON xprov.lane
 -- re-check every new lane version against the lane's older versions.
 CREATE INDEX lane_id ON xprov.lane (lane_id);
 CREATE INDEX lane_dead ON xprov.lane (lane_id) WHERE state = 'd';
+-- Runtime (not dumped): leases, retries and cursors of work in flight.
 
 -- The queue's statements are planned once per backend (generic plans); they
 -- are re-planned when ANALYZE sees a table change, so the growing tables are
@@ -115,6 +143,8 @@ CREATE TABLE xprov.op (
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (lane_id, seq)
 ) WITH (autovacuum_analyze_scale_factor = 0.02);
+-- Runtime (not dumped): the operation log is work and its history, not
+-- configuration; its lanes and subjects are not dumped either.
 
 CREATE TABLE xprov.op_result (
 	op_id		uuid PRIMARY KEY,
@@ -130,6 +160,7 @@ CREATE TABLE xprov.op_result (
 	hooks		text					-- what the hooks of the last attempt did: JSON
 										-- (text: parsed when read, not on the hot path)
 ) WITH (autovacuum_analyze_scale_factor = 0.02);
+-- Runtime (not dumped): outcomes of operations that are not dumped.
 
 CREATE TABLE xprov.op_failure (
 	op_id		uuid NOT NULL,
@@ -145,6 +176,7 @@ CREATE TABLE xprov.op_failure (
 	hooks		text					-- what the hooks of this attempt did: JSON, as above
 );
 CREATE INDEX op_failure_op ON xprov.op_failure (op_id, attempt);
+-- Runtime (not dumped): attempts of operations that are not dumped.
 
 -- Shadows: what xprov knows of each account on each target (see README
 -- "Shadows").  A shadow is never re-used: a deleted account's shadow becomes
@@ -185,6 +217,9 @@ CREATE UNIQUE INDEX shadow_live_identity ON xprov.shadow (connector_id, object_c
 CREATE UNIQUE INDEX shadow_live_lane ON xprov.shadow (lane_id) WHERE dead_at IS NULL;
 CREATE INDEX shadow_owner ON xprov.shadow (identity_id) WHERE identity_id IS NOT NULL;
 CREATE INDEX shadow_dead ON xprov.shadow (dead_at) WHERE dead_at IS NOT NULL;
+-- Runtime (not dumped): the targets as last seen and the links to them,
+-- which a reconciliation of the restored database finds again; their lane_id
+-- would point at subjects that are not dumped.
 
 -- Each start of a background worker takes a new epoch; its leases carry it,
 -- so a restarted worker knows exactly which leases its dead predecessor held.
@@ -196,6 +231,7 @@ CREATE TABLE xprov.idempotency (
 	op_id		uuid NOT NULL,
 	PRIMARY KEY (tenant_id, key)
 );
+-- Runtime (not dumped): keys of unfinished operations, which are not dumped.
 
 -- Connectors ---------------------------------------------------------------
 
@@ -672,6 +708,11 @@ CREATE TABLE xprov.hook (
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	updated_at	timestamptz NOT NULL DEFAULT now()
 );
+-- Configuration: tenants' hooks.  Their identity sequence too, so that hooks
+-- added after a restore still come after the restored ones (created_seq
+-- breaks ties in the run order).
+SELECT pg_catalog.pg_extension_config_dump('xprov.hook', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('xprov.hook', 'created_seq'), '');
 
 CREATE TABLE xprov.hook_version (
 	hook_id		uuid NOT NULL REFERENCES xprov.hook (id),
@@ -680,6 +721,9 @@ CREATE TABLE xprov.hook_version (
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (hook_id, version)
 );
+-- Configuration: every version of every hook (attempt histories name them);
+-- pg_dump loads it after xprov.hook, which its foreign key needs.
+SELECT pg_catalog.pg_extension_config_dump('xprov.hook_version', '');
 
 CREATE FUNCTION xprov.validate_script(script text)
 RETURNS void
@@ -914,6 +958,10 @@ CREATE TABLE xprov.identity_source (
 	columns		jsonb NOT NULL DEFAULT '{}', -- identity attribute name -> column
 	updated_at	timestamptz NOT NULL DEFAULT now()
 );
+-- Configuration: where a tenant's identities live.  relation is dumped as its
+-- schema-qualified name and restored by name: the application's table is
+-- created (pre-data) before any table's data is loaded.
+SELECT pg_catalog.pg_extension_config_dump('xprov.identity_source', '');
 
 CREATE TABLE xprov.correlation_rule (
 	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -928,6 +976,8 @@ CREATE TABLE xprov.correlation_rule (
 	created_at	timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX correlation_rule_connector ON xprov.correlation_rule (connector_id, object_class);
+-- Configuration: an administrator's correlation rules.
+SELECT pg_catalog.pg_extension_config_dump('xprov.correlation_rule', '');
 
 CREATE TABLE xprov.correlation_threshold (
 	connector_id uuid PRIMARY KEY,
@@ -935,6 +985,8 @@ CREATE TABLE xprov.correlation_threshold (
 	candidate	double precision NOT NULL,
 	CHECK (0 <= candidate AND candidate < definite AND definite <= 1)
 );
+-- Configuration: an administrator's thresholds.
+SELECT pg_catalog.pg_extension_config_dump('xprov.correlation_threshold', '');
 
 -- Lower-case, trimmed, inner white space collapsed, accents stripped; for
 -- 'normalized' matches and the expression indexes that serve them.  Lower
@@ -1532,6 +1584,9 @@ CREATE UNIQUE INDEX correlation_case_open_op ON xprov.correlation_case (op_id)
 	WHERE status = 'open' AND op_id IS NOT NULL;
 CREATE INDEX correlation_case_open ON xprov.correlation_case (tenant_id, created_at)
 	WHERE status = 'open';
+-- Runtime (not dumped): an open case waits for a parked operation, which is
+-- not dumped; a resolved one is history, and what the person decided is kept
+-- in xprov.correlation_decision, which is.
 
 CREATE TABLE xprov.correlation_decision (
 	connector_id uuid NOT NULL,
@@ -1547,6 +1602,9 @@ CREATE TABLE xprov.correlation_decision (
 );
 CREATE INDEX correlation_decision_identity ON xprov.correlation_decision
 	(connector_id, object_class, identity_id);
+-- Configuration: what a person decided, sticky and never asked again.  Its
+-- case_id keeps naming the case, which is not dumped (no foreign key).
+SELECT pg_catalog.pg_extension_config_dump('xprov.correlation_decision', '');
 
 CREATE VIEW xprov.correlation_cases AS
 	SELECT c.id, c.tenant_id, c.connector_id, c.object_class, c.origin, c.op_id AS operation_id,
@@ -1958,6 +2016,8 @@ CREATE UNIQUE INDEX reconciliation_run_active ON xprov.reconciliation_run (conne
 	WHERE status IN ('pending', 'running', 'paused');
 CREATE INDEX reconciliation_run_todo ON xprov.reconciliation_run (created_at)
 	WHERE status IN ('pending', 'running');
+-- Runtime (not dumped): runs are work and its report; a run restored
+-- 'running' or 'paused' would wait for a reconciler or a plan that is gone.
 
 -- The listing of a run; removed when the run ends.
 CREATE TABLE xprov.reconciliation_item (
@@ -1967,6 +2027,7 @@ CREATE TABLE xprov.reconciliation_item (
 	attributes	jsonb NOT NULL,
 	PRIMARY KEY (run_id, target_uid)
 );
+-- Runtime (not dumped): the staged listing of a run in progress.
 
 CREATE TABLE xprov.discrepancy (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1988,6 +2049,7 @@ CREATE TABLE xprov.discrepancy (
 	created_at	timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX discrepancy_run ON xprov.discrepancy (run_id, type);
+-- Runtime (not dumped): the findings of runs, which are not dumped.
 
 CREATE TABLE xprov.reaction (
 	connector_id uuid NOT NULL,
@@ -1997,6 +2059,8 @@ CREATE TABLE xprov.reaction (
 	updated_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (connector_id, discrepancy_type)
 );
+-- Configuration: an administrator's reactions.
+SELECT pg_catalog.pg_extension_config_dump('xprov.reaction', '');
 
 CREATE TABLE xprov.reconciliation_threshold (
 	connector_id uuid PRIMARY KEY,
@@ -2004,6 +2068,8 @@ CREATE TABLE xprov.reconciliation_threshold (
 	max_actions	integer CHECK (max_actions >= 0),
 	max_percent	double precision CHECK (max_percent >= 0 AND max_percent <= 100)
 );
+-- Configuration: an administrator's mass-change limits.
+SELECT pg_catalog.pg_extension_config_dump('xprov.reconciliation_threshold', '');
 
 -- Which actions make sense for which discrepancy: 'report' for all.
 CREATE FUNCTION xprov._reaction_actions(discrepancy_type text)
