@@ -20,8 +20,8 @@
  * pg_dump: the tables of an extension are not dumped unless registered with
  * pg_extension_config_dump().  Registered, each right after its CREATE, are
  * the tables that hold configuration -- what an administrator set up or a
- * person decided, which cannot be rebuilt from anywhere else: connector,
- * hook and hook_version (and hook's identity sequence), identity_source,
+ * person decided, which cannot be rebuilt from anywhere else: connector and
+ * connector_secret, hook and hook_version (and hook's identity sequence), identity_source,
  * correlation_rule, correlation_threshold, correlation_decision, reaction and
  * reconciliation_threshold.  Runtime state is not dumped: the queue (op,
  * subject, lane, op_result, op_failure, idempotency, op_seq, worker_epoch),
@@ -245,6 +245,9 @@ CREATE TABLE xprov.connector_secret (
 	secret		jsonb NOT NULL CHECK (jsonb_typeof(secret) = 'object'),
 	updated_at	timestamptz NOT NULL DEFAULT now()
 );
+-- configuration: a restored connector must still authenticate (a dump of the
+-- database holds its credentials, as it holds every other table's data)
+SELECT pg_catalog.pg_extension_config_dump('xprov.connector_secret', '');
 
 -- The reason a credentials object is unusable, or NULL.  The values are
 -- never part of the reason.
