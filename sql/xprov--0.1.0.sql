@@ -296,6 +296,22 @@ AS $$
 	ELSE config END
 $$;
 
+-- The URL rules (src/url_policy.c): NULL when a connector may send requests
+-- to url (http or https, no credentials, host allowed by xprov.allowed_hosts),
+-- else why not.  The HTTP engine applies the same check to every request.
+CREATE FUNCTION xprov._url_allowed(url text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'xprov_url_allowed'
+LANGUAGE C STABLE STRICT;
+
+-- Raises unless url may be the base_url of a connector of this kind:
+-- 22023 for a URL that does not parse, is not http(s) or carries
+-- credentials, 42501 for a host xprov.allowed_hosts does not allow.
+CREATE FUNCTION xprov._check_base_url(kind text, url text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_check_base_url'
+LANGUAGE C STABLE STRICT;
+
 CREATE FUNCTION xprov.add_connector(tenant_id uuid, name text, kind text, base_url text,
 									config jsonb DEFAULT '{}')
 RETURNS uuid
@@ -319,11 +335,15 @@ BEGIN
 		RAISE EXCEPTION 'connector name must not be empty'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF kind IN ('scim2', 'rest') AND (base_url IS NULL OR base_url !~* '^https?://[^/]+') THEN
+	IF kind IN ('scim2', 'rest') AND base_url IS NULL THEN
 		RAISE EXCEPTION 'connector kind % needs an http or https base_url', kind
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('base_url was %L.', base_url),
+				  DETAIL = 'base_url was NULL.',
 				  HINT = 'Pass the target''s base URL, for example https://scim.example.com/scim/v2.';
+	END IF;
+	-- libcurl's parser decides (scheme, credentials, host), as it will for the requests
+	IF kind IN ('scim2', 'rest') THEN
+		PERFORM xprov._check_base_url(kind, base_url);
 	END IF;
 	IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
 		RAISE EXCEPTION 'connector config must be a JSON object'

@@ -356,6 +356,13 @@ dispatch_response(WorkOp *op, const HttpResponse *response, TimestampTz now)
 	if (was_probe)
 		rt->probing = false;
 
+	/*
+	 * Refused before it was sent (url_policy.h): the target said nothing,
+	 * so the breaker neither counts it nor closes on it.
+	 */
+	if (response->refused)
+		return;
+
 	if (response->status == 429 && response->retry_after_ms > 0)
 		rt->hold_until = Max(rt->hold_until,
 							 TimestampTzPlusMilliseconds(now, response->retry_after_ms));

@@ -39,6 +39,7 @@
 #include "connector.h"
 #include "http.h"
 #include "mem_util.h"
+#include "url_policy.h"
 #include "xprov.h"
 
 #define HTTP_MAX_WAIT_MS		250
@@ -100,6 +101,15 @@ static WaitEvent *wait_events = NULL;
 static int	wait_events_len = 0;
 
 static int64 timer_deadline_ms = -1;	/* monotonic; -1: no timer */
+
+/*
+ * Requests refused before libcurl saw them, completed by the next wait in
+ * the order they were started.  In TopMemoryContext: the pointers outlive
+ * any caller's context.
+ */
+static HttpRequest **refused = NULL;
+static int	n_refused = 0;
+static int	refused_cap = 0;
 
 static int64
 monotonic_ms(void)
@@ -538,6 +548,8 @@ set_options(EasySlot *slot, const HttpRequest *request, const Connector *connect
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	/* url_policy_check() refused these already; libcurl refuses them too */
+	curl_easy_setopt(easy, CURLOPT_DISALLOW_USERNAME_IN_URL, 1L);
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) connector->timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) connector->connect_timeout_ms);
@@ -552,18 +564,56 @@ set_options(EasySlot *slot, const HttpRequest *request, const Connector *connect
 	set_method(easy, request);
 }
 
+/*
+ * Complete a request without sending it.  It still goes through the wait,
+ * like any other answer, so that callers have one path for every outcome.
+ */
+static void
+refuse(HttpRequest *request, const char *reason)
+{
+	HttpResponse *response = &request->response;
+
+	if (n_refused == refused_cap)
+	{
+		int			cap = refused_cap == 0 ? 16 : refused_cap * 2;
+
+		refused = refused == NULL ?
+			MemoryContextAlloc(TopMemoryContext, cap * sizeof(HttpRequest *)) :
+			repalloc(refused, cap * sizeof(HttpRequest *));
+		refused_cap = cap;
+	}
+	response->transport_failed = true;
+	response->refused = true;
+	strlcpy(response->error, reason, sizeof(response->error));
+	refused[n_refused++] = request;
+}
+
 void
 http_engine_start(HttpRequest *request, const Connector *connector,
 				  const char *request_id)
 {
 	EasySlot   *slot;
 	CURLMcode	rc;
+	char	   *reason;
 
 	http_engine_init();
 
 	memset(&request->response, 0, sizeof(HttpResponse));
 	request->response.retry_after_ms = -1;
 	request->handle = NULL;
+
+	/*
+	 * Checked here, for every request, rather than once per connector: the
+	 * setting may have been narrowed (SET, reload) since the connector was
+	 * added, and protocols build URLs from the base URL and paths.  Parsed
+	 * now, not in a libcurl callback, where nothing may raise.
+	 */
+	if (url_policy_check(request->url, &reason) != URL_ALLOWED)
+	{
+		refuse(request, reason);
+		pfree(reason);
+		return;
+	}
 
 	slot = slot_get();
 	slot->body_max = (size_t) xprov_max_response_kb * 1024;
@@ -686,12 +736,20 @@ finish_transfer(CURL *easy, CURLcode code)
 	return request;
 }
 
-/* Collect up to max_done finished transfers. */
+/* Collect up to max_done finished transfers, refused requests first. */
 static int
 collect_done(HttpRequest **done, int max_done)
 {
 	int			n = 0;
+	int			taken = Min(n_refused, max_done);
 
+	if (taken > 0)
+	{
+		memcpy(done, refused, taken * sizeof(HttpRequest *));
+		memmove(refused, refused + taken, (n_refused - taken) * sizeof(HttpRequest *));
+		n_refused -= taken;
+		n = taken;
+	}
 	while (n < max_done)
 	{
 		int			left = 0;
@@ -894,12 +952,13 @@ http_engine_await(HttpRequest *request)
 int
 http_engine_in_flight(void)
 {
-	return n_active;
+	return n_active + n_refused;
 }
 
 void
 http_engine_abandon_all(void)
 {
+	n_refused = 0;
 	if (!engine_ready)
 		return;
 

@@ -26,6 +26,8 @@ typedef struct HttpResponse
 	bool		connect_failed; /* could not resolve or connect: the target
 								 * is down or misconfigured */
 	bool		timed_out;
+	bool		refused;		/* never sent: the URL breaks the URL policy
+								 * (url_policy.h); error says why */
 	char		error[256];		/* transport error, "" if none */
 	char	   *body;			/* NUL-terminated, or NULL if empty */
 	size_t		body_len;
@@ -62,6 +64,9 @@ extern void http_engine_shutdown(void);
  * Start a request; never blocks.  Headers of the connector (auth) are sent,
  * plus "X-Request-Id: request_id" and "User-Agent: xprov/<version>".
  * The response is palloc'd in the memory context that holds `request`.
+ * A URL the URL policy refuses (its host not in xprov.allowed_hosts, say)
+ * is not sent: the request completes at the next wait with `refused` and
+ * `transport_failed` set and the reason in `error`.
  */
 extern void http_engine_start(HttpRequest *request, const struct Connector *connector,
 							  const char *request_id);

@@ -130,6 +130,14 @@ classify(const HttpResponse *response)
 {
 	long		status = response->status;
 
+	/*
+	 * Refused by the URL policy: no retry can succeed until a superuser
+	 * widens xprov.allowed_hosts or the connector's URL changes, and
+	 * retrying would hold the subject's later operations meanwhile.  Not
+	 * the connector's failure either: pausing it would probe forever.
+	 */
+	if (response->refused)
+		return OUTCOME_DEAD;
 	if (response->transport_failed)
 		return response->connect_failed ? OUTCOME_CONNECTOR : OUTCOME_RETRY;
 	if (status >= 200 && status < 300)

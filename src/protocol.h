@@ -32,7 +32,7 @@ extern const Protocol rest_protocol;	/* rest.c */
  * Shared classification (protocol.c) for responses a protocol has no
  * special meaning for: 2xx -> COMPLETED; connect failures, 401, 403 ->
  * CONNECTOR; timeouts, resets, 408, 429, 5xx -> RETRY (Retry-After kept);
- * other 4xx -> DEAD.  Fills op->outcome with an error text built from
+ * other 4xx, and requests the URL policy refused -> DEAD.  Fills op->outcome with an error text built from
  * `what` (e.g. "POST /Users") and the response.
  */
 extern void protocol_classify(WorkOp *op, const HttpResponse *response, const char *what);

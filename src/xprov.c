@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 
 #include "claim_cursor.h"
+#include "url_policy.h"
 #include "drop_database.h"
 #include "worker.h"
 #include "worker_shmem.h"
@@ -38,6 +39,7 @@ int			xprov_http_connect_timeout_ms = 5 * 1000;
 int			xprov_worker_lease_ms = 30 * 60 * 1000;
 int			xprov_worker_nap_ms = 5 * 1000;
 int			xprov_max_response_kb = 1024;
+char	   *xprov_allowed_hosts = NULL;
 int			xprov_hook_max_timeout_ms = 5 * 1000;
 int			xprov_hook_max_memory_kb = 64 * 1024;
 char	   *xprov_tenant_id = NULL;
@@ -155,6 +157,19 @@ define_worker_settings(void)
 							1024, 1, 1024 * 1024,
 							PGC_SIGHUP, GUC_UNIT_KB,
 							NULL, NULL, NULL);
+
+	/*
+	 * Superuser only: it is the boundary between what tenants may configure
+	 * (their connectors' URLs) and what the server may reach.  Read at every
+	 * request, so a reload narrows it for requests not yet sent.
+	 */
+	DefineCustomStringVariable("xprov.allowed_hosts",
+							   "Hosts connectors may send requests to.",
+							   "A comma-separated list of host names or IP addresses, \"*.domain\" for any subdomain, each optionally with \":port\"; empty allows every host.",
+							   &xprov_allowed_hosts,
+							   "",
+							   PGC_SUSET, GUC_LIST_INPUT,
+							   url_policy_check_allowed_hosts, NULL, NULL);
 }
 
 static void

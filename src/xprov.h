@@ -30,6 +30,7 @@ extern int	xprov_http_connect_timeout_ms;
 extern int	xprov_worker_lease_ms;
 extern int	xprov_worker_nap_ms;
 extern int	xprov_max_response_kb;
+extern char *xprov_allowed_hosts;
 
 /* JavaScript hooks (xprov.c) */
 extern int	xprov_hook_max_timeout_ms;
