@@ -288,10 +288,11 @@ forget_prefetch(void)
 
 /*
  * The page the run is on, fetched ahead during the last step or now: its
- * body copied into the step's memory, or NULL with *error set.
+ * body copied into the step's memory, or NULL with *error set (and
+ * *refused when the URL policy forbade sending it).
  */
 static char *
-fetch_page(const Run *run, const char *key, char **error)
+fetch_page(const Run *run, const char *key, char **error, bool *refused)
 {
 	HttpRequest *request;
 	HttpResponse *response;
@@ -307,6 +308,7 @@ fetch_page(const Run *run, const char *key, char **error)
 	http_engine_await(request);
 	response = &request->response;
 	url = request->url;
+	*refused = response->refused;
 	if (response->transport_failed)
 		*error = psprintf("GET %s: %s", url, response->error[0] ? response->error : "no response");
 	else if (response->status != 200)
@@ -369,6 +371,7 @@ list_page(Run *run)
 {
 	char	   *key = psprintf("%s/%s", run->id, run->cursor ? run->cursor : "");
 	char	   *error = NULL;
+	bool		refused = false;
 	char	   *body;
 	Step		step = {.sql = "SELECT xprov._recon_page($1::uuid, $2)", .nargs = 2};
 
@@ -377,7 +380,14 @@ list_page(Run *run)
 		strlcpy(page_key, key, sizeof(page_key));
 		page_failures = 0;
 	}
-	body = fetch_page(run, key, &error);
+	body = fetch_page(run, key, &error, &refused);
+	if (body == NULL && refused)
+	{
+		/* trying again cannot help until a superuser changes the policy */
+		forget_prefetch();
+		finish_run(run, "failed", psprintf("listing the target failed: %s", error));
+		return;
+	}
 	if (body == NULL)
 	{
 		page_failed(run, error);
