@@ -13,7 +13,7 @@ SELECT xprov.add_connector(:'tenant', 'crm', 'external', NULL) AS crm \gset
 SELECT xprov.add_connector(:'other', 'crm', 'external', NULL) AS other_crm \gset
 SELECT xprov.add_connector(:'tenant', 'directory', 'scim2', 'https://scim.example.test/v2',
                            '{"auth": {"type": "bearer", "token": "s3cr3t"}, "timeout_ms": 5000}') IS NOT NULL AS added;
-SELECT tenant_id = :'tenant' AS own_tenant, name, kind, base_url, config, enabled
+SELECT tenant_id = :'tenant' AS own_tenant, name, kind, base_url, config, auth_type, enabled
   FROM xprov.connectors ORDER BY tenant_id, name;
 
 -- what a processor sees: n is a label carried in the attributes
