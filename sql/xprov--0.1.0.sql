@@ -637,6 +637,23 @@ CREATE VIEW xprov.accounts AS
 -- Removes tombstones older than the retention period; schedule it with
 -- pg_cron.  Returns how many were removed.
 -- The end of a retention period that ends now, after checking it.
+-- What a shadow expects after an operation sent `changes`: SCIM replaces a
+-- complex attribute's sub-attributes one by one (an extension's department
+-- leaves its employeeNumber alone), so objects merge one level deep; a JSON
+-- null removes (jsonb_strip_nulls by the caller).
+CREATE FUNCTION xprov._merge_expected(expected jsonb, changes jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+	SELECT expected || coalesce((SELECT jsonb_object_agg(c.key,
+										CASE WHEN jsonb_typeof(c.value) = 'object'
+												  AND jsonb_typeof(expected -> c.key) = 'object'
+											 THEN (expected -> c.key) || c.value
+											 ELSE c.value END)
+								   FROM jsonb_each(changes) c), '{}')
+$$;
+
 CREATE FUNCTION xprov._retention_cutoff(older_than interval)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
@@ -1967,7 +1984,7 @@ BEGIN
 		   SET lane_id = o.lane_id, identity_id = coalesce(o.identity_id, s.identity_id), lifecycle = 'live',
 			   situation = CASE WHEN coalesce(o.identity_id, s.identity_id) IS NOT NULL THEN 'linked'
 								ELSE s.situation END,
-			   expected = jsonb_strip_nulls(s.expected || coalesce(sent, o.attributes)),
+			   expected = jsonb_strip_nulls(xprov._merge_expected(s.expected, coalesce(sent, o.attributes))),
 			   observed = coalesce(_shadow_conflict.observed, s.observed),
 			   observed_at = CASE WHEN _shadow_conflict.observed IS NOT NULL THEN now() ELSE s.observed_at END,
 			   version = coalesce(_shadow_conflict.observed #>> '{meta,version}', s.version),

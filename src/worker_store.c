@@ -187,7 +187,7 @@ static SavedPlan record_live_shadows = {
 	"         identity_id = coalesce(f.identity_id, s.identity_id), "
 	"         situation = CASE WHEN coalesce(f.identity_id, s.identity_id) IS NOT NULL THEN 'linked' "
 	"                          ELSE s.situation END, "
-	"         expected = jsonb_strip_nulls(s.expected || f.attrs), "
+	"         expected = jsonb_strip_nulls(xprov._merge_expected(s.expected, f.attrs)), "
 	"         observed = coalesce(f.observed, s.observed), "
 	"         observed_at = CASE WHEN f.observed IS NOT NULL THEN now() ELSE s.observed_at END, "
 	"         version = coalesce(f.observed #>> '{meta,version}', s.version), updated_at = now() "

@@ -10,7 +10,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(105);
+SELECT plan(109);
 \ir common.psql
 SELECT pg_temp.isolate();
 
@@ -329,6 +329,17 @@ SELECT throws_ok($$SELECT xprov.resolve_case(pg_temp.id('case-r'), 'link')$$, '2
 SELECT lives_ok($$SELECT xprov.resolve_case(pg_temp.id('case-r'), 'link', pg_temp.id('twin'))$$, 'link the owner');
 SELECT is((SELECT pg_temp.nm(identity_id) || ' ' || situation FROM xprov.shadows WHERE target_uid = 'orphan-1'),
           'twin linked', 'the shadow gets its owner');
+
+-- ---------------------------------------------------------------- expected attributes after an operation
+SELECT is(xprov._merge_expected('{"a": 1, "ext": {"dept": "x", "no": "7"}}', '{"ext": {"dept": "y"}}'),
+          '{"a": 1, "ext": {"dept": "y", "no": "7"}}'::jsonb,
+          'an extension''s sub-attribute changes alone: its others stay expected');
+SELECT is(jsonb_strip_nulls(xprov._merge_expected('{"a": 1, "b": 2, "name": {"g": "A", "f": "B"}}',
+                                                  '{"b": null, "name": {"g": null}}')),
+          '{"a": 1, "name": {"f": "B"}}'::jsonb, 'a JSON null removes, at either level');
+SELECT is(xprov._merge_expected('{"emails": [{"value": "a"}], "x": "s"}', '{"emails": [{"value": "b"}], "x": {"o": 1}}'),
+          '{"emails": [{"value": "b"}], "x": {"o": 1}}'::jsonb, 'arrays and values of another type are replaced');
+SELECT is(xprov._merge_expected('{"a": 1}', '{}'), '{"a": 1}'::jsonb, 'no change, nothing changes');
 
 SELECT * FROM finish();
 ROLLBACK;
