@@ -2048,6 +2048,7 @@ CREATE TABLE xprov.reconciliation_run (
 	started_at	timestamptz,
 	listing_started_at timestamptz,
 	listing_ms	double precision,
+	diffed_at	timestamptz,			-- start of the diff's transaction: the plan's as-of time
 	diff_ms		double precision,
 	finished_at	timestamptz
 );
@@ -2886,7 +2887,7 @@ BEGIN
 	SELECT coalesce(jsonb_object_agg(x.type, x.n), '{}') INTO counts
 	  FROM (SELECT d.type, count(*) AS n FROM xprov.discrepancy d WHERE d.run_id = r.id GROUP BY d.type) x;
 	UPDATE xprov.reconciliation_run x
-	   SET phase = 'reactions', processed = x.listed, total = x.listed,
+	   SET phase = 'reactions', processed = x.listed, total = x.listed, diffed_at = now(),
 		   diff_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
 		   statistics = x.statistics || jsonb_build_object(
 				'discrepancies', counts, 'shadows_compared', (SELECT count(*) FROM pg_temp.recon_shadow WHERE judged),
@@ -2914,6 +2915,7 @@ DECLARE
 	exclusive_here boolean;
 	taken jsonb;
 	ops jsonb;
+	stale bigint;
 BEGIN
 	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_react.run_id FOR UPDATE;
 	SELECT count(*) INTO planned FROM xprov.discrepancy d WHERE d.run_id = r.id AND d.action <> 'report';
@@ -2944,6 +2946,17 @@ BEGIN
 
 	SELECT (c.config -> 'multiple_accounts') IS DISTINCT FROM 'true'::jsonb INTO exclusive_here
 	  FROM xprov.connector c WHERE c.id = r.connector_id;
+
+	-- The plan is as of the diff (hours old, if it waited for approval): an
+	-- account whose shadow changed since, or that got a shadow since, is left
+	-- alone rather than acted on from stale knowledge.
+	UPDATE xprov.discrepancy d SET action = 'report', status = 'cancelled'
+	 WHERE d.run_id = r.id AND d.action <> 'report'
+	   AND EXISTS (SELECT 1 FROM xprov.shadow s
+				    WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
+					  AND (s.id = d.shadow_id OR (d.shadow_id IS NULL AND s.target_uid = d.target_uid))
+					  AND s.updated_at > r.diffed_at);
+	GET DIAGNOSTICS stale = ROW_COUNT;
 
 	-- every account listed without a shadow gets one (nobody's, until linked)
 	INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, target_uid, lifecycle, situation,
@@ -3060,7 +3073,7 @@ BEGIN
 	  FROM (SELECT d.action, count(*) AS n FROM xprov.discrepancy d
 			 WHERE d.run_id = r.id AND d.action <> 'report' GROUP BY d.action) a;
 	UPDATE xprov.reconciliation_run x
-	   SET statistics = x.statistics || jsonb_build_object('actions_taken', taken)
+	   SET statistics = x.statistics || jsonb_build_object('actions_taken', taken, 'actions_left_stale', stale)
 	 WHERE x.id = r.id;
 	PERFORM xprov._recon_finish(r.id, 'completed', NULL);
 	RETURN 'completed';

@@ -15,7 +15,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(266);
+SELECT plan(271);
 \ir common.psql
 
 -- ---------------------------------------------------------------- helpers
@@ -885,6 +885,33 @@ SELECT is(xprov._planned_action('{"orphan": "disable"}', 'orphan', '{"active": t
 SELECT is(xprov._planned_action('{"missing": "create"}', 'missing', NULL, NULL), 'report',
           'a missing account nobody owned is not created again');
 SELECT is(xprov._planned_action('{}', 'mismatch', '{}', gen_random_uuid()), 'report', 'report by default');
+
+-- ---------------------------------------------------------------- a plan acted on only where it is still true
+SELECT FROM pg_temp.conn('cz', 't1', 'scim2');
+SELECT FROM pg_temp.shadow('zs-1', 'cz', 'z-1', 'ada', '{"userName": "ada", "title": "A"}');
+SELECT FROM pg_temp.shadow('zs-2', 'cz', 'z-2', 'bob', '{"userName": "bob", "title": "B"}');
+UPDATE xprov.shadow SET updated_at = now() - interval '1 day' WHERE connector_id = pg_temp.id('cz');
+SELECT FROM xprov.set_reaction(pg_temp.id('cz'), 'mismatch', 'update');
+SELECT FROM xprov.set_reaction(pg_temp.id('cz'), 'orphan', 'delete');
+SELECT FROM xprov.set_reconciliation_threshold(pg_temp.id('cz'), NULL, NULL);
+SELECT FROM pg_temp.run('z1', 'cz');
+SELECT is(xprov._recon_settle(pg_temp.id('z1')) || ' ' || coalesce(pg_temp.page('z1', pg_temp.scim(3, 1,
+        '[{"id": "z-1", "userName": "ada", "title": "changed"}, {"id": "z-2", "userName": "bob", "title": "changed"},
+          {"id": "z-3", "userName": "nobody"}]')), '-'), 'true -', 'z1 listed');
+SELECT FROM pg_temp.diff('z1');
+-- after the diff: z-2's shadow changes, and z-3 (an orphan then) gets an owner's shadow
+UPDATE xprov.reconciliation_run SET diffed_at = now() - interval '1 minute' WHERE id = pg_temp.id('z1');
+UPDATE xprov.shadow SET expected = expected || '{"title": "changed"}', updated_at = now() WHERE id = pg_temp.id('zs-2');
+SELECT FROM pg_temp.shadow('zs-3', 'cz', 'z-3', 'grace', '{"userName": "nobody"}');
+UPDATE xprov.shadow SET updated_at = now() WHERE id = pg_temp.id('zs-3');
+SELECT is(pg_temp.react('z1'), 'completed', 'z1 applies');
+SELECT is(pg_temp.disc('z1'), concat_ws(E'\n',
+    'mismatch z-1 ada update applied',
+    'mismatch z-2 bob report cancelled',
+    'orphan z-3 - report cancelled'),
+    'what changed since the diff is left alone: no update from a stale comparison, no delete of an account someone now owns');
+SELECT is((SELECT statistics -> 'actions_left_stale' FROM pg_temp.runv('z1')), '2'::jsonb, 'statistics count them');
+SELECT is((SELECT count(*) FROM xprov.op WHERE connector_id = pg_temp.id('cz')), 1::bigint, 'one operation only (z-1''s update)');
 
 -- ---------------------------------------------------------------- purge_runs
 SELECT throws_ok($$SELECT xprov.purge_runs(NULL)$$, '22023', NULL, 'purge_runs: NULL is refused');
