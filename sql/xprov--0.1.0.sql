@@ -1624,6 +1624,9 @@ CREATE UNIQUE INDEX correlation_case_open_op ON xprov.correlation_case (op_id)
 	WHERE status = 'open' AND op_id IS NOT NULL;
 CREATE INDEX correlation_case_open ON xprov.correlation_case (tenant_id, created_at)
 	WHERE status = 'open';
+-- reconciliation asks, per account, whether a case about it is still open
+CREATE INDEX correlation_case_open_account ON xprov.correlation_case (connector_id, object_class, target_uid)
+	WHERE status = 'open' AND target_uid IS NOT NULL;
 -- Runtime (not dumped): an open case waits for a parked operation, which is
 -- not dumped; a resolved one is history, and what the person decided is kept
 -- in xprov.correlation_decision, which is.
@@ -2886,6 +2889,9 @@ BEGIN
 
 	SELECT coalesce(jsonb_object_agg(x.type, x.n), '{}') INTO counts
 	  FROM (SELECT d.type, count(*) AS n FROM xprov.discrepancy d WHERE d.run_id = r.id GROUP BY d.type) x;
+	-- the reactions join this run's discrepancies with shadows and operations:
+	-- planned on statistics that have not seen them, those joins go quadratic
+	ANALYZE xprov.discrepancy;
 	UPDATE xprov.reconciliation_run x
 	   SET phase = 'reactions', processed = x.listed, total = x.listed, diffed_at = now(),
 		   diff_ms = extract(epoch FROM clock_timestamp() - t0) * 1000,
@@ -2952,10 +2958,12 @@ BEGIN
 	-- alone rather than acted on from stale knowledge.
 	UPDATE xprov.discrepancy d SET action = 'report', status = 'cancelled'
 	 WHERE d.run_id = r.id AND d.action <> 'report'
-	   AND EXISTS (SELECT 1 FROM xprov.shadow s
-				    WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
-					  AND (s.id = d.shadow_id OR (d.shadow_id IS NULL AND s.target_uid = d.target_uid))
-					  AND s.updated_at > r.diffed_at);
+	   AND (EXISTS (SELECT 1 FROM xprov.shadow s WHERE s.id = d.shadow_id AND s.updated_at > r.diffed_at)
+			OR (d.shadow_id IS NULL
+				AND EXISTS (SELECT 1 FROM xprov.shadow s
+							 WHERE s.connector_id = r.connector_id AND s.object_class = r.object_class
+							   AND s.target_uid = d.target_uid AND s.dead_at IS NULL
+							   AND s.updated_at > r.diffed_at)));
 	GET DIAGNOSTICS stale = ROW_COUNT;
 
 	-- every account listed without a shadow gets one (nobody's, until linked)
@@ -2968,6 +2976,9 @@ BEGIN
 	 WHERE d.run_id = r.id AND d.shadow_id IS NULL
 	   AND d.type IN ('orphan', 'unlinked', 'disputed', 'collision')
 	ON CONFLICT DO NOTHING;
+	-- thousands of shadows without owner or lane may have just appeared: the
+	-- joins below, planned on statistics that have not seen them, go quadratic
+	ANALYZE xprov.shadow;
 	UPDATE xprov.discrepancy d SET shadow_id = s.id
 	  FROM xprov.shadow s
 	 WHERE d.run_id = r.id AND d.shadow_id IS NULL AND s.connector_id = r.connector_id
@@ -3033,12 +3044,19 @@ BEGIN
 		UPDATE xprov.discrepancy d SET operation_id = q.op_id, status = 'applied'
 		  FROM planned_ops p JOIN queued q ON q.n = p.n
 		 WHERE d.id = p.id;
-		-- an account nobody provisioned now belongs to the subject acting on it
-		UPDATE xprov.shadow s SET lane_id = o.lane_id, updated_at = now()
-		  FROM xprov.discrepancy d JOIN xprov.op o ON o.id = d.operation_id
-		 WHERE d.run_id = r.id AND s.id = d.shadow_id AND s.lane_id IS NULL AND s.dead_at IS NULL
-		   AND d.action IN ('disable', 'delete')
-		   AND NOT EXISTS (SELECT 1 FROM xprov.shadow t WHERE t.lane_id = o.lane_id AND t.dead_at IS NULL);
+		-- An account nobody provisioned now belongs to the subject acting on it.
+		-- Driven from this run's operations: the shadows without a lane were
+		-- just inserted, and statistics that have not seen them made the join
+		-- rescan the discrepancies for each one.
+		WITH acted AS MATERIALIZED (
+			SELECT d.shadow_id, o.lane_id
+			  FROM xprov.discrepancy d JOIN xprov.op o ON o.id = d.operation_id
+			 WHERE d.run_id = r.id AND d.action IN ('disable', 'delete')
+		)
+		UPDATE xprov.shadow s SET lane_id = a.lane_id, updated_at = now()
+		  FROM acted a
+		 WHERE s.id = a.shadow_id AND s.lane_id IS NULL AND s.dead_at IS NULL
+		   AND NOT EXISTS (SELECT 1 FROM xprov.shadow t WHERE t.lane_id = a.lane_id AND t.dead_at IS NULL);
 	END IF;
 
 	-- a person decides who owns an account correlation is unsure of
@@ -3060,6 +3078,8 @@ BEGIN
 	UPDATE xprov.discrepancy d SET case_id = o.id
 	  FROM opened o WHERE d.run_id = r.id AND d.target_uid = o.target_uid AND d.type IN ('disputed', 'collision');
 	-- an account whose case is still open from an earlier run points at it
+	-- (statistics first: thousands of cases may have just been opened)
+	ANALYZE xprov.correlation_case;
 	UPDATE xprov.discrepancy d SET case_id = c.id
 	  FROM xprov.correlation_case c
 	 WHERE d.run_id = r.id AND d.case_id IS NULL AND d.type IN ('disputed', 'collision')
