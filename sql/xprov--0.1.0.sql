@@ -2921,6 +2921,7 @@ DECLARE
 	exclusive_here boolean;
 	taken jsonb;
 	ops jsonb;
+	acting bigint[];
 	stale bigint;
 BEGIN
 	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _recon_react.run_id FOR UPDATE;
@@ -3013,37 +3014,35 @@ BEGIN
 	   AND s.id = d.shadow_id AND s.dead_at IS NULL;
 
 	-- target changes: queue operations, on the subject that provisioned the
-	-- account where there is one (so they queue behind its other operations)
-	SELECT jsonb_agg(jsonb_build_object(
-				'tenant_id', r.tenant_id, 'connector_id', r.connector_id, 'object_class', r.object_class,
-				'operation_type', d.action,
-				'identity_id', CASE WHEN d.action = 'create' OR sub.subject LIKE 'i:%' THEN d.identity_id END,
-				'target_uid', CASE WHEN d.action <> 'create' THEN d.target_uid END,
-				'attributes', CASE d.action
-								  WHEN 'create' THEN jsonb_strip_nulls(s.expected)
-								  WHEN 'update' THEN (SELECT jsonb_object_agg(e.key, e.value -> 'expected')
-														FROM jsonb_each(d.differences) e)
-								  ELSE '{}'::jsonb END,
-				'idempotency_key', 'reconciliation:' || r.id || ':' || d.id) ORDER BY d.id)
-	  INTO ops
+	-- account where there is one (so they queue behind its other operations);
+	-- enqueue_batch answers in the order of its input
+	SELECT array_agg(d.id ORDER BY d.id) INTO acting
 	  FROM xprov.discrepancy d
-	  LEFT JOIN xprov.shadow s ON s.id = d.shadow_id
-	  LEFT JOIN xprov.subject sub ON sub.lane_id = s.lane_id
-	 WHERE d.run_id = r.id AND d.action IN ('create', 'update', 'disable', 'delete')
-	   AND (d.action <> 'create' OR d.identity_id IS NOT NULL);
-	IF ops IS NOT NULL THEN
-		WITH queued AS (
-			SELECT q.id AS op_id, q.n FROM xprov.enqueue_batch(ops) WITH ORDINALITY q(id, n)
-		), planned_ops AS (
-			SELECT d.id, row_number() OVER (ORDER BY d.id) AS n
-			  FROM xprov.discrepancy d
-			  LEFT JOIN xprov.shadow s ON s.id = d.shadow_id
-			 WHERE d.run_id = r.id AND d.action IN ('create', 'update', 'disable', 'delete')
-			   AND (d.action <> 'create' OR d.identity_id IS NOT NULL)
+	 WHERE d.run_id = r.id AND d.action IN ('create', 'update', 'disable', 'delete');
+	IF acting IS NOT NULL THEN
+		SELECT jsonb_agg(jsonb_build_object(
+					'tenant_id', r.tenant_id, 'connector_id', r.connector_id, 'object_class', r.object_class,
+					'operation_type', d.action,
+					'identity_id', CASE WHEN d.action = 'create' OR sub.subject LIKE 'i:%' THEN d.identity_id END,
+					'target_uid', CASE WHEN d.action <> 'create' THEN d.target_uid END,
+					'attributes', CASE d.action
+									  WHEN 'create' THEN jsonb_strip_nulls(s.expected)
+									  WHEN 'update' THEN (SELECT jsonb_object_agg(e.key, e.value -> 'expected')
+															FROM jsonb_each(d.differences) e)
+									  ELSE '{}'::jsonb END,
+					'idempotency_key', 'reconciliation:' || r.id || ':' || d.id) ORDER BY a.n)
+		  INTO ops
+		  FROM unnest(acting) WITH ORDINALITY a(id, n)
+		  JOIN xprov.discrepancy d ON d.id = a.id
+		  LEFT JOIN xprov.shadow s ON s.id = d.shadow_id
+		  LEFT JOIN xprov.subject sub ON sub.lane_id = s.lane_id;
+		WITH queued AS MATERIALIZED (		-- enqueued once, whatever the plan
+			SELECT q.id, q.n FROM xprov.enqueue_batch(ops) WITH ORDINALITY q(id, n)
 		)
-		UPDATE xprov.discrepancy d SET operation_id = q.op_id, status = 'applied'
-		  FROM planned_ops p JOIN queued q ON q.n = p.n
-		 WHERE d.id = p.id;
+		UPDATE xprov.discrepancy d SET operation_id = q.id, status = 'applied'
+		  FROM unnest(acting) WITH ORDINALITY a(id, n)
+		  JOIN queued q ON q.n = a.n
+		 WHERE d.id = a.id;
 		-- An account nobody provisioned now belongs to the subject acting on it.
 		-- Driven from this run's operations: the shadows without a lane were
 		-- just inserted, and statistics that have not seen them made the join
