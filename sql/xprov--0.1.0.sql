@@ -376,11 +376,10 @@ CREATE VIEW xprov.connectors AS
 		   (SELECT s.updated_at FROM xprov.connector_secret s WHERE s.connector_id = c.id) AS secret_updated_at
 	  FROM xprov.connector c;
 
--- Replaces a connector's credentials (NULL removes them).  Workers use the
--- new ones within a minute (they reload connector settings that often).
-CREATE FUNCTION xprov.set_connector_secret(connector_id uuid, secret jsonb)
-RETURNS void
-LANGUAGE plpgsql
+-- The connector a configuration call names, or the error that it names none.
+CREATE FUNCTION xprov._connector(connector_id uuid)
+RETURNS xprov.connector
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog
 AS $$
 DECLARE
@@ -389,11 +388,25 @@ BEGIN
 	IF connector_id IS NULL THEN
 		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_connector_secret.connector_id;
+	SELECT * INTO c FROM xprov.connector x WHERE x.id = _connector.connector_id;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'connector % does not exist', connector_id
 			USING ERRCODE = 'undefined_object', HINT = 'List connectors with SELECT * FROM xprov.connectors.';
 	END IF;
+	RETURN c;
+END
+$$;
+
+-- Replaces a connector's credentials (NULL removes them).  Workers use the
+-- new ones within a minute (they reload connector settings that often).
+CREATE FUNCTION xprov.set_connector_secret(connector_id uuid, secret jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+	c xprov.connector := xprov._connector(connector_id);
+BEGIN
 	IF secret IS NULL THEN
 		DELETE FROM xprov.connector_secret s WHERE s.connector_id = c.id;
 		RETURN;
@@ -2174,13 +2187,7 @@ DECLARE
 	c xprov.connector;
 	context text := nullif(current_setting('xprov.tenant_id', true), '');
 BEGIN
-	IF connector_id IS NULL THEN
-		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	SELECT * INTO c FROM xprov.connector x WHERE x.id = _tenant_connector.connector_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
-	END IF;
+	c := xprov._connector(connector_id);
 	IF context IS NULL THEN
 		RAISE EXCEPTION 'no tenant context: xprov.tenant_id is not set'
 			USING ERRCODE = 'insufficient_privilege',
@@ -2363,10 +2370,7 @@ BEGIN
 		RAISE EXCEPTION 'connector_id, discrepancy_type and action must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_reaction.connector_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
-	END IF;
+	c := xprov._connector(connector_id);
 	IF allowed IS NULL THEN
 		RAISE EXCEPTION 'unknown discrepancy type "%"', discrepancy_type
 			USING ERRCODE = 'invalid_parameter_value',
@@ -2395,17 +2399,11 @@ AS $$
 DECLARE
 	c xprov.connector;
 BEGIN
-	IF connector_id IS NULL THEN
-		RAISE EXCEPTION 'connector_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
+	c := xprov._connector(connector_id);
 	IF max_actions < 0 OR max_percent < 0 OR max_percent > 100 THEN
 		RAISE EXCEPTION 'thresholds out of range: max_actions % and max_percent %', max_actions, max_percent
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'max_actions is a count >= 0, max_percent a percentage from 0 to 100; NULL turns one off.';
-	END IF;
-	SELECT * INTO c FROM xprov.connector x WHERE x.id = set_reconciliation_threshold.connector_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
 	END IF;
 	INSERT INTO xprov.reconciliation_threshold AS t (connector_id, tenant_id, max_actions, max_percent)
 	VALUES (c.id, c.tenant_id, max_actions, max_percent)
