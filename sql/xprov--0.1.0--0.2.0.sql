@@ -3,3 +3,668 @@
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION xprov UPDATE TO '0.2.0'" to load this file. \quit
 
+-- The security model (README "Security model"):
+--  * Nothing is granted to PUBLIC but normalize_text(), which applications'
+--    own expression indexes may call.
+--  * Four roles, each including the privileges of the one before it except
+--    xprov_processor:
+--      xprov_app        enqueues, and reads its tenant's operations, shadows
+--                       and runs;
+--      xprov_operator   also runs reconciliations, handles dead letters and
+--                       correlation cases, reads its tenant's configuration;
+--      xprov_admin      configures connectors, secrets, hooks, rules and
+--                       reactions, for every tenant;
+--      xprov_processor  an external processor: dequeue, complete, fail, for
+--                       every tenant (like the background worker).
+--  * Roles other than xprov_admin see, through tables and views, only the
+--    rows of the tenant named by the session setting xprov.tenant_id (row-
+--    level security), and the functions refuse them anything of another
+--    tenant.
+--  * Every function that writes is SECURITY DEFINER (the extension's owner,
+--    a superuser) with a pinned search_path; the caller's rights are checked
+--    inside (the outer role: see src/tenant_guard.h).  Views are
+--    security_invoker, so that the reader's row-level security applies.
+--  * Connector credentials are readable by no role but superusers: the
+--    connectors view shows their type and age only.
+
+-- Roles ----------------------------------------------------------------------
+
+-- Roles belong to the cluster: a second database's CREATE EXTENSION finds
+-- them made, and DROP EXTENSION leaves them (other databases may use them).
+DO $$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['xprov_app', 'xprov_operator', 'xprov_admin', 'xprov_processor'] LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+			EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+		END IF;
+	END LOOP;
+END
+$$;
+GRANT xprov_app TO xprov_operator;
+GRANT xprov_operator TO xprov_admin;
+GRANT xprov_processor TO xprov_admin;
+
+COMMENT ON ROLE xprov_app IS 'xprov: enqueue, and read the operations, shadows and runs of the tenant in xprov.tenant_id';
+COMMENT ON ROLE xprov_operator IS 'xprov: runs, dead letters and correlation cases of the tenant in xprov.tenant_id';
+COMMENT ON ROLE xprov_admin IS 'xprov: connectors, secrets, hooks, rules and reactions of every tenant';
+COMMENT ON ROLE xprov_processor IS 'xprov: external processors (dequeue, complete, fail) for every tenant';
+
+-- Who is calling -------------------------------------------------------------
+
+-- The session's role (not the owner of the SECURITY DEFINER function that
+-- asks): for the audit columns.
+CREATE FUNCTION xprov._caller()
+RETURNS text
+AS 'MODULE_PATHNAME', 'xprov_caller'
+LANGUAGE C STABLE STRICT;
+
+-- True if the caller (as above) acts for every tenant: a superuser, the
+-- background workers, or a member of xprov_admin.
+CREATE FUNCTION xprov._caller_is_admin()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'xprov_caller_is_admin'
+LANGUAGE C STABLE STRICT;
+
+-- The tenant in context, or NULL.  xprov.tenant_id refuses anything but a
+-- UUID when it is set.
+CREATE FUNCTION xprov._session_tenant()
+RETURNS uuid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT nullif(current_setting('xprov.tenant_id', true), '')::uuid
+$$;
+
+-- Raises unless the caller acts for every tenant or has one in context.
+CREATE FUNCTION xprov._require_context()
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF xprov._session_tenant() IS NULL AND NOT xprov._caller_is_admin() THEN
+		RAISE EXCEPTION 'no tenant context: xprov.tenant_id is not set'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Roles other than xprov_admin act only for the tenant in context.',
+				  HINT = 'SET xprov.tenant_id to your tenant first.';
+	END IF;
+END
+$$;
+
+-- Raises unless the caller may act for tenant_id.
+CREATE FUNCTION xprov._require_tenant(tenant_id uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM xprov._require_context();
+	IF NOT xprov._caller_is_admin() AND tenant_id IS DISTINCT FROM xprov._session_tenant() THEN
+		RAISE EXCEPTION 'tenant % is not the tenant in context', tenant_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('xprov.tenant_id is %s.', xprov._session_tenant()),
+				  HINT = 'Roles other than xprov_admin act only for the tenant in context.';
+	END IF;
+END
+$$;
+
+-- True if the caller may see the tenant's objects; an object the caller may
+-- not see is reported as not existing.
+CREATE FUNCTION xprov._tenant_visible(tenant_id uuid)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT xprov._caller_is_admin() OR tenant_id = xprov._session_tenant()
+$$;
+
+-- Audit columns (requested_by, approved_by, decided_by) name the caller.
+-- Set by trigger rather than by each function that writes them, which run
+-- as the extension's owner, so that no writer can forget it.
+CREATE FUNCTION xprov._stamp_caller()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[0], xprov._caller()));
+	RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER stamp_requested_by BEFORE INSERT ON xprov.reconciliation_run
+	FOR EACH ROW EXECUTE FUNCTION xprov._stamp_caller('requested_by');
+CREATE TRIGGER stamp_approved_by BEFORE UPDATE OF approved_by ON xprov.reconciliation_run
+	FOR EACH ROW WHEN (NEW.approved_by IS NOT NULL) EXECUTE FUNCTION xprov._stamp_caller('approved_by');
+CREATE TRIGGER stamp_decided_by BEFORE UPDATE OF decided_by ON xprov.correlation_case
+	FOR EACH ROW WHEN (NEW.decided_by IS NOT NULL) EXECUTE FUNCTION xprov._stamp_caller('decided_by');
+CREATE TRIGGER stamp_decided_by BEFORE INSERT OR UPDATE OF decided_by ON xprov.correlation_decision
+	FOR EACH ROW EXECUTE FUNCTION xprov._stamp_caller('decided_by');
+
+-- Tenant checks in the functions ---------------------------------------------
+
+-- Run-level calls: a role other than xprov_admin is told that another
+-- tenant's connector does not exist.
+CREATE OR REPLACE FUNCTION xprov._tenant_connector(connector_id uuid)
+RETURNS xprov.connector
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c xprov.connector;
+	context uuid := xprov._session_tenant();
+BEGIN
+	PERFORM xprov._require_context();
+	IF connector_id IS NOT NULL AND NOT xprov._caller_is_admin()
+	   AND NOT EXISTS (SELECT 1 FROM xprov.connector x
+					    WHERE x.id = _tenant_connector.connector_id AND x.tenant_id = context) THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id
+			USING ERRCODE = 'undefined_object', HINT = 'List connectors with SELECT * FROM xprov.connectors.';
+	END IF;
+	c := xprov._connector(connector_id);
+	IF context IS NULL THEN
+		RAISE EXCEPTION 'no tenant context: xprov.tenant_id is not set'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Reconciliation acts for one tenant and needs to know which.',
+				  HINT = format('SET xprov.tenant_id = %L (the connector''s tenant) first.', c.tenant_id);
+	END IF;
+	IF context <> c.tenant_id THEN
+		RAISE EXCEPTION 'connector % does not belong to the tenant in context', connector_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('xprov.tenant_id is %s.', context),
+				  HINT = 'Set xprov.tenant_id to the connector''s tenant.';
+	END IF;
+	RETURN c;
+END
+$$;
+
+-- The run, locked; another tenant's does not exist for a tenant role.
+CREATE OR REPLACE FUNCTION xprov._tenant_run(run_id uuid)
+RETURNS xprov.reconciliation_run
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r xprov.reconciliation_run;
+BEGIN
+	IF run_id IS NULL THEN
+		RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM xprov._require_context();
+	SELECT * INTO r FROM xprov.reconciliation_run x WHERE x.id = _tenant_run.run_id FOR UPDATE;
+	IF NOT FOUND OR NOT xprov._tenant_visible(r.tenant_id) THEN
+		RAISE EXCEPTION 'reconciliation run % does not exist', run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM xprov._tenant_connector(r.connector_id);
+	RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xprov._correlation_tenant(tenant_id uuid, connector_id uuid, object_class text,
+													 input jsonb, input_name text)
+RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	owner uuid;
+BEGIN
+	IF tenant_id IS NULL OR connector_id IS NULL OR object_class IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, connector_id and object_class must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM xprov._require_tenant(tenant_id);
+	IF input IS NULL OR jsonb_typeof(input) <> 'object' THEN
+		RAISE EXCEPTION '% must be a JSON object', input_name USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT c.tenant_id INTO owner FROM xprov.connector c WHERE c.id = _correlation_tenant.connector_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'connector % does not exist', connector_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF owner <> tenant_id THEN
+		RAISE EXCEPTION 'connector % belongs to another tenant', connector_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN owner;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION xprov.wait_run(run_id uuid, timeout interval DEFAULT '5 minutes')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + coalesce(timeout, '5 minutes');
+	st text;
+	owner uuid;
+	nap double precision := 0.01;
+BEGIN
+	IF run_id IS NULL THEN
+		RAISE EXCEPTION 'run_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM xprov._require_context();
+	LOOP
+		SELECT r.status, r.tenant_id INTO st, owner FROM xprov.reconciliation_run r WHERE r.id = wait_run.run_id;
+		IF NOT FOUND OR NOT xprov._tenant_visible(owner) THEN
+			RAISE EXCEPTION 'reconciliation run % does not exist', run_id USING ERRCODE = 'undefined_object';
+		END IF;
+		EXIT WHEN st IN ('completed', 'failed', 'cancelled', 'paused') OR clock_timestamp() >= deadline;
+		PERFORM pg_sleep(least(nap, greatest(extract(epoch FROM deadline - clock_timestamp()), 0)::float8));
+		nap := least(nap * 2, 0.2);
+	END LOOP;
+	RETURN st;
+END
+$$;
+
+-- Another tenant's case does not exist for a tenant role.  (Whole bodies:
+-- renaming 0.1.0's function to wrap it would break its name-qualified
+-- variables.)
+CREATE OR REPLACE FUNCTION xprov.resolve_case(case_id uuid, decision text, identity_id uuid DEFAULT NULL,
+								   target_uid text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c xprov.correlation_case;
+	o xprov.op;
+	uid text;
+	who uuid;
+	holder uuid;
+	parked boolean := false;
+BEGIN
+	IF case_id IS NULL OR decision IS NULL THEN
+		RAISE EXCEPTION 'case_id and decision must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF decision NOT IN ('link', 'create_new', 'reject') THEN
+		RAISE EXCEPTION 'unknown decision "%"', decision
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Decide link, create_new or reject.';
+	END IF;
+	PERFORM xprov._require_context();
+	SELECT * INTO c FROM xprov.correlation_case x WHERE x.id = case_id FOR UPDATE;
+	IF NOT FOUND OR NOT xprov._tenant_visible(c.tenant_id) THEN
+		RAISE EXCEPTION 'correlation case % does not exist', case_id
+			USING ERRCODE = 'undefined_object', HINT = 'List cases with SELECT * FROM xprov.correlation_cases.';
+	END IF;
+	IF c.status <> 'open' THEN
+		RAISE EXCEPTION 'correlation case % is already resolved', case_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('It was decided %s by %s at %s.', c.decision, c.decided_by, c.decided_at);
+	END IF;
+
+	IF c.origin = 'create' THEN
+		-- the question: is one of the candidate accounts the identity's?
+		who := coalesce(resolve_case.identity_id, c.identity_id);
+		IF decision = 'link' THEN
+			uid := resolve_case.target_uid;
+			IF uid IS NULL AND jsonb_array_length(c.candidates) = 1 THEN
+				uid := c.candidates -> 0 ->> 'target_uid';
+			END IF;
+			IF uid IS NULL THEN
+				RAISE EXCEPTION 'correlation case % has % candidate accounts: name the one to link', case_id,
+								jsonb_array_length(c.candidates)
+					USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass target_uid => one of the candidates.';
+			END IF;
+			IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'target_uid' = uid) THEN
+				RAISE EXCEPTION 'account % is not a candidate of correlation case %', uid, case_id
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+			SELECT s.identity_id INTO holder FROM xprov.shadow s
+			 WHERE s.connector_id = c.connector_id AND s.object_class = c.object_class
+			   AND s.target_uid = uid AND s.dead_at IS NULL;
+			IF holder IS NOT NULL AND holder <> who THEN
+				RAISE EXCEPTION 'account % is linked to identity %', uid, holder
+					USING ERRCODE = 'object_not_in_prerequisite_state',
+						  DETAIL = 'Linking it to another identity would take it over.',
+						  HINT = 'Decide create_new or reject, or delete that link first.';
+			END IF;
+			PERFORM xprov._decide(c, uid, who, true);
+			IF who <> c.identity_id THEN
+				-- the account is someone else's: never propose it for this identity again
+				PERFORM xprov._decide(c, uid, c.identity_id, false);
+			END IF;
+		ELSE
+			PERFORM xprov._decide(c, e ->> 'target_uid', c.identity_id, false)
+			   FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'target_uid' IS NOT NULL;
+		END IF;
+	ELSE
+		-- the question: which identity owns this account?
+		IF decision = 'link' THEN
+			IF resolve_case.identity_id IS NULL THEN
+				RAISE EXCEPTION 'linking needs the owner''s identity_id' USING ERRCODE = 'null_value_not_allowed';
+			END IF;
+			PERFORM xprov._decide(c, c.target_uid, resolve_case.identity_id, true);
+			UPDATE xprov.shadow s SET identity_id = resolve_case.identity_id, situation = 'linked', updated_at = now()
+			 WHERE s.connector_id = c.connector_id AND s.object_class = c.object_class
+			   AND s.target_uid = c.target_uid AND s.dead_at IS NULL AND s.identity_id IS NULL;
+		ELSE
+			PERFORM xprov._decide(c, c.target_uid, (e ->> 'identity_id')::uuid, false)
+			   FROM jsonb_array_elements(c.candidates) e WHERE e ->> 'identity_id' IS NOT NULL;
+		END IF;
+		who := resolve_case.identity_id;
+		uid := c.target_uid;
+	END IF;
+
+	UPDATE xprov.correlation_case x
+	   SET status = 'resolved', decision = resolve_case.decision, decided_identity = who, decided_uid = uid,
+		   decided_by = current_user, decided_at = now()
+	 WHERE x.id = c.id;
+
+	-- release the operation that waited for this answer
+	SELECT * INTO o FROM xprov.op x WHERE x.id = c.op_id;
+	IF FOUND THEN
+		SELECT true INTO parked FROM xprov.lane l
+		 WHERE l.lane_id = o.lane_id AND l.state = 'p' AND l.next_seq = o.seq FOR UPDATE;
+	END IF;
+	IF coalesce(parked, false) THEN
+		IF decision = 'reject' THEN
+			PERFORM xprov.skip(o.id, format('correlation case %s rejected', c.id));
+		ELSE
+			UPDATE xprov.lane l
+			   SET state = 'r', run_at = now(),
+				   last_error = format('correlation case %s resolved: %s', c.id, decision)
+			 WHERE l.lane_id = o.lane_id;
+			PERFORM xprov._rewind_claims();
+		END IF;
+	END IF;
+END
+$$;
+
+-- (0.1.0's stats refers to its arguments by number: it can be renamed and wrapped.)
+ALTER FUNCTION xprov.stats(uuid, uuid) RENAME TO _stats;
+-- A role other than xprov_admin counts its own tenant's operations: the
+-- tenant in context when it names none.
+CREATE FUNCTION xprov.stats(tenant_id uuid DEFAULT NULL, connector_id uuid DEFAULT NULL)
+RETURNS TABLE (pending bigint, in_progress bigint, failed bigint, dead_letter bigint,
+			   completed bigint, skipped bigint, cancelled bigint, parked bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT xprov._caller_is_admin() THEN
+		tenant_id := coalesce(tenant_id, xprov._session_tenant());
+		PERFORM xprov._require_tenant(tenant_id);
+	END IF;
+	RETURN QUERY SELECT * FROM xprov._stats(tenant_id, connector_id);
+END
+$$;
+
+-- An identity source is read with the extension owner's rights: its
+-- registrant must be able to read it, or xprov_admin could read any table.
+CREATE OR REPLACE FUNCTION xprov.set_identity_source(tenant_id uuid, relation regclass, options jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text;
+	id_col name := coalesce(options ->> 'id_column', 'id');
+	tenant_col name := options ->> 'tenant_column';
+	attrs_col name := options ->> 'attributes_column';
+	cols jsonb := coalesce(options -> 'columns', '{}');
+	bad text;
+BEGIN
+	IF tenant_id IS NULL OR relation IS NULL THEN
+		RAISE EXCEPTION 'tenant_id and relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT has_table_privilege(xprov._caller(), relation, 'SELECT') THEN
+		RAISE EXCEPTION 'permission denied for table %', relation
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('Role %s cannot read %s, so it cannot make it an identity source.',
+								  xprov._caller(), relation),
+				  HINT = 'GRANT SELECT on the relation to the role first.';
+	END IF;
+	IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+		RAISE EXCEPTION 'identity source options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(k, ', ') INTO unknown FROM jsonb_object_keys(options) k
+	 WHERE k NOT IN ('id_column', 'tenant_column', 'attributes_column', 'columns');
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown identity source options: %', unknown
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Options are id_column, tenant_column, attributes_column and columns.';
+	END IF;
+	IF (SELECT c.relkind FROM pg_class c WHERE c.oid = relation) NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+		RAISE EXCEPTION '% is not a table or view', relation USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF xprov._column_type(relation, id_col) IS DISTINCT FROM 'uuid'::regtype THEN
+		RAISE EXCEPTION 'identity source % needs a uuid id column "%"', relation, id_col
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name it with the id_column option.';
+	END IF;
+	IF tenant_col IS NOT NULL AND xprov._column_type(relation, tenant_col) IS DISTINCT FROM 'uuid'::regtype THEN
+		RAISE EXCEPTION 'identity source % has no uuid tenant column "%"', relation, tenant_col
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF attrs_col IS NOT NULL AND xprov._column_type(relation, attrs_col) IS DISTINCT FROM 'jsonb'::regtype THEN
+		RAISE EXCEPTION 'identity source % has no jsonb attributes column "%"', relation, attrs_col
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF jsonb_typeof(cols) <> 'object' THEN
+		RAISE EXCEPTION 'identity source option columns must map attribute names to columns'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(format('%s -> %s', e.key, e.value), ', ') INTO bad FROM jsonb_each(cols) e
+	 WHERE jsonb_typeof(e.value) <> 'string' OR xprov._column_type(relation, e.value #>> '{}') IS NULL;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'identity source % has no columns for: %', relation, bad
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	INSERT INTO xprov.identity_source AS s (tenant_id, relation, id_column, tenant_column,
+											attributes_column, columns)
+	VALUES (set_identity_source.tenant_id, relation, id_col, tenant_col, attrs_col, cols)
+	ON CONFLICT ON CONSTRAINT identity_source_pkey DO UPDATE
+	   SET relation = excluded.relation, id_column = excluded.id_column,
+		   tenant_column = excluded.tenant_column, attributes_column = excluded.attributes_column,
+		   columns = excluded.columns, updated_at = now();
+END
+$$;
+
+-- Secrets --------------------------------------------------------------------
+
+-- What the connectors view may show of a credentials object: its type,
+-- readable through a column grant while the secret column is not.
+ALTER TABLE xprov.connector_secret
+	ADD COLUMN auth_type text GENERATED ALWAYS AS (secret ->> 'type') STORED;
+
+CREATE OR REPLACE VIEW xprov.connectors AS
+	SELECT c.id, c.tenant_id, c.name, c.kind, c.base_url,
+		   xprov.mask_secrets(c.config) AS config, c.enabled, c.created_at,
+		   (SELECT s.auth_type FROM xprov.connector_secret s WHERE s.connector_id = c.id) AS auth_type,
+		   (SELECT s.updated_at FROM xprov.connector_secret s WHERE s.connector_id = c.id) AS secret_updated_at
+	  FROM xprov.connector c;
+
+-- Functions: search_path, owner's rights, EXECUTE ----------------------------
+
+-- pg_temp last, explicitly: otherwise it is searched first for relations.
+DO $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+			  WHERE p.pronamespace = 'xprov'::regnamespace AND p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c') LOOP
+		EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+	END LOOP;
+END
+$$;
+
+-- The functions that read or write xprov's tables for a caller who may not.
+ALTER FUNCTION xprov.add_connector(uuid, text, text, text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_connector_secret(uuid, jsonb) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_connector_enabled(uuid, boolean) SECURITY DEFINER;
+ALTER FUNCTION xprov.enqueue(uuid, uuid, uuid, text, text, jsonb, text, integer, timestamptz, text)
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.enqueue_batch(jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.dequeue(integer, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.complete(uuid, text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.complete_batch(uuid[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.fail(uuid, text, boolean, interval) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.retry(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.skip(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.cancel(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.try_operation(uuid, text, text, jsonb, text, uuid, boolean)
+	SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.purge_tombstones(interval) SECURITY DEFINER;
+ALTER FUNCTION xprov.stats(uuid, uuid) SECURITY DEFINER;
+ALTER FUNCTION xprov.add_hook(uuid, uuid, text, text, text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION xprov.update_hook(uuid, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_hook_enabled(uuid, boolean) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_identity_source(uuid, regclass, jsonb) SECURITY DEFINER;
+ALTER FUNCTION xprov.add_correlation_rule(uuid, text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_correlation_thresholds(uuid, double precision, double precision) SECURITY DEFINER;
+ALTER FUNCTION xprov.correlate_owner(uuid, uuid, jsonb, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.correlate(uuid, uuid, jsonb, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.resolve_case(uuid, text, uuid, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.reconcile(uuid, text, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.reconcile_preview(uuid, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.wait_run(uuid, interval) SECURITY DEFINER;
+ALTER FUNCTION xprov.cancel_run(uuid) SECURITY DEFINER;
+ALTER FUNCTION xprov.approve_run(uuid) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_reaction(uuid, text, text) SECURITY DEFINER;
+ALTER FUNCTION xprov.set_reconciliation_threshold(uuid, integer, double precision) SECURITY DEFINER;
+ALTER FUNCTION xprov.purge_runs(interval) SECURITY DEFINER;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA xprov FROM PUBLIC;
+-- applications' expression indexes (correlation) may call it
+GRANT EXECUTE ON FUNCTION xprov.normalize_text(text) TO PUBLIC;
+
+GRANT USAGE ON SCHEMA xprov TO xprov_app, xprov_processor;
+
+GRANT EXECUTE ON FUNCTION
+	xprov.enqueue(uuid, uuid, uuid, text, text, jsonb, text, integer, timestamptz, text),
+	xprov.enqueue_batch(jsonb),
+	xprov.stats(uuid, uuid),
+	xprov.wait_run(uuid, interval),
+	xprov.wait_idle(interval),
+	xprov.build_info(),
+	xprov.mask_secrets(jsonb),			-- the connectors view
+	xprov._session_tenant()				-- row-level security
+	TO xprov_app;
+
+GRANT EXECUTE ON FUNCTION
+	xprov.retry(uuid),
+	xprov.skip(uuid, text),
+	xprov.cancel(uuid),
+	xprov.reconcile(uuid, text, text),
+	xprov.reconcile_preview(uuid, text),
+	xprov.cancel_run(uuid),
+	xprov.approve_run(uuid),
+	xprov.resolve_case(uuid, text, uuid, text),
+	xprov.correlate_owner(uuid, uuid, jsonb, text),
+	xprov.correlate(uuid, uuid, jsonb, text),
+	xprov._reaction_actions(text)		-- the reactions view
+	TO xprov_operator;
+
+GRANT EXECUTE ON FUNCTION
+	xprov.add_connector(uuid, text, text, text, jsonb),
+	xprov.set_connector_secret(uuid, jsonb),
+	xprov.set_connector_enabled(uuid, boolean),
+	xprov.try_operation(uuid, text, text, jsonb, text, uuid, boolean),
+	xprov.worker_status(),
+	xprov.purge_tombstones(interval),
+	xprov.validate_script(text),
+	xprov.execute_script(text, jsonb, integer, integer),
+	xprov.add_hook(uuid, uuid, text, text, text, jsonb),
+	xprov.update_hook(uuid, text),
+	xprov.set_hook_enabled(uuid, boolean),
+	xprov.set_identity_source(uuid, regclass, jsonb),
+	xprov.add_correlation_rule(uuid, text, jsonb),
+	xprov.set_correlation_thresholds(uuid, double precision, double precision),
+	xprov.set_reaction(uuid, text, text),
+	xprov.set_reconciliation_threshold(uuid, integer, double precision),
+	xprov.purge_runs(interval)
+	TO xprov_admin;
+
+GRANT EXECUTE ON FUNCTION
+	xprov.dequeue(integer, interval),
+	xprov.complete(uuid, text, jsonb),
+	xprov.complete_batch(uuid[]),
+	xprov.fail(uuid, text, boolean, interval),
+	xprov.wait_idle(interval),
+	xprov.build_info()
+	TO xprov_processor;
+
+-- Tables and views: row-level security ---------------------------------------
+
+-- Views run with the reader's rights, so that the reader's row-level
+-- security applies (a view runs with its owner's by default, and the owner
+-- is a superuser).
+ALTER VIEW xprov.connectors SET (security_invoker = true);
+ALTER VIEW xprov.operations SET (security_invoker = true);
+ALTER VIEW xprov.operation_attempts SET (security_invoker = true);
+ALTER VIEW xprov.shadow_pending_operations SET (security_invoker = true);
+ALTER VIEW xprov.shadows SET (security_invoker = true);
+ALTER VIEW xprov.accounts SET (security_invoker = true);
+ALTER VIEW xprov.dead_letters SET (security_invoker = true);
+ALTER VIEW xprov.hooks SET (security_invoker = true);
+ALTER VIEW xprov.hook_versions SET (security_invoker = true);
+ALTER VIEW xprov.correlation_rules SET (security_invoker = true);
+ALTER VIEW xprov.correlation_cases SET (security_invoker = true);
+ALTER VIEW xprov.correlation_decisions SET (security_invoker = true);
+ALTER VIEW xprov.reactions SET (security_invoker = true);
+ALTER VIEW xprov.reconciliation_runs SET (security_invoker = true);
+ALTER VIEW xprov.discrepancies SET (security_invoker = true);
+ALTER VIEW xprov.reconciliation_thresholds SET (security_invoker = true);
+
+-- Every table: xprov_admin sees every row; the tenant roles the rows of the
+-- tenant in context.  Separate policies per role rather than one with an OR,
+-- so that a tenant role's queries can use the tenant_id indexes.  Nobody
+-- but the extension's functions writes: no role has INSERT, UPDATE or
+-- DELETE, and the policies' WITH CHECK would hold them to their tenant.
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['connector', 'connector_secret', 'subject', 'lane', 'op', 'op_result',
+							 'shadow', 'idempotency', 'hook', 'identity_source', 'correlation_rule',
+							 'correlation_case', 'correlation_decision', 'reconciliation_run',
+							 'discrepancy', 'reaction', 'reconciliation_threshold'] LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE xprov.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE pg_catalog.format('CREATE POLICY every_tenant ON xprov.%I TO xprov_admin '
+								  'USING (true) WITH CHECK (true)', t);
+		EXECUTE pg_catalog.format('CREATE POLICY tenant_in_context ON xprov.%I TO xprov_app '
+								  'USING (tenant_id = (SELECT xprov._session_tenant())) '
+								  'WITH CHECK (tenant_id = (SELECT xprov._session_tenant()))', t);
+	END LOOP;
+END
+$$;
+
+-- Tables without a tenant_id follow the row they belong to (whose own
+-- policy applies inside the subquery).
+ALTER TABLE xprov.op_failure ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.op_failure TO xprov_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_in_context ON xprov.op_failure TO xprov_app
+	USING (EXISTS (SELECT 1 FROM xprov.op o WHERE o.id = op_failure.op_id));
+ALTER TABLE xprov.hook_version ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.hook_version TO xprov_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_in_context ON xprov.hook_version TO xprov_app
+	USING (EXISTS (SELECT 1 FROM xprov.hook h WHERE h.id = hook_version.hook_id));
+ALTER TABLE xprov.correlation_threshold ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.correlation_threshold TO xprov_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_in_context ON xprov.correlation_threshold TO xprov_app
+	USING (EXISTS (SELECT 1 FROM xprov.connector c WHERE c.id = correlation_threshold.connector_id));
+-- a run's staged listing: the reconciler's alone
+ALTER TABLE xprov.reconciliation_item ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.reconciliation_item TO xprov_admin USING (true) WITH CHECK (true);
+
+-- What each role reads.  A view needs its tables' privileges too (it runs
+-- with the reader's rights); the secret column is granted to nobody.
+GRANT SELECT ON xprov.connector, xprov.subject, xprov.lane, xprov.op, xprov.op_result, xprov.op_failure,
+	xprov.shadow, xprov.reconciliation_run
+	TO xprov_app;
+GRANT SELECT (connector_id, tenant_id, auth_type, updated_at) ON xprov.connector_secret TO xprov_app;
+GRANT SELECT ON xprov.connectors, xprov.operations, xprov.operation_attempts, xprov.dead_letters,
+	xprov.shadow_pending_operations, xprov.shadows, xprov.accounts, xprov.reconciliation_runs
+	TO xprov_app;
+
+GRANT SELECT ON xprov.hook, xprov.hook_version, xprov.identity_source, xprov.correlation_rule,
+	xprov.correlation_threshold, xprov.correlation_case, xprov.correlation_decision, xprov.discrepancy,
+	xprov.reaction, xprov.reconciliation_threshold
+	TO xprov_operator;
+GRANT SELECT ON xprov.hooks, xprov.hook_versions, xprov.correlation_rules, xprov.correlation_cases,
+	xprov.correlation_decisions, xprov.reactions, xprov.discrepancies, xprov.reconciliation_thresholds
+	TO xprov_operator;
+
+GRANT SELECT ON xprov.idempotency, xprov.reconciliation_item TO xprov_admin;

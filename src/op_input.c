@@ -19,6 +19,7 @@
 
 #include "claim_cursor.h"
 #include "op_input.h"
+#include "tenant_guard.h"
 #include "spi_util.h"
 #include "xprov.h"
 
@@ -304,6 +305,27 @@ op_input_check(OpInput *op)
 }
 
 /*
+ * Checked before the connector is looked up; to a caller who is not an
+ * admin, another tenant's connector does not exist.
+ */
+static void
+raise_foreign_tenant(const OpInput *op)
+{
+	pg_uuid_t	session;
+	const char *tenant = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->tenant_id)));
+
+	if (!tenant_guard_session_tenant(&session))
+		op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
+					   "no tenant context: xprov.tenant_id is not set",
+					   "Roles other than xprov_admin enqueue only for the tenant in context.",
+					   psprintf("SET xprov.tenant_id = '%s' first.", tenant));
+	op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
+				   psprintf("tenant %s is not the tenant in context", tenant),
+				   psprintf("xprov.tenant_id is %s.", xprov_tenant_id),
+				   "Roles other than xprov_admin enqueue only for the tenant in context.");
+}
+
+/*
  * No row lock: connectors cannot be deleted (trigger connector_keep), so the
  * hot path needs neither a foreign-key check per row nor a shared lock that
  * every enqueuing transaction would write into the connector's tuple.
@@ -313,6 +335,15 @@ static SavedPlan connector_lookup = {
 	.nargs = 1,
 	.argtypes = {UUIDARRAYOID},
 };
+
+static bool
+connector_of_tenant(uint64 row, const pg_uuid_t *tenant)
+{
+	Datum		owner;
+
+	spi_get_datum(row, 2, &owner);
+	return memcmp(DatumGetUUIDP(owner), tenant, UUID_LEN) == 0;
+}
 
 /*
  * Check that every operation's connector exists and belongs to the
@@ -325,11 +356,15 @@ op_inputs_resolve_connectors(OpInput *ops, int count)
 	Datum	   *ids = palloc(sizeof(Datum) * count);
 	int			nids = 0;
 	Datum		arg;
+	bool		is_admin = tenant_guard_caller_is_admin();
 
 	/* batches name few connectors: look each up once */
 	for (int i = 0; i < count; i++)
 	{
 		bool		seen = false;
+
+		if (!tenant_guard_allows(is_admin, &ops[i].tenant_id))
+			raise_foreign_tenant(&ops[i]);
 
 		for (int j = nids - 1; j >= 0 && !seen; j--)
 			seen = memcmp(DatumGetUUIDP(ids[j]), &ops[i].connector_id, UUID_LEN) == 0;
@@ -352,18 +387,16 @@ op_inputs_resolve_connectors(OpInput *ops, int count)
 			if (memcmp(DatumGetUUIDP(id), &op->connector_id, UUID_LEN) == 0)
 				break;
 		}
-		if (row == SPI_processed)
+		if (row == SPI_processed || (!is_admin && !connector_of_tenant(row, &op->tenant_id)))
 			op_raise_error(op->element, ERRCODE_UNDEFINED_OBJECT,
 						   psprintf("connector %s does not exist",
 									DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->connector_id)))),
 						   NULL, "Create it with xprov.add_connector() or list connectors in xprov.connectors.");
 		else
 		{
-			Datum		tenant;
 			char	   *kind;
 
-			spi_get_datum(row, 2, &tenant);
-			if (memcmp(DatumGetUUIDP(tenant), &op->tenant_id, UUID_LEN) != 0)
+			if (!connector_of_tenant(row, &op->tenant_id))
 				op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
 							   "connector belongs to another tenant",
 							   psprintf("Connector %s is not a connector of tenant %s.",

@@ -25,6 +25,7 @@
 #include "storage/itemptr.h"
 
 #include "outcome.h"
+#include "tenant_guard.h"
 #include "spi_util.h"
 #include "xprov.h"
 
@@ -361,18 +362,32 @@ lock_operations(Datum *ids, int count, int *found)
 	return ops;
 }
 
+/*
+ * tenant_scoped: the operator's functions (retry, skip, cancel), which a
+ * role other than xprov_admin may use only on the tenant in context; an
+ * operation of another tenant does not exist for it.  complete and fail
+ * belong to external processors, which serve every tenant, as the worker
+ * does.
+ */
 static LockedOp
-lock_one(FunctionCallInfo fcinfo)
+lock_one(FunctionCallInfo fcinfo, bool tenant_scoped)
 {
 	Datum		id;
 	int			found;
+	LockedOp	op;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				errmsg("operation_id must not be null"));
 	id = PG_GETARG_DATUM(0);
-	return *lock_operations(&id, 1, &found);
+	op = *lock_operations(&id, 1, &found);
+	if (tenant_scoped && !tenant_guard_allows(tenant_guard_caller_is_admin(), &op.tenant_id))
+		ereport(ERROR,
+				errcode(ERRCODE_UNDEFINED_OBJECT),
+				errmsg("operation %s does not exist", uuid_text(&op.id)),
+				errhint("List operations in xprov.operations."));
+	return op;
 }
 
 static bool
@@ -473,7 +488,7 @@ xprov_complete(PG_FUNCTION_ARGS)
 	Jsonb	   *result = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 
 	SPI_connect();
-	op = lock_one(fcinfo);
+	op = lock_one(fcinfo, false);
 	if (!is_leased(&op))
 		raise_wrong_status(&op, "complete", "in_progress");
 	finish_operations(&op, 1, 'c', &target_uid, &result, NULL, NULL);
@@ -556,7 +571,7 @@ xprov_fail(PG_FUNCTION_ARGS)
 				errhint("Say why the attempt failed; it is kept in xprov.operation_attempts."));
 
 	SPI_connect();
-	op = lock_one(fcinfo);
+	op = lock_one(fcinfo, false);
 	if (!is_leased(&op))
 		raise_wrong_status(&op, "fail", "in_progress");
 	record_failure(&op, text_to_cstring(PG_GETARG_TEXT_PP(1)),
@@ -573,7 +588,7 @@ xprov_retry(PG_FUNCTION_ARGS)
 	Datum		arg;
 
 	SPI_connect();
-	op = lock_one(fcinfo);
+	op = lock_one(fcinfo, true);
 	if (op.finished || !op.is_head || op.lane_state != 'd')
 		raise_wrong_status(&op, "retry", "dead_letter");
 	arg = PointerGetDatum(&op.lane_ctid);
@@ -596,7 +611,7 @@ xprov_skip(PG_FUNCTION_ARGS)
 				errhint("Say why the operation is resolved without running; it is kept in xprov.operations.last_error."));
 
 	SPI_connect();
-	op = lock_one(fcinfo);
+	op = lock_one(fcinfo, true);
 	if (op.finished || (op.is_head && op.lane_state == 'l'))
 		raise_wrong_status(&op, "skip", "pending, failed, parked or dead_letter");
 	finish_operations(&op, 1, 's', NULL, NULL, reason, NULL);
@@ -610,7 +625,7 @@ xprov_cancel(PG_FUNCTION_ARGS)
 	LockedOp	op;
 
 	SPI_connect();
-	op = lock_one(fcinfo);
+	op = lock_one(fcinfo, true);
 	if (strcmp(status_name(&op), "pending") != 0)
 		raise_wrong_status(&op, "cancel", "pending");
 	finish_operations(&op, 1, 'x', NULL, NULL, "cancelled", NULL);

@@ -21,6 +21,7 @@
 #include "drop_database.h"
 #include "worker.h"
 #include "worker_shmem.h"
+#include "tenant_guard.h"
 #include "xprov.h"
 
 PG_MODULE_MAGIC;
@@ -196,11 +197,12 @@ define_reconciliation_settings(void)
 {
 	DefineCustomStringVariable("xprov.tenant_id",
 							   "The tenant this session acts for.",
-							   "Reconciliation and the other tenant-scoped functions require it.",
+							   "Row-level security shows roles other than xprov_admin only this tenant's rows, "
+							   "and xprov's functions refuse them anything of another tenant.",
 							   &xprov_tenant_id,
 							   "",
 							   PGC_USERSET, 0,
-							   NULL, NULL, NULL);
+							   tenant_guard_check_tenant_setting, NULL, NULL);
 	DefineCustomIntVariable("xprov.reconcile_page_size",
 							"Accounts the reconciler asks the target for per list page.",
 							NULL,
