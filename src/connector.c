@@ -22,6 +22,7 @@
 #include <math.h>
 
 #include "common/base64.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -118,8 +119,27 @@ basic_credentials(const char *username, const char *password)
 	return encoded;
 }
 
+/*
+ * A credential a target could echo into an error body, which xprov would
+ * then record where tenant roles read it.  Values shorter than
+ * MIN_REDACTED_LEN are not searched for: they would mangle every message
+ * and guard nothing.
+ */
+#define MIN_REDACTED_LEN 4
+
+static void
+note_secret(Connector *connector, const char *value)
+{
+	if (strlen(value) < MIN_REDACTED_LEN)
+		return;
+	connector->secrets = connector->nsecrets == 0 ?
+		palloc(sizeof(char *) * 2) :
+		repalloc(connector->secrets, sizeof(char *) * (connector->nsecrets + 1));
+	connector->secrets[connector->nsecrets++] = pstrdup(value);
+}
+
 static const char *
-auth_bearer(const cJSON *auth, char **header)
+auth_bearer(Connector *connector, const cJSON *auth, char **header)
 {
 	const char *token;
 	const char *err = get_string(auth, "token", true, &token);
@@ -129,11 +149,12 @@ auth_bearer(const cJSON *auth, char **header)
 	if (*token == '\0' || !valid_header_value(token))
 		return "auth.token must be a non-empty string without control characters";
 	*header = psprintf("Authorization: Bearer %s", token);
+	note_secret(connector, token);
 	return NULL;
 }
 
 static const char *
-auth_basic(const cJSON *auth, char **header)
+auth_basic(Connector *connector, const cJSON *auth, char **header)
 {
 	const char *username;
 	const char *password;
@@ -150,12 +171,14 @@ auth_basic(const cJSON *auth, char **header)
 		return "auth.password must not contain control characters";
 	encoded = basic_credentials(username, password);
 	*header = psprintf("Authorization: Basic %s", encoded);
+	note_secret(connector, encoded);
+	note_secret(connector, password);
 	pfree(encoded);
 	return NULL;
 }
 
 static const char *
-auth_header(const cJSON *auth, char **header)
+auth_header(Connector *connector, const cJSON *auth, char **header)
 {
 	const char *name;
 	const char *value;
@@ -173,6 +196,7 @@ auth_header(const cJSON *auth, char **header)
 	if (!valid_header_value(value))
 		return "auth.value must not contain CR, LF or other control characters";
 	*header = psprintf("%s: %s", name, value);
+	note_secret(connector, value);
 	return NULL;
 }
 
@@ -192,11 +216,11 @@ parse_auth(Connector *connector, const cJSON *config)
 		return psprintf("auth.%s", err);
 
 	if (strcmp(type, "bearer") == 0)
-		err = auth_bearer(auth, &header);
+		err = auth_bearer(connector, auth, &header);
 	else if (strcmp(type, "basic") == 0)
-		err = auth_basic(auth, &header);
+		err = auth_basic(connector, auth, &header);
 	else if (strcmp(type, "header") == 0)
-		err = auth_header(auth, &header);
+		err = auth_header(connector, auth, &header);
 	else
 		err = "auth.type must be one of bearer, basic, header";
 	if (err)
@@ -443,4 +467,46 @@ connector_endpoint(const Connector *connector, const char *object_class)
 	if (pg_strcasecmp(object_class, "group") == 0)
 		return "/Groups";
 	return psprintf("/%s", object_class);
+}
+
+/*
+ * text with every credential of the connector in it replaced: a copy in the
+ * current memory context, or text itself when it holds none.
+ */
+char *
+connector_redact(const Connector *connector, char *text)
+{
+	StringInfoData buf;
+	char	   *rest = text;
+	bool		found = false;
+
+	if (connector == NULL || text == NULL || connector->nsecrets == 0)
+		return text;
+	initStringInfo(&buf);
+	while (*rest != '\0')
+	{
+		int			matched = 0;
+
+		for (int i = 0; i < connector->nsecrets && matched == 0; i++)
+		{
+			size_t		len = strlen(connector->secrets[i]);
+
+			if (strncmp(rest, connector->secrets[i], len) == 0)
+				matched = (int) len;
+		}
+		if (matched > 0)
+		{
+			appendStringInfoString(&buf, "[redacted]");
+			rest += matched;
+			found = true;
+		}
+		else
+			appendStringInfoChar(&buf, *rest++);
+	}
+	if (!found)
+	{
+		pfree(buf.data);
+		return text;
+	}
+	return buf.data;
 }

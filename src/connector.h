@@ -59,6 +59,8 @@ typedef struct Connector
 	/* transport */
 	char	  **headers;		/* "Name: value", including auth */
 	int			nheaders;
+	char	  **secrets;		/* the credentials as they could be echoed */
+	int			nsecrets;
 	int			timeout_ms;
 	int			connect_timeout_ms;
 	bool		tls_verify;
@@ -90,5 +92,12 @@ extern void connector_free(Connector *connector);
 /* Path for an object class: configured, or /Users, /Groups, /<class>. */
 extern const char *connector_endpoint(const Connector *connector,
 									  const char *object_class);
+
+/*
+ * text with the connector's credentials replaced by "[redacted]" (a copy in
+ * the current memory context, or text itself when it holds none): for what a
+ * target answered, before xprov records or logs it.
+ */
+extern char *connector_redact(const Connector *connector, char *text);
 
 #endif							/* CONNECTOR_H */

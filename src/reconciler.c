@@ -320,6 +320,8 @@ fetch_page(const Run *run, const char *key, char **error, bool *refused)
 		*error = psprintf("GET %s: empty response", url);
 	else
 		body = pstrdup(response->body);
+	if (*error != NULL)
+		*error = connector_redact(run->connector, *error);
 	prefetched = NULL;
 	forget_prefetch();
 	return body;

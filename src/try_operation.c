@@ -270,7 +270,7 @@ outcome_jsonb(const WorkOp *op, const StringInfo exchanges)
 		appendStringInfo(&buf, ", \"http_status\": %d", outcome->http_status);
 	else
 		appendStringInfoString(&buf, ", \"http_status\": null");
-	append_string_field(&buf, "error", outcome->error);
+	append_string_field(&buf, "error", connector_redact(op->connector, outcome->error));
 	append_string_field(&buf, "target_uid", outcome->target_uid);
 	appendStringInfo(&buf, ", \"result\": %s", outcome->result ? outcome->result : "null");
 	appendStringInfo(&buf, ", \"case\": %s", outcome->park_details ? outcome->park_details : "null");

@@ -91,6 +91,15 @@ finish_op(WorkOp *op)
 {
 	TimestampTz now;
 
+	/* a target that echoes the request must not put its credentials on record */
+	if (op->outcome.error != NULL && op->connector != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(op->cxt);
+
+		op->outcome.error = connector_redact(op->connector, op->outcome.error);
+		MemoryContextSwitchTo(old);
+	}
+
 	/* after / on_error hooks see the outcome and may change it */
 	hook_run_outcome(op);
 	now = GetCurrentTimestamp();

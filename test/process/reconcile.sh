@@ -210,9 +210,10 @@ check "its message says there is no tenant context" \
 	"NOTICE:  no tenant context: xprov.tenant_id is not set"
 check "reconcile in another tenant's context (either way round): 42501" \
 	"$(sqlstate "$T2" "SELECT xprov.reconcile('$C')") $(sqlstate "$T" "SELECT xprov.reconcile_preview('$R')")" "42501 42501"
-check "an empty or malformed tenant context: 42501" \
-	"$(PGOPTIONS="-c xprov.tenant_id=" q "SELECT try_sql('SELECT xprov.reconcile(''$C'')', false)") $(sqlstate "not-a-uuid" "SELECT xprov.reconcile('$C')")" \
-	"42501 42501"
+check "an empty tenant context: 42501" \
+	"$(PGOPTIONS="-c xprov.tenant_id=" q "SELECT try_sql('SELECT xprov.reconcile(''$C'')', false)")" 42501
+check "a malformed one is refused when the session starts" \
+	"$(PGOPTIONS="-c xprov.tenant_id=not-a-uuid" psql -qAtX -c "SELECT 1" 2>&1 | grep -c "xprov.tenant_id must be a UUID or empty")" 1
 check "in the connector's tenant context: ok" "$(sqlstate "$T" "SELECT xprov.reconcile_preview('$C')")" ok
 check "a noop connector cannot be reconciled: 0A000; an unknown mode: 22023" \
 	"$(sqlstate "$T" "SELECT xprov.reconcile('$N')") $(sqlstate "$T" "SELECT xprov.reconcile('$C', 'user', 'fix')")" "0A000 22023"

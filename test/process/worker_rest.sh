@@ -87,6 +87,21 @@ completed_within "$narrow" 12 30 >/dev/null
 check "max_in_flight 2: 12 requests of 300 ms take at least 1.8 s" \
 	"$(python3 -c "import sys,time; print(time.time() - float(sys.argv[1]) >= 1.8)" "$t0")" True
 
+# --- a target that echoes the request: the token is redacted from the record --
+curl -sf -X POST -d '{"mode": "echo", "count": 1}' "$REST/_admin/fault" >/dev/null
+q "SELECT xprov.enqueue('$tenant', '$conn', NULL, 'delete', 'user', '{}', 'echoed')" >/dev/null
+echoed=""
+for _ in $(seq 1 100); do
+	echoed=$(q "SELECT last_error FROM xprov.operations WHERE target_uid = 'echoed' AND status = 'dead_letter'")
+	[ -n "$echoed" ] && break
+	sleep 0.1
+done
+check "an echoed Authorization header is recorded redacted" \
+	"$(printf '%s' "$echoed" | grep -o 'Bearer \[redacted\]')" "Bearer [redacted]"
+check "and the token appears in no recorded error, view or log" \
+	"$( { q "SELECT * FROM xprov.operation_attempts"; q "SELECT * FROM xprov.operations";
+		cat "$XPROV_SERVER_LOG"; } | grep -c "$TOKEN" || true)" 0
+
 # --- a wrong token: paused, never dead-lettered, never leaked ----------------
 bad=$(q "SELECT xprov.add_connector('$tenant', 'bad', 'rest', '$REST/rest',
 	'{\"auth\": {\"type\": \"bearer\", \"token\": \"wrong-$TOKEN\"}}')")

@@ -33,6 +33,7 @@ cleared); queued faults are taken in order.  Modes:
     delay             sleep delay_ms (default 1000), then handle normally
     drop              close the connection without a response
     garbage           200 with a body that is not JSON
+    echo              400 whose body repeats the request's headers
     hang              sleep delay_ms (default 60000), then drop
 A faulted request changes nothing, except with delay, or with "after": true:
 then it is processed first and the fault replaces the response (the target

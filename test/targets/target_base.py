@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULT_MODES = {"500", "503", "429", "401", "delay", "drop", "garbage", "hang"}
+FAULT_MODES = {"500", "503", "429", "401", "delay", "drop", "garbage", "hang", "echo"}
 
 
 def now_iso():
@@ -227,6 +227,10 @@ class TargetHandler(BaseHTTPRequestHandler):
             return None
         if mode == "garbage":
             return self.send_api(200, b"<html>this is not JSON")
+        if mode == "echo":
+            # a debugging proxy's 400: the request's headers, credentials included
+            return self.send_api(400, dumps({"detail": "bad request",
+                                             "headers": dict(self.headers.items())}))
         headers = []
         if fault["retry_after"] is not None:
             headers.append(("Retry-After", str(fault["retry_after"])))
