@@ -391,8 +391,10 @@ BEGIN
 END
 $$;
 
--- An identity source is read with the extension owner's rights: its
--- registrant must be able to read it, or xprov_admin could read any table.
+-- An identity source is read with the extension owner's rights, and reading
+-- a relation can run its owner's code (a view's functions, a cast of a
+-- column's type): registering one is a superuser's decision, not
+-- xprov_admin's, and only tables qualify unless a superuser owns the view.
 CREATE OR REPLACE FUNCTION xprov.set_identity_source(tenant_id uuid, relation regclass, options jsonb DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql
@@ -409,12 +411,17 @@ BEGIN
 	IF tenant_id IS NULL OR relation IS NULL THEN
 		RAISE EXCEPTION 'tenant_id and relation must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF NOT has_table_privilege(xprov._caller(), relation, 'SELECT') THEN
-		RAISE EXCEPTION 'permission denied for table %', relation
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = xprov._caller()) THEN
+		RAISE EXCEPTION 'only a superuser can register an identity source'
 			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = format('Role %s cannot read %s, so it cannot make it an identity source.',
-								  xprov._caller(), relation),
-				  HINT = 'GRANT SELECT on the relation to the role first.';
+				  DETAIL = 'xprov reads it with the extension owner''s rights.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
+					WHERE c.oid = relation AND (c.relkind IN ('r', 'p') OR o.rolsuper)) THEN
+		RAISE EXCEPTION '% is not a table', relation
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'A view, materialized view or foreign table owned by another role than a superuser would run that role''s code with the extension owner''s rights.',
+				  HINT = 'Register the table itself.';
 	END IF;
 	IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
 		RAISE EXCEPTION 'identity source options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
@@ -462,7 +469,109 @@ BEGIN
 END
 $$;
 
+-- Lengths ---------------------------------------------------------------------
+
+-- Names and scripts have limits: a 100,000-character object class is an
+-- attack or a mistake, and either way should not reach indexes, URLs and
+-- views.  Arguments: pairs of column name and limit in characters.  The
+-- queue's C functions check the same names (src/xprov.h).
+CREATE FUNCTION xprov._check_lengths()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	row_json jsonb := to_jsonb(NEW);
+	n integer;
+BEGIN
+	FOR i IN 0 .. TG_NARGS - 1 BY 2 LOOP
+		n := length(row_json ->> TG_ARGV[i]);
+		IF n > TG_ARGV[i + 1]::integer THEN
+			RAISE EXCEPTION '% is too long', TG_ARGV[i]
+				USING ERRCODE = 'program_limit_exceeded',
+					  DETAIL = format('It has %s characters; the limit is %s.', n, TG_ARGV[i + 1]);
+		END IF;
+	END LOOP;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_lengths BEFORE INSERT OR UPDATE ON xprov.connector
+	FOR EACH ROW EXECUTE FUNCTION xprov._check_lengths('name', '255');
+CREATE TRIGGER check_lengths BEFORE INSERT OR UPDATE ON xprov.hook
+	FOR EACH ROW EXECUTE FUNCTION xprov._check_lengths('object_class', '255', 'script', '1048576');
+CREATE TRIGGER check_lengths BEFORE INSERT ON xprov.hook_version
+	FOR EACH ROW EXECUTE FUNCTION xprov._check_lengths('script', '1048576');
+CREATE TRIGGER check_lengths BEFORE INSERT OR UPDATE ON xprov.correlation_rule
+	FOR EACH ROW EXECUTE FUNCTION xprov._check_lengths('object_class', '255', 'name', '255');
+CREATE TRIGGER check_lengths BEFORE INSERT ON xprov.reconciliation_run
+	FOR EACH ROW EXECUTE FUNCTION xprov._check_lengths('object_class', '255');
+
 -- Secrets --------------------------------------------------------------------
+
+-- The reason a credentials object is unusable, or NULL; never its values.
+-- What the HTTP engine would refuse to send (src/connector.c) is refused
+-- when it is stored: control characters, an empty token, a colon in a basic
+-- user name, a header name that is no HTTP token or that would take over
+-- the request's framing, routing or request id.
+CREATE OR REPLACE FUNCTION xprov._secret_problem(secret jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN jsonb_typeof(secret) IS DISTINCT FROM 'object' THEN 'it is not a JSON object'
+		WHEN secret ->> 'type' = 'bearer' THEN
+			CASE WHEN jsonb_typeof(secret -> 'token') IS DISTINCT FROM 'string' OR secret ->> 'token' = ''
+				 THEN 'a bearer secret needs a non-empty token'
+				 WHEN secret ->> 'token' ~ '[\x01-\x08\x0a-\x1f\x7f]'
+				 THEN 'the token contains control characters' END
+		WHEN secret ->> 'type' = 'basic' THEN
+			CASE WHEN jsonb_typeof(secret -> 'username') IS DISTINCT FROM 'string'
+					  OR jsonb_typeof(secret -> 'password') IS DISTINCT FROM 'string'
+				 THEN 'a basic secret needs a username and a password'
+				 WHEN secret ->> 'username' = '' OR strpos(secret ->> 'username', ':') > 0
+				 THEN 'the username must be non-empty and without colons'
+				 WHEN (secret ->> 'username') || (secret ->> 'password') ~ '[\x01-\x08\x0a-\x1f\x7f]'
+				 THEN 'the username or password contains control characters' END
+		WHEN secret ->> 'type' = 'header' THEN
+			CASE WHEN jsonb_typeof(coalesce(secret -> 'header_name', secret -> 'header')) IS DISTINCT FROM 'string'
+					  OR jsonb_typeof(secret -> 'value') IS DISTINCT FROM 'string'
+				 THEN 'a header secret needs a header_name and a value'
+				 WHEN coalesce(secret ->> 'header_name', secret ->> 'header') !~ '^[-!#$%&''*+.^_`|~0-9A-Za-z]+$'
+				 THEN 'the header_name is not an HTTP header name'
+				 WHEN lower(coalesce(secret ->> 'header_name', secret ->> 'header')) IN
+					  ('host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive',
+					   'proxy-connection', 'te', 'trailer', 'upgrade', 'expect', 'content-type', 'accept',
+					   'if-match', 'x-request-id')
+				 THEN 'the header_name names a header that xprov or HTTP itself sets'
+				 WHEN secret ->> 'value' ~ '[\x01-\x08\x0a-\x1f\x7f]'
+				 THEN 'the value contains control characters' END
+		ELSE 'its type must be bearer, basic or header'
+	END
+$$;
+
+-- Every way credentials are stored (add_connector's config.auth as well as
+-- set_connector_secret) is checked here, before the table's own CHECK, whose
+-- error would repeat the row.
+CREATE FUNCTION xprov._connector_secret_valid()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	problem text := xprov._secret_problem(NEW.secret);
+BEGIN
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'unusable credentials for connector %', NEW.connector_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The auth object is refused: %s.', problem),
+				  HINT = 'Pass {"type": "bearer", "token": ...}, {"type": "basic", "username": ..., "password": ...} or {"type": "header", "header_name": ..., "value": ...}.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER connector_secret_valid BEFORE INSERT OR UPDATE OF secret ON xprov.connector_secret
+	FOR EACH ROW EXECUTE FUNCTION xprov._connector_secret_valid();
 
 -- What the connectors view may show of a credentials object: its type,
 -- readable through a column grant while the secret column is not.
@@ -489,6 +598,13 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+-- The C functions any role may call run SQL too (wait_idle) or may one day.
+ALTER FUNCTION xprov.wait_idle(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.worker_status() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.build_info() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.validate_script(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION xprov.execute_script(text, jsonb, integer, integer) SET search_path = pg_catalog, pg_temp;
 
 -- The functions that read or write xprov's tables for a caller who may not.
 ALTER FUNCTION xprov.add_connector(uuid, text, text, text, jsonb) SECURITY DEFINER;
@@ -569,7 +685,6 @@ GRANT EXECUTE ON FUNCTION
 	xprov.add_hook(uuid, uuid, text, text, text, jsonb),
 	xprov.update_hook(uuid, text),
 	xprov.set_hook_enabled(uuid, boolean),
-	xprov.set_identity_source(uuid, regclass, jsonb),
 	xprov.add_correlation_rule(uuid, text, jsonb),
 	xprov.set_correlation_thresholds(uuid, double precision, double precision),
 	xprov.set_reaction(uuid, text, text),

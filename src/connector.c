@@ -28,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "connector.h"
+#include "url_policy.h"
 #include "xprov.h"
 
 #define MAX_TIMEOUT_MS (3600 * 1000)
@@ -138,6 +139,27 @@ note_secret(Connector *connector, const char *value)
 	connector->secrets[connector->nsecrets++] = pstrdup(value);
 }
 
+/*
+ * Headers a credential must not replace: they frame the message, route it,
+ * or carry xprov's request id.  A Content-Length or Host of the caller's
+ * choosing would desynchronise a kept-alive connection or send the request
+ * to another virtual host than xprov.allowed_hosts allowed.
+ */
+static bool
+is_reserved_header(const char *name)
+{
+	static const char *const reserved[] = {
+		"Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+		"Proxy-Connection", "TE", "Trailer", "Upgrade", "Expect", "Content-Type",
+		"Accept", "If-Match", "X-Request-Id"
+	};
+
+	for (int i = 0; i < lengthof(reserved); i++)
+		if (pg_strcasecmp(name, reserved[i]) == 0)
+			return true;
+	return false;
+}
+
 static const char *
 auth_bearer(Connector *connector, const cJSON *auth, char **header)
 {
@@ -191,6 +213,8 @@ auth_header(Connector *connector, const cJSON *auth, char **header)
 		return "auth.header_name is missing";
 	if (!valid_header_name(name))
 		return "auth.header_name must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~; no colon, space, CR or LF)";
+	if (is_reserved_header(name))
+		return "auth.header_name names a header that xprov or HTTP itself sets (framing, routing or the request id)";
 	if ((err = get_string(auth, "value", true, &value)) != NULL)
 		return psprintf("auth.%s", err);
 	if (!valid_header_value(value))
@@ -466,7 +490,15 @@ connector_endpoint(const Connector *connector, const char *object_class)
 		return "/Users";
 	if (pg_strcasecmp(object_class, "group") == 0)
 		return "/Groups";
-	return psprintf("/%s", object_class);
+	{
+		StringInfoData path;
+
+		/* one segment, whatever the class: "a/../b" or "Users?x" cannot reach elsewhere */
+		initStringInfo(&path);
+		appendStringInfoChar(&path, '/');
+		url_append_encoded(&path, object_class);
+		return path.data;
+	}
 }
 
 /*

@@ -11,6 +11,7 @@
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -290,11 +291,33 @@ check_attributes(OpInput *op)
 					   "Send less data or raise xprov.max_attributes_size.");
 }
 
+/*
+ * Names end up in indexes, URLs and every view: a name of 100,000
+ * characters is a mistake or an attack, never a name.
+ */
+static void
+check_length(const OpInput *op, const char *field, const char *value, int limit)
+{
+	int			chars;
+
+	if (value == NULL || strlen(value) <= (size_t) limit)
+		return;				/* fewer bytes than the limit: fewer characters */
+	chars = pg_mbstrlen(value);
+	if (chars > limit)
+		op_raise_error(op->element, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+					   psprintf("%s is too long", field),
+					   psprintf("It has %d characters; the limit is %d.", chars, limit),
+					   NULL);
+}
+
 void
 op_input_check(OpInput *op)
 {
 	check_required(op);
 	check_operation_type(op);
+	check_length(op, "object_class", op->object_class, XPROV_MAX_NAME_CHARS);
+	check_length(op, "target_uid", op->target_uid, XPROV_MAX_KEY_CHARS);
+	check_length(op, "idempotency_key", op->idempotency_key, XPROV_MAX_KEY_CHARS);
 	check_subject(op);
 	check_attributes(op);
 	if (op->idempotency_key != NULL && op->idempotency_key[0] == '\0')

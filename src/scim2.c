@@ -60,6 +60,7 @@
 #include "connector.h"
 #include "http.h"
 #include "protocol.h"
+#include "url_policy.h"
 #include "work_op.h"
 
 #define SCIM_CONTENT_TYPE	"application/scim+json"
@@ -259,30 +260,6 @@ static bool
 is_schema_urn(const char *name)
 {
 	return pg_strncasecmp(name, "urn:", 4) == 0;
-}
-
-/*
- * Percent-encode everything but RFC 3986's unreserved characters, so that
- * '&', '+', '%', '#', '/' and spaces in values can never change the meaning
- * of a query or a path (a '+' left as is reads as a space on many servers).
- */
-static void
-append_pct_encoded(StringInfo buf, const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-			(*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' || *p == '~')
-			appendStringInfoChar(buf, (char) *p);
-		else
-		{
-			appendStringInfoChar(buf, '%');
-			appendStringInfoChar(buf, hex[*p >> 4]);
-			appendStringInfoChar(buf, hex[*p & 0x0F]);
-		}
-	}
 }
 
 /*
@@ -498,7 +475,7 @@ set_uid(WorkOp *op, const char *uid)
 	st->uid = pstrdup(uid);
 	initStringInfo(&path);
 	appendStringInfo(&path, "%s/", st->endpoint);
-	append_pct_encoded(&path, uid);
+	url_append_encoded(&path, uid);
 	st->uid_path = path.data;
 }
 
@@ -520,7 +497,7 @@ send_lookup(WorkOp *op, ScimStep step)
 
 	initStringInfo(&query);
 	appendStringInfoString(&query, "filter=");
-	append_pct_encoded(&query, filter.data);
+	url_append_encoded(&query, filter.data);
 	appendStringInfoString(&query, "&count=2");
 	if (pg_strcasecmp(op->object_class, "group") == 0)
 		appendStringInfoString(&query, "&excludedAttributes=members");

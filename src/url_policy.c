@@ -211,6 +211,72 @@ host_matches(const HostPattern *pattern, const char *host)
 		strcmp(host + host_len - len, pattern->host) == 0;
 }
 
+void
+url_append_encoded(StringInfo buf, const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+	{
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			(*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' || *p == '~')
+			appendStringInfoChar(buf, (char) *p);
+		else
+		{
+			appendStringInfoChar(buf, '%');
+			appendStringInfoChar(buf, hex[*p >> 4]);
+			appendStringInfoChar(buf, hex[*p & 0x0F]);
+		}
+	}
+}
+
+/* "." or "..", also with the dots percent-encoded (servers may decode them) */
+static bool
+is_dot_segment(const char *segment, size_t len)
+{
+	int			dots = 0;
+
+	for (size_t i = 0; i < len; dots++)
+	{
+		if (segment[i] == '.')
+			i++;
+		else if (len - i >= 3 && segment[i] == '%' && segment[i + 1] == '2' &&
+				 (segment[i + 2] == 'e' || segment[i + 2] == 'E'))
+			i += 3;
+		else
+			return false;
+	}
+	return dots == 1 || dots == 2;
+}
+
+/*
+ * Looked for in the URL as written: libcurl's parser resolves dot segments,
+ * which is exactly how a value spliced into a path would climb out of it.
+ */
+static bool
+has_dot_segment(const char *url)
+{
+	const char *p = strstr(url, "://");
+	size_t		path_len;
+
+	if (p == NULL || (p = strchr(p + 3, '/')) == NULL)
+		return false;
+	path_len = strcspn(p, "?#");
+	while (path_len > 0)
+	{
+		size_t		len;
+
+		p++;
+		path_len--;
+		len = Min(strcspn(p, "/"), path_len);
+		if (is_dot_segment(p, len))
+			return true;
+		p += len;
+		path_len -= len;
+	}
+	return false;
+}
+
 UrlVerdict
 url_policy_check(const char *url, char **reason)
 {
@@ -273,6 +339,11 @@ url_policy_check(const char *url, char **reason)
 	{
 		*reason = pstrdup("not a valid URL: it names no host");
 		return URL_UNPARSABLE;
+	}
+	if (has_dot_segment(url))
+	{
+		*reason = pstrdup("the path has a \".\" or \"..\" segment");
+		return URL_DOT_SEGMENT;
 	}
 	normalize_host(host);
 	port = port_text ? atoi(port_text) : -1;
@@ -356,6 +427,13 @@ xprov_check_base_url(PG_FUNCTION_ARGS)
 					 errmsg("connector kind %s needs an http or https base_url", kind),
 					 errdetail("base_url was %s: %s.", quote_literal_cstr(url), reason),
 					 errhint("Pass the target's base URL, for example https://scim.example.com/scim/v2.")));
+			break;
+		case URL_DOT_SEGMENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("connector base_url must not contain \".\" or \"..\" path segments"),
+					 errdetail("base_url was %s.", quote_literal_cstr(url)),
+					 errhint("Pass the resolved URL, for example https://scim.example.com/scim/v2.")));
 			break;
 		case URL_CREDENTIALS:
 			ereport(ERROR,

@@ -16,6 +16,7 @@
 #ifndef URL_POLICY_H
 #define URL_POLICY_H
 
+#include "lib/stringinfo.h"
 #include "utils/guc.h"
 
 typedef enum UrlVerdict
@@ -24,7 +25,9 @@ typedef enum UrlVerdict
 	URL_UNPARSABLE,				/* not a URL libcurl accepts, or no host */
 	URL_BAD_SCHEME,				/* a scheme other than http or https */
 	URL_CREDENTIALS,			/* user[:password]@ in the URL */
-	URL_HOST_NOT_ALLOWED		/* host (or port) not in xprov.allowed_hosts */
+	URL_HOST_NOT_ALLOWED,		/* host (or port) not in xprov.allowed_hosts */
+	URL_DOT_SEGMENT				/* a "." or ".." path segment: it would leave the
+								 * endpoint (libcurl resolves them) */
 } UrlVerdict;
 
 /*
@@ -33,6 +36,14 @@ typedef enum UrlVerdict
  * credentials).  Not for libcurl callbacks: it pallocs.
  */
 extern UrlVerdict url_policy_check(const char *url, char **reason);
+
+/*
+ * Append s percent-encoded but for RFC 3986's unreserved characters, so that
+ * '/', '?', '#', '&', '+', '%' and spaces in a value can never change the
+ * meaning of a path or query (a '+' left as is reads as a space on many
+ * servers).
+ */
+extern void url_append_encoded(StringInfo buf, const char *s);
 
 /* GUC check hook of xprov.allowed_hosts: every entry must be a pattern. */
 extern bool url_policy_check_allowed_hosts(char **newval, void **extra, GucSource source);

@@ -13,6 +13,14 @@
 
 #define XPROV_MAX_WORKERS 16
 
+/*
+ * Longest names (object classes, connector and rule names) and keys (target
+ * uids, idempotency keys), in characters; the SQL side has the same limits
+ * (xprov._check_lengths).
+ */
+#define XPROV_MAX_NAME_CHARS 255
+#define XPROV_MAX_KEY_CHARS 1024
+
 /* GUCs (xprov.c) */
 extern int	xprov_max_attempts;
 extern int	xprov_retry_base_ms;

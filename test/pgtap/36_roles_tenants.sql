@@ -242,8 +242,8 @@ SELECT is(pg_temp.err(format('SELECT xprov.add_connector(%L, ''adm-'' || gen_ran
 SELECT is(pg_temp.err(format('SELECT xprov.add_hook(%L, NULL, NULL, ''before'', ''function hook(ctx) {}'')', :'A')),
 		  'OK', 'admin: adds hooks');
 SELECT is(pg_temp.err('SELECT xprov.set_identity_source(gen_random_uuid(), ''pg_authid'')'),
-		  '42501: permission denied for table pg_authid',
-		  'admin: cannot make a table it cannot read an identity source');
+		  '42501: permission denied for function set_identity_source',
+		  'admin: cannot register identity sources (xprov reads them with its owner''s rights)');
 SELECT is(pg_temp.err('SELECT count(*) FROM xprov.worker_status()'), 'OK', 'admin: reads the workers'' status');
 SELECT is(pg_temp.err(format('SELECT xprov.retry(%L)', :'b1')), 'OK', 'admin: retries B''s dead letter');
 SELECT is(pg_temp.err('UPDATE xprov.connector SET enabled = false'),
