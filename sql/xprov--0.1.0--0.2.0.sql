@@ -783,3 +783,34 @@ GRANT SELECT ON xprov.hooks, xprov.hook_versions, xprov.correlation_rules, xprov
 	TO xprov_operator;
 
 GRANT SELECT ON xprov.idempotency, xprov.reconciliation_item TO xprov_admin;
+
+-- pg_init_privs ----------------------------------------------------------------
+
+-- The GRANTs and REVOKEs above recorded each object's whole ACL as the
+-- extension's own, including privileges a DBA granted by hand at 0.1.0 (the
+-- only way a non-superuser could use it then).  pg_dump leaves the
+-- extension's own privileges out, so a dump would lose those grants: they
+-- are the DBA's again.  (A fresh install has none, so this changes nothing
+-- there.)
+UPDATE pg_catalog.pg_init_privs p
+   SET initprivs = (SELECT pg_catalog.array_agg(a)
+					  FROM pg_catalog.unnest(p.initprivs) a
+					 WHERE pg_catalog.split_part(a::text, '=', 1) = ''
+						OR pg_catalog.btrim(pg_catalog.split_part(a::text, '=', 1), '"') IN
+						   (SELECT r.rolname FROM pg_catalog.pg_roles r
+							 WHERE r.rolsuper OR r.rolname IN ('xprov_app', 'xprov_operator', 'xprov_admin',
+															   'xprov_processor')))
+ WHERE p.privtype = 'e'
+   AND (EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+				 WHERE d.classid = p.classoid AND d.objid = p.objoid AND d.deptype = 'e'
+				   AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+				   AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'xprov'))
+		OR (p.classoid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+			AND p.objoid = 'xprov'::pg_catalog.regnamespace))
+   AND EXISTS (SELECT 1 FROM pg_catalog.unnest(p.initprivs) a
+				WHERE pg_catalog.split_part(a::text, '=', 1) <> ''
+				  AND pg_catalog.btrim(pg_catalog.split_part(a::text, '=', 1), '"') NOT IN
+					  (SELECT r.rolname FROM pg_catalog.pg_roles r
+						WHERE r.rolsuper OR r.rolname IN ('xprov_app', 'xprov_operator', 'xprov_admin',
+														  'xprov_processor')));
+

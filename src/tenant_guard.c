@@ -7,11 +7,18 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
 #include "utils/uuid.h"
 
 #include "tenant_guard.h"
@@ -22,6 +29,38 @@ PG_FUNCTION_INFO_V1(xprov_caller_is_admin);
 
 #define ADMIN_ROLE "xprov_admin"
 
+/*
+ * A database whose xprov is still 0.1.0 (the library is new, ALTER
+ * EXTENSION UPDATE has not run yet) has no roles and no tenant model: its
+ * callers keep the rights 0.1.0 gave them until the update.
+ */
+static bool
+extension_predates_tenants(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		predates = false;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("xprov"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
+										   RelationGetDescr(rel), &isnull);
+
+		predates = !isnull && strcmp(TextDatumGetCString(version), "0.1.0") == 0;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return predates;
+}
+
 bool
 tenant_guard_caller_is_admin(void)
 {
@@ -31,7 +70,9 @@ tenant_guard_caller_is_admin(void)
 	if (superuser_arg(caller))
 		return true;
 	admin = get_role_oid(ADMIN_ROLE, true);
-	return OidIsValid(admin) && has_privs_of_role(caller, admin);
+	if (OidIsValid(admin) && has_privs_of_role(caller, admin))
+		return true;
+	return extension_predates_tenants();
 }
 
 /*

@@ -8,7 +8,8 @@
  * owner, so the caller is the "outer" user: the session's role as SET ROLE
  * left it.  A caller with the privileges of xprov_admin (or a superuser,
  * which includes the background workers) acts across tenants; any other
- * caller acts only for the tenant named by the setting xprov.tenant_id.
+ * caller acts only for the tenant named by the setting xprov.tenant_id --
+ * unless the database's xprov is still 0.1.0, which had no tenant model.
  *
  *-------------------------------------------------------------------------
  */
