@@ -814,3 +814,423 @@ UPDATE pg_catalog.pg_init_privs p
 						WHERE r.rolsuper OR r.rolname IN ('xprov_app', 'xprov_operator', 'xprov_admin',
 														  'xprov_processor')));
 
+-- Event webhooks -----------------------------------------------------------------
+--
+-- Lifecycle events go to subscribers' URLs (README "Webhooks").  The outbox
+-- is xprov.webhook_delivery: one row per event and subscribed webhook,
+-- written by triggers in the transaction that makes the change, so an event
+-- exists exactly when its change committed.  The "xprov webhooks" process
+-- sends them: per webhook one at a time, in id order, retried with backoff,
+-- dead-lettered after xprov.webhook_max_attempts.
+
+CREATE TABLE xprov.webhook (
+	id			uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	tenant_id	uuid NOT NULL,
+	url			text NOT NULL,
+	events		text[] NOT NULL,
+	secret		text NOT NULL,
+	enabled		boolean NOT NULL DEFAULT true,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_tenant ON xprov.webhook (tenant_id);
+-- Configuration: subscribers and their secrets (a dump holds them, as it
+-- holds connectors' credentials).
+SELECT pg_catalog.pg_extension_config_dump('xprov.webhook', '');
+
+CREATE TABLE xprov.webhook_delivery (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	webhook_id	uuid NOT NULL,
+	tenant_id	uuid NOT NULL,
+	event_id	uuid NOT NULL,
+	event_type	text NOT NULL,
+	payload		jsonb NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
+	-- the writing transaction: a delivery is sent only once every transaction
+	-- that could still add an earlier one has ended, so none overtakes another
+	xid			xid8 NOT NULL DEFAULT pg_current_xact_id(),
+	status		"char" NOT NULL DEFAULT 'p',	-- p pending, d delivered, x dead-lettered
+	attempts	integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	last_http_status integer,
+	last_error	text,
+	delivered_at timestamptz
+);
+-- each webhook's head: its oldest pending delivery
+CREATE INDEX webhook_delivery_pending ON xprov.webhook_delivery (webhook_id, id) WHERE status = 'p';
+CREATE INDEX webhook_delivery_delivered ON xprov.webhook_delivery (delivered_at) WHERE status = 'd';
+-- Runtime (not dumped): events of a database's past.
+
+CREATE VIEW xprov.webhooks WITH (security_invoker = true) AS
+	SELECT w.id, w.tenant_id, w.url, w.events, w.enabled, w.created_at,
+		   (SELECT count(*) FROM xprov.webhook_delivery d WHERE d.webhook_id = w.id AND d.status = 'p') AS pending,
+		   (SELECT count(*) FROM xprov.webhook_delivery d WHERE d.webhook_id = w.id AND d.status = 'x') AS dead_letter
+	  FROM xprov.webhook w;
+
+CREATE VIEW xprov.webhook_deliveries WITH (security_invoker = true) AS
+	SELECT d.id, d.webhook_id, d.tenant_id, d.event_id, d.event_type, d.payload,
+		   CASE d.status WHEN 'p' THEN 'pending' WHEN 'd' THEN 'delivered' ELSE 'dead_letter' END AS status,
+		   d.attempts, CASE WHEN d.status = 'p' THEN d.next_attempt_at END AS next_attempt_at,
+		   d.last_http_status, d.last_error, d.created_at, d.delivered_at
+	  FROM xprov.webhook_delivery d;
+
+CREATE FUNCTION xprov._webhook_event_types()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT ARRAY['operation.completed', 'operation.failed', 'operation.dead_lettered', 'operation.skipped',
+				 'reconciliation.completed', 'reconciliation.paused', 'correlation.case_opened']
+$$;
+
+CREATE FUNCTION xprov.add_webhook(tenant_id uuid, url text, events text[], secret text)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unknown text;
+	new_id uuid;
+	d text;
+BEGIN
+	IF tenant_id IS NULL OR url IS NULL OR events IS NULL OR secret IS NULL THEN
+		RAISE EXCEPTION 'tenant_id, url, events and secret must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cardinality(events) = 0 THEN
+		RAISE EXCEPTION 'a webhook needs at least one event type'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Subscribe to some of %s.', array_to_string(xprov._webhook_event_types(), ', '));
+	END IF;
+	SELECT e INTO unknown FROM unnest(events) e WHERE e IS NULL OR e <> ALL (xprov._webhook_event_types()) LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'unknown event type "%"', coalesce(unknown, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Use %s.', array_to_string(xprov._webhook_event_types(), ', '));
+	END IF;
+	IF length(secret) < 16 THEN
+		RAISE EXCEPTION 'a webhook secret needs at least 16 characters'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a long random value, for example encode(gen_random_bytes(32), ''hex'') from pgcrypto.';
+	END IF;
+	IF length(url) > 2048 THEN
+		RAISE EXCEPTION 'url is too long' USING ERRCODE = 'program_limit_exceeded';
+	END IF;
+	BEGIN
+		PERFORM xprov._check_base_url('webhook', url);
+	EXCEPTION
+		WHEN invalid_parameter_value THEN
+			GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+			RAISE EXCEPTION 'a webhook url must be an http or https URL without credentials or dot segments'
+				USING ERRCODE = 'invalid_parameter_value', DETAIL = d;
+		WHEN insufficient_privilege THEN
+			GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+			RAISE EXCEPTION 'the webhook url targets a host that is not allowed'
+				USING ERRCODE = 'insufficient_privilege', DETAIL = d,
+					  HINT = 'A superuser can add the host to xprov.allowed_hosts.';
+	END;
+	INSERT INTO xprov.webhook AS w (tenant_id, url, events, secret)
+	VALUES (add_webhook.tenant_id, add_webhook.url,
+			ARRAY(SELECT DISTINCT e FROM unnest(add_webhook.events) e ORDER BY e), add_webhook.secret)
+	RETURNING w.id INTO new_id;
+	RETURN new_id;
+END
+$$;
+
+CREATE FUNCTION xprov.set_webhook_enabled(webhook_id uuid, enabled boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF webhook_id IS NULL OR enabled IS NULL THEN
+		RAISE EXCEPTION 'webhook_id and enabled must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	UPDATE xprov.webhook w SET enabled = set_webhook_enabled.enabled, updated_at = now()
+	 WHERE w.id = set_webhook_enabled.webhook_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'webhook % does not exist', webhook_id
+			USING ERRCODE = 'undefined_object', HINT = 'List webhooks with SELECT * FROM xprov.webhooks.';
+	END IF;
+	IF enabled THEN
+		PERFORM xprov._wake_webhooks();
+	END IF;
+END
+$$;
+
+CREATE FUNCTION xprov.retry_webhook_delivery(delivery_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d xprov.webhook_delivery;
+BEGIN
+	IF delivery_id IS NULL THEN
+		RAISE EXCEPTION 'delivery_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM xprov._require_context();
+	SELECT * INTO d FROM xprov.webhook_delivery x WHERE x.id = delivery_id FOR UPDATE;
+	IF NOT FOUND OR NOT xprov._tenant_visible(d.tenant_id) THEN
+		RAISE EXCEPTION 'webhook delivery % does not exist', delivery_id
+			USING ERRCODE = 'undefined_object', HINT = 'List deliveries with SELECT * FROM xprov.webhook_deliveries.';
+	END IF;
+	IF d.status <> 'x' THEN
+		RAISE EXCEPTION 'webhook delivery % is not dead-lettered', delivery_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('It is %s.', CASE d.status WHEN 'p' THEN 'pending' ELSE 'delivered' END);
+	END IF;
+	-- sent again after the webhook's pending deliveries that are older
+	UPDATE xprov.webhook_delivery x
+	   SET status = 'p', attempts = 0, next_attempt_at = clock_timestamp(), last_error = NULL,
+		   last_http_status = NULL
+	 WHERE x.id = d.id;
+	PERFORM xprov._wake_webhooks();
+END
+$$;
+
+CREATE FUNCTION xprov.purge_webhook_deliveries(older_than interval DEFAULT '7 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	removed bigint;
+BEGIN
+	DELETE FROM xprov.webhook_delivery d
+	 WHERE d.status = 'd' AND d.delivered_at < xprov._retention_cutoff(older_than);
+	GET DIAGNOSTICS removed = ROW_COUNT;
+	RETURN removed;
+END
+$$;
+
+-- Events -------------------------------------------------------------------------
+
+CREATE FUNCTION xprov._wake_webhooks()
+RETURNS void
+AS 'MODULE_PATHNAME', 'xprov_wake_webhooks'
+LANGUAGE C VOLATILE;
+
+-- One delivery per event and webhook of the event's tenant subscribed to
+-- its type (disabled ones included: they keep their events for when they
+-- are enabled), in the order of the events.  events: a JSON array of
+-- {tenant_id, event_type, payload}.
+CREATE FUNCTION xprov._webhook_emit(events jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	WITH e AS MATERIALIZED (
+		SELECT x.tenant_id, x.event_type, x.payload, x.ord, gen_random_uuid() AS event_id
+		  FROM ROWS FROM (jsonb_to_recordset(events) AS (tenant_id uuid, event_type text, payload jsonb))
+			   WITH ORDINALITY AS x(tenant_id, event_type, payload, ord)
+	)
+	INSERT INTO xprov.webhook_delivery (webhook_id, tenant_id, event_id, event_type, payload)
+	SELECT w.id, e.tenant_id, e.event_id, e.event_type, e.payload
+	  FROM e
+	  JOIN xprov.webhook w ON w.tenant_id = e.tenant_id AND e.event_type = ANY (w.events)
+	 ORDER BY e.ord, w.id;
+	IF FOUND THEN
+		PERFORM xprov._wake_webhooks();
+	END IF;
+END
+$$;
+
+-- What an operation event says of its operation.
+CREATE FUNCTION xprov._operation_event(o xprov.op, event_type text, details jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT jsonb_build_object('tenant_id', o.tenant_id, 'event_type', event_type,
+							  'payload', jsonb_strip_nulls(jsonb_build_object(
+								  'operation_id', o.id, 'connector_id', o.connector_id,
+								  'object_class', o.object_class, 'operation_type', o.operation_type,
+								  'identity_id', o.identity_id, 'target_uid', o.target_uid) || details))
+$$;
+
+-- Operation events, from the statement that recorded the outcomes.  The
+-- cheap check first: without webhooks that is all a statement pays.
+CREATE FUNCTION xprov._webhook_results()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM xprov.webhook) THEN
+		PERFORM xprov._webhook_emit(
+			(SELECT jsonb_agg(xprov._operation_event(o,
+						CASE r.status WHEN 'c' THEN 'operation.completed' ELSE 'operation.skipped' END,
+						jsonb_strip_nulls(jsonb_build_object(
+							'target_uid', r.target_uid, 'attempts', r.attempts,
+							'reason', CASE WHEN r.status = 's' THEN r.reason END)))
+					 ORDER BY r.op_id)
+			   FROM new_results r
+			   JOIN xprov.op o ON o.id = r.op_id
+			  WHERE r.status IN ('c', 's')));
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_events AFTER INSERT ON xprov.op_result
+	REFERENCING NEW TABLE AS new_results
+	FOR EACH STATEMENT EXECUTE FUNCTION xprov._webhook_results();
+
+CREATE FUNCTION xprov._webhook_failures()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM xprov.webhook) THEN
+		PERFORM xprov._webhook_emit(
+			(SELECT jsonb_agg(xprov._operation_event(o,
+						CASE f.outcome WHEN 'd' THEN 'operation.dead_lettered' ELSE 'operation.failed' END,
+						jsonb_build_object('attempt', f.attempt, 'http_status', f.http_status, 'error', f.error))
+					 ORDER BY f.op_id, f.attempt)
+			   FROM new_failures f
+			   JOIN xprov.op o ON o.id = f.op_id
+			  WHERE f.outcome IN ('f', 'e', 'd')));
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_events AFTER INSERT ON xprov.op_failure
+	REFERENCING NEW TABLE AS new_failures
+	FOR EACH STATEMENT EXECUTE FUNCTION xprov._webhook_failures();
+
+CREATE FUNCTION xprov._webhook_run_event()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM xprov._webhook_emit(jsonb_build_array(jsonb_build_object(
+		'tenant_id', NEW.tenant_id, 'event_type', 'reconciliation.' || NEW.status,
+		'payload', jsonb_build_object('run_id', NEW.id, 'connector_id', NEW.connector_id,
+									  'object_class', NEW.object_class, 'mode', NEW.mode,
+									  'statistics', NEW.statistics))));
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_events AFTER UPDATE OF status ON xprov.reconciliation_run
+	FOR EACH ROW WHEN (NEW.status IN ('completed', 'paused') AND OLD.status IS DISTINCT FROM NEW.status)
+	EXECUTE FUNCTION xprov._webhook_run_event();
+
+CREATE FUNCTION xprov._webhook_case_event()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM xprov._webhook_emit(jsonb_build_array(jsonb_build_object(
+		'tenant_id', NEW.tenant_id, 'event_type', 'correlation.case_opened',
+		'payload', jsonb_strip_nulls(jsonb_build_object(
+			'case_id', NEW.id, 'connector_id', NEW.connector_id, 'object_class', NEW.object_class,
+			'origin', NEW.origin, 'situation', NEW.situation, 'identity_id', NEW.identity_id,
+			'target_uid', NEW.target_uid, 'operation_id', NEW.op_id)))));
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_events AFTER INSERT ON xprov.correlation_case
+	FOR EACH ROW EXECUTE FUNCTION xprov._webhook_case_event();
+
+-- The sender's steps ---------------------------------------------------------------
+
+-- The deliveries to send now: each webhook's oldest pending one, if it is
+-- due, its webhook enabled and not busy (in_flight: webhooks with a request
+-- out), and every transaction that could still add an earlier one has
+-- ended (so a long-running writing transaction holds deliveries back until
+-- it ends).  Also returns, in a last row with only next_at, when to look
+-- again (NULL: when woken).
+CREATE FUNCTION xprov._webhook_due(max_deliveries integer, in_flight uuid[])
+RETURNS TABLE (delivery_id bigint, webhook_id uuid, url text, secret text, event_type text, body text,
+			   next_at timestamptz)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH heads AS (
+		SELECT w.id AS webhook_id, w.url, w.secret, h.*
+		  FROM xprov.webhook w
+		 CROSS JOIN LATERAL (SELECT d.id, d.event_id, d.event_type, d.tenant_id, d.payload, d.created_at,
+									d.next_attempt_at, d.xid
+							   FROM xprov.webhook_delivery d
+							  WHERE d.webhook_id = w.id AND d.status = 'p'
+							  ORDER BY d.id LIMIT 1) h
+		 WHERE w.enabled AND w.id <> ALL (in_flight)
+	), due AS (
+		SELECT * FROM heads
+		 WHERE next_attempt_at <= clock_timestamp()
+		   AND xid < pg_snapshot_xmin(pg_current_snapshot())
+		 ORDER BY id
+		 LIMIT max_deliveries
+	)
+	SELECT d.id, d.webhook_id, d.url, d.secret, d.event_type,
+		   jsonb_build_object('id', d.event_id, 'type', d.event_type,
+							  'time', to_char(d.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+							  'tenant_id', d.tenant_id, 'data', d.payload)::text,
+		   NULL::timestamptz
+	  FROM due d
+	UNION ALL
+	SELECT NULL, NULL, NULL, NULL, NULL, NULL,
+		   least((SELECT min(h.next_attempt_at) FROM heads h WHERE h.next_attempt_at > clock_timestamp()),
+				 -- due, but an older transaction may still add an earlier delivery: look again soon
+				 (SELECT clock_timestamp() + interval '100 milliseconds' FROM heads h
+				   WHERE h.next_attempt_at <= clock_timestamp()
+					 AND h.xid >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT 1))
+$$;
+
+-- What happened to sent deliveries: http_status 2xx delivered, anything
+-- else (0: no response) a failed attempt, retried after
+-- retry_base * 2^(attempts - 1) (capped, jittered), or dead-lettered after
+-- max_attempts.
+CREATE FUNCTION xprov._webhook_record(delivery_ids bigint[], http_statuses integer[], errors text[],
+									  max_attempts integer, retry_base_ms integer, retry_max_ms integer)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	UPDATE xprov.webhook_delivery d
+	   SET attempts = d.attempts + 1,
+		   last_http_status = nullif(r.http_status, 0),
+		   last_error = CASE WHEN r.http_status BETWEEN 200 AND 299 THEN NULL ELSE r.error END,
+		   status = CASE WHEN r.http_status BETWEEN 200 AND 299 THEN 'd'
+						 WHEN d.attempts + 1 >= max_attempts THEN 'x'
+						 ELSE 'p' END,
+		   delivered_at = CASE WHEN r.http_status BETWEEN 200 AND 299 THEN clock_timestamp() END,
+		   next_attempt_at = clock_timestamp()
+			   + least(retry_max_ms, retry_base_ms * power(2, least(d.attempts, 30)))
+				 * (0.75 + random() * 0.5) * interval '1 millisecond'
+	  FROM unnest(delivery_ids, http_statuses, errors) AS r(id, http_status, error)
+	 WHERE d.id = r.id AND d.status = 'p'
+$$;
+
+-- Webhooks: roles, row-level security
+ALTER TABLE xprov.webhook ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.webhook TO xprov_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_in_context ON xprov.webhook TO xprov_app
+	USING (tenant_id = (SELECT xprov._session_tenant())) WITH CHECK (tenant_id = (SELECT xprov._session_tenant()));
+ALTER TABLE xprov.webhook_delivery ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.webhook_delivery TO xprov_admin USING (true) WITH CHECK (true);
+CREATE POLICY tenant_in_context ON xprov.webhook_delivery TO xprov_app
+	USING (tenant_id = (SELECT xprov._session_tenant())) WITH CHECK (tenant_id = (SELECT xprov._session_tenant()));
+
+REVOKE ALL ON FUNCTION xprov.add_webhook(uuid, text, text[], text), xprov.set_webhook_enabled(uuid, boolean),
+	xprov.retry_webhook_delivery(bigint), xprov.purge_webhook_deliveries(interval),
+	xprov._webhook_event_types(), xprov._webhook_emit(jsonb), xprov._operation_event(xprov.op, text, jsonb),
+	xprov._wake_webhooks(),
+	xprov._webhook_results(), xprov._webhook_failures(), xprov._webhook_run_event(),
+	xprov._webhook_case_event(), xprov._webhook_due(integer, uuid[]),
+	xprov._webhook_record(bigint[], integer[], text[], integer, integer, integer)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION xprov.retry_webhook_delivery(bigint) TO xprov_operator;
+GRANT EXECUTE ON FUNCTION xprov.add_webhook(uuid, text, text[], text), xprov.set_webhook_enabled(uuid, boolean),
+	xprov.purge_webhook_deliveries(interval)
+	TO xprov_admin;
+-- the secret column is granted to nobody
+GRANT SELECT (id, tenant_id, url, events, enabled, created_at, updated_at) ON xprov.webhook TO xprov_operator;
+GRANT SELECT ON xprov.webhook_delivery, xprov.webhooks, xprov.webhook_deliveries TO xprov_operator;

@@ -497,6 +497,9 @@ build_headers(EasySlot *slot, const HttpRequest *request,
 	for (int i = 0; i < connector->nheaders; i++)
 		if (!add_header(slot, connector->headers[i], NULL))
 			return false;
+	for (int i = 0; i < request->nextra_headers; i++)
+		if (!add_header(slot, request->extra_headers[i], NULL))
+			return false;
 	return add_header(slot, "X-Request-Id", request_id) &&
 		add_header(slot, HTTP_USER_AGENT, NULL) &&
 		/* without a type of its own a body would go as a form */

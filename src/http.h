@@ -47,6 +47,8 @@ typedef struct HttpRequest
 	const char *content_type;	/* of the body */
 	const char *accept;			/* Accept header, or NULL */
 	char	   *if_match;		/* If-Match header, or NULL */
+	char	  **extra_headers;	/* more "Name: value" lines, or NULL */
+	int			nextra_headers;
 	void	   *owner;			/* caller's (the WorkOp) */
 
 	/* set by the engine once the exchange is over */

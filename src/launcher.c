@@ -4,8 +4,8 @@
  *	  The launcher: keeps xprov.workers background workers running.
  *
  * The launcher is the one static background worker (registered at server
- * start); it starts the workers, and the reconciler beside them whenever
- * there is at least one worker, as dynamic background workers and restarts
+ * start); it starts the workers, and the reconciler and the webhook sender
+ * beside them whenever there is at least one worker, as dynamic background workers and restarts
  * them itself, backing off when one keeps failing (a missing database, for
  * instance, would otherwise be a FATAL every few seconds), and it starts or
  * stops workers when xprov.workers changes on reload.
@@ -41,16 +41,18 @@ typedef struct LaunchedWorker
 	int			backoff_ms;
 } LaunchedWorker;
 
-/* the slot after the workers' is the reconciler's */
+/* after the workers' slots: the reconciler's, then the webhook sender's */
 #define RECONCILER_SLOT XPROV_MAX_WORKERS
+#define WEBHOOK_SLOT	(XPROV_MAX_WORKERS + 1)
+#define LAST_SLOT		WEBHOOK_SLOT
 
-static LaunchedWorker launched[XPROV_MAX_WORKERS + 1];
+static LaunchedWorker launched[LAST_SLOT + 1];
 
 /* Whether a slot should have a process running now. */
 static bool
 slot_wanted(int slot)
 {
-	if (slot == RECONCILER_SLOT)
+	if (slot == RECONCILER_SLOT || slot == WEBHOOK_SLOT)
 		return xprov_workers > 0;
 	return slot < xprov_workers;
 }
@@ -89,6 +91,12 @@ start_worker(int slot, TimestampTz now)
 		strlcpy(worker.bgw_function_name, "xprov_reconciler_main", BGW_MAXLEN);
 		strlcpy(worker.bgw_name, "xprov reconciler", BGW_MAXLEN);
 		strlcpy(worker.bgw_type, "xprov reconciler", BGW_MAXLEN);
+	}
+	else if (slot == WEBHOOK_SLOT)
+	{
+		strlcpy(worker.bgw_function_name, "xprov_webhooks_main", BGW_MAXLEN);
+		strlcpy(worker.bgw_name, "xprov webhooks", BGW_MAXLEN);
+		strlcpy(worker.bgw_type, "xprov webhooks", BGW_MAXLEN);
 	}
 	else
 	{
@@ -183,7 +191,7 @@ xprov_launcher_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		for (int slot = 0; slot <= RECONCILER_SLOT; slot++)
+		for (int slot = 0; slot <= LAST_SLOT; slot++)
 		{
 			long		wait_ms = tend_slot(slot, now);
 

@@ -498,7 +498,7 @@ xprov_reconciler_main(Datum arg)
 	SetConfigOption("temp_buffers", "256MB", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("work_mem", "64MB", PGC_USERSET, PGC_S_OVERRIDE);
 
-	worker_shmem_set_reconciler();
+	worker_shmem_set_sole_process(SOLE_RECONCILER);
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "xprov reconciliation step",
 									 ALLOCSET_DEFAULT_SIZES);
 	prefetch_cxt = AllocSetContextCreate(TopMemoryContext, "xprov reconciler prefetch",

@@ -35,6 +35,7 @@ PG_FUNCTION_INFO_V1(xprov_worker_status);
 PG_FUNCTION_INFO_V1(xprov_wait_idle);
 PG_FUNCTION_INFO_V1(xprov_hooks_changed);
 PG_FUNCTION_INFO_V1(xprov_wake_reconciler);
+PG_FUNCTION_INFO_V1(xprov_wake_webhooks);
 
 typedef struct WorkerSlot
 {
@@ -52,13 +53,19 @@ typedef struct WorkerSlot
 	TimestampTz last_error_at;
 } WorkerSlot;
 
+/* A process of which there is one beside the workers: the reconciler, the webhook sender. */
+typedef struct SoleProcess
+{
+	int			pid;			/* 0: none */
+	int			procno;
+	Oid			dboid;
+} SoleProcess;
+
 typedef struct WorkerShared
 {
 	slock_t		mutex;
 	int			launcher_pid;
-	int			reconciler_pid; /* 0: none */
-	int			reconciler_procno;
-	Oid			reconciler_dboid;
+	SoleProcess sole[NUM_SOLE_PROCESSES];
 	pg_atomic_uint64 config_generation; /* bumped when hooks change */
 	WorkerSlot	slots[XPROV_MAX_WORKERS];
 } WorkerShared;
@@ -126,15 +133,16 @@ worker_wake_at_commit(void)
 }
 
 static bool config_change_pending = false;
-static bool reconciler_wake_pending = false;
+static bool sole_wake_pending[NUM_SOLE_PROCESSES];
 static bool commit_callback_registered = false;
 
 static void
-wake_reconciler(void)
+wake_sole_process(SoleProcessKind kind)
 {
-	int			procno = worker_shared->reconciler_procno;
+	SoleProcess *sole = &worker_shared->sole[kind];
+	int			procno = sole->procno;
 
-	if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == MyDatabaseId &&
+	if (sole->pid != 0 && sole->dboid == MyDatabaseId &&
 		procno >= 0 && procno < (int) ProcGlobal->allProcCount)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
@@ -150,12 +158,16 @@ commit_callback(XactEvent event, void *arg)
 			pg_atomic_fetch_add_u64(&worker_shared->config_generation, 1);
 			worker_wake_at_commit();
 		}
-		if (reconciler_wake_pending)
-			wake_reconciler();
+		for (int kind = 0; kind < NUM_SOLE_PROCESSES; kind++)
+			if (sole_wake_pending[kind])
+				wake_sole_process(kind);
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		config_change_pending = reconciler_wake_pending = false;
+	{
+		config_change_pending = false;
+		memset(sole_wake_pending, 0, sizeof(sole_wake_pending));
+	}
 }
 
 static void
@@ -194,13 +206,13 @@ worker_config_generation(void)
 }
 
 /*
- * Ask the workers and the reconciler connected to a database to exit (DROP
+ * Ask the workers, the reconciler and the webhook sender connected to a database to exit (DROP
  * DATABASE).  Only pids published by our own processes are signalled.
  */
 void
 worker_stop_for_database(Oid dboid)
 {
-	int			pids[XPROV_MAX_WORKERS + 1];
+	int			pids[XPROV_MAX_WORKERS + NUM_SOLE_PROCESSES];
 	int			count = 0;
 
 	if (worker_shared == NULL)
@@ -209,8 +221,9 @@ worker_stop_for_database(Oid dboid)
 	for (int i = 0; i < XPROV_MAX_WORKERS; i++)
 		if (worker_shared->slots[i].pid != 0 && worker_shared->slots[i].dboid == dboid)
 			pids[count++] = worker_shared->slots[i].pid;
-	if (worker_shared->reconciler_pid != 0 && worker_shared->reconciler_dboid == dboid)
-		pids[count++] = worker_shared->reconciler_pid;
+	for (int kind = 0; kind < NUM_SOLE_PROCESSES; kind++)
+		if (worker_shared->sole[kind].pid != 0 && worker_shared->sole[kind].dboid == dboid)
+			pids[count++] = worker_shared->sole[kind].pid;
 	SpinLockRelease(&worker_shared->mutex);
 	for (int i = 0; i < count; i++)
 		kill(pids[i], SIGTERM);
@@ -296,25 +309,29 @@ worker_slot_set_error(const char *error)
 	SpinLockRelease(&worker_shared->mutex);
 }
 
-/* The reconciler, about itself: reconciliation runs wake it at commit. */
+/* The reconciler or the webhook sender, about itself: it is woken at commit. */
 static void
-reconciler_detach(int code, Datum arg)
+sole_process_detach(int code, Datum arg)
 {
+	SoleProcess *sole = &worker_shared->sole[DatumGetInt32(arg)];
+
 	SpinLockAcquire(&worker_shared->mutex);
-	worker_shared->reconciler_pid = 0;
-	worker_shared->reconciler_procno = -1;
+	sole->pid = 0;
+	sole->procno = -1;
 	SpinLockRelease(&worker_shared->mutex);
 }
 
 void
-worker_shmem_set_reconciler(void)
+worker_shmem_set_sole_process(SoleProcessKind kind)
 {
+	SoleProcess *sole = &worker_shared->sole[kind];
+
 	SpinLockAcquire(&worker_shared->mutex);
-	worker_shared->reconciler_pid = MyProcPid;
-	worker_shared->reconciler_procno = MyProc->pgprocno;
-	worker_shared->reconciler_dboid = MyDatabaseId;
+	sole->pid = MyProcPid;
+	sole->procno = MyProc->pgprocno;
+	sole->dboid = MyDatabaseId;
 	SpinLockRelease(&worker_shared->mutex);
-	before_shmem_exit(reconciler_detach, (Datum) 0);
+	before_shmem_exit(sole_process_detach, Int32GetDatum(kind));
 }
 
 /* xprov._wake_reconciler(): a run was requested, approved or cancelled */
@@ -322,7 +339,16 @@ Datum
 xprov_wake_reconciler(PG_FUNCTION_ARGS)
 {
 	register_commit_callback();
-	reconciler_wake_pending = true;
+	sole_wake_pending[SOLE_RECONCILER] = true;
+	PG_RETURN_VOID();
+}
+
+/* xprov._wake_webhooks(): deliveries were written or made due */
+Datum
+xprov_wake_webhooks(PG_FUNCTION_ARGS)
+{
+	register_commit_callback();
+	sole_wake_pending[SOLE_WEBHOOKS] = true;
 	PG_RETURN_VOID();
 }
 

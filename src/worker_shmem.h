@@ -29,8 +29,16 @@ extern void worker_config_changed_at_commit(void);
 /* bumped by every committed change of hooks; 0 without shared memory */
 extern uint64 worker_config_generation(void);
 
-/* the reconciler, about itself */
-extern void worker_shmem_set_reconciler(void);
+/* the processes of which there is one per cluster, beside the workers */
+typedef enum SoleProcessKind
+{
+	SOLE_RECONCILER,
+	SOLE_WEBHOOKS,
+	NUM_SOLE_PROCESSES
+} SoleProcessKind;
+
+/* the reconciler or the webhook sender, about itself */
+extern void worker_shmem_set_sole_process(SoleProcessKind kind);
 
 /* the launcher */
 extern void worker_shmem_set_launcher(int pid);

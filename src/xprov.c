@@ -44,6 +44,8 @@ char	   *xprov_allowed_hosts = NULL;
 int			xprov_hook_max_timeout_ms = 5 * 1000;
 int			xprov_hook_max_memory_kb = 64 * 1024;
 char	   *xprov_tenant_id = NULL;
+int			xprov_webhook_max_attempts = 10;
+int			xprov_webhook_timeout_ms = 10 * 1000;
 int			xprov_reconcile_page_size = 1000;
 
 void		_PG_init(void);
@@ -193,6 +195,25 @@ define_hook_settings(void)
 }
 
 static void
+define_webhook_settings(void)
+{
+	DefineCustomIntVariable("xprov.webhook_max_attempts",
+							"Attempts at a webhook delivery before it is dead-lettered.",
+							"Failed attempts are retried after xprov.retry_base, doubling up to xprov.retry_max.",
+							&xprov_webhook_max_attempts,
+							10, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("xprov.webhook_timeout",
+							"How long a subscriber may take to answer a webhook delivery.",
+							NULL,
+							&xprov_webhook_timeout_ms,
+							10 * 1000, 100, 300 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+static void
 define_reconciliation_settings(void)
 {
 	DefineCustomStringVariable("xprov.tenant_id",
@@ -219,6 +240,7 @@ _PG_init(void)
 	define_worker_settings();
 	define_hook_settings();
 	define_reconciliation_settings();
+	define_webhook_settings();
 	MarkGUCPrefixReserved("xprov");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -48,4 +48,8 @@ extern int	xprov_hook_max_memory_kb;
 extern char *xprov_tenant_id;
 extern int	xprov_reconcile_page_size;
 
+/* Webhooks (xprov.c) */
+extern int	xprov_webhook_max_attempts;
+extern int	xprov_webhook_timeout_ms;
+
 #endif							/* XPROV_H */
