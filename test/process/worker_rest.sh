@@ -113,6 +113,7 @@ check "its operation waits, not dead" \
 check "the token appears in no recorded error, view or log" \
 	"$( { q "SELECT * FROM xprov.operation_attempts"; q "SELECT * FROM xprov.operations";
 		q "SELECT * FROM xprov.connectors"; q "SELECT * FROM xprov.worker_status()";
+		q "SELECT query FROM pg_stat_activity";
 		cat "$XPROV_SERVER_LOG"; } | grep -c "$TOKEN" || true)" 0
 
 check "no process crashed" \
