@@ -1040,17 +1040,18 @@ BEGIN
 END
 $$;
 
--- What an operation event says of its operation.
+-- What an operation event says of its operation: every key always there
+-- (null when it has no value), so that subscribers see one shape per type.
 CREATE FUNCTION xprov._operation_event(o xprov.op, event_type text, details jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT jsonb_build_object('tenant_id', o.tenant_id, 'event_type', event_type,
-							  'payload', jsonb_strip_nulls(jsonb_build_object(
+							  'payload', jsonb_build_object(
 								  'operation_id', o.id, 'connector_id', o.connector_id,
 								  'object_class', o.object_class, 'operation_type', o.operation_type,
-								  'identity_id', o.identity_id, 'target_uid', o.target_uid) || details))
+								  'identity_id', o.identity_id, 'target_uid', o.target_uid) || details)
 $$;
 
 -- Operation events, from the statement that recorded the outcomes.  The
@@ -1113,7 +1114,9 @@ BEGIN
 		'tenant_id', NEW.tenant_id, 'event_type', 'reconciliation.' || NEW.status,
 		'payload', jsonb_build_object('run_id', NEW.id, 'connector_id', NEW.connector_id,
 									  'object_class', NEW.object_class, 'mode', NEW.mode,
-									  'statistics', NEW.statistics))));
+									  -- as xprov.reconciliation_runs shows them
+									  'statistics', (SELECT r.statistics FROM xprov.reconciliation_runs r
+													  WHERE r.id = NEW.id)))));
 	RETURN NULL;
 END
 $$;
@@ -1129,10 +1132,10 @@ AS $$
 BEGIN
 	PERFORM xprov._webhook_emit(jsonb_build_array(jsonb_build_object(
 		'tenant_id', NEW.tenant_id, 'event_type', 'correlation.case_opened',
-		'payload', jsonb_strip_nulls(jsonb_build_object(
+		'payload', jsonb_build_object(
 			'case_id', NEW.id, 'connector_id', NEW.connector_id, 'object_class', NEW.object_class,
 			'origin', NEW.origin, 'situation', NEW.situation, 'identity_id', NEW.identity_id,
-			'target_uid', NEW.target_uid, 'operation_id', NEW.op_id)))));
+			'target_uid', NEW.target_uid, 'operation_id', NEW.op_id))));
 	RETURN NULL;
 END
 $$;

@@ -63,7 +63,7 @@ typedef struct Delivery
 	pg_uuid_t	webhook_id;
 	char	   *url;
 	Connector  *connector;		/* transport settings: no auth, our timeout */
-	HttpRequest request;
+	HttpRequest *request;		/* a chunk of its own, as the HTTP engine needs */
 } Delivery;
 
 static MemoryContext sender_cxt = NULL;
@@ -135,22 +135,23 @@ make_delivery(uint64 row)
 	body = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 6);
 
 	d->connector = connector_parse(cxt, NULL, "webhook", "rest", d->url, config, true, &error);
-	d->request.method = "POST";
-	d->request.url = d->url;
-	d->request.body = body;
-	d->request.content_type = "application/json";
-	d->request.owner = d;
-	d->request.extra_headers = palloc(sizeof(char *) * 3);
-	d->request.extra_headers[0] = signature_header(secret, body);
-	d->request.extra_headers[1] = psprintf("X-Xprov-Event: %s", event_type);
-	d->request.extra_headers[2] = psprintf("X-Xprov-Delivery: " INT64_FORMAT, d->id);
-	d->request.nextra_headers = 3;
+	d->request = palloc0(sizeof(HttpRequest));
+	d->request->method = "POST";
+	d->request->url = d->url;
+	d->request->body = body;
+	d->request->content_type = "application/json";
+	d->request->owner = d;
+	d->request->extra_headers = palloc(sizeof(char *) * 3);
+	d->request->extra_headers[0] = signature_header(secret, body);
+	d->request->extra_headers[1] = psprintf("X-Xprov-Event: %s", event_type);
+	d->request->extra_headers[2] = psprintf("X-Xprov-Delivery: " INT64_FORMAT, d->id);
+	d->request->nextra_headers = 3;
 	if (d->connector == NULL)
 	{
 		/* a URL the loader refuses: answered at once, as a failed attempt */
-		d->request.response.transport_failed = true;
-		strlcpy(d->request.response.error, error ? error : "unusable url",
-				sizeof(d->request.response.error));
+		d->request->response.transport_failed = true;
+		strlcpy(d->request->response.error, error ? error : "unusable url",
+				sizeof(d->request->response.error));
 	}
 	explicit_bzero(secret, strlen(secret));
 	MemoryContextSwitchTo(old);
@@ -213,8 +214,8 @@ claim_and_send(void)
 
 		if (d->connector == NULL)
 			continue;
-		snprintf(request_id, sizeof(request_id), "webhook-delivery-" INT64_FORMAT, d->id);
-		http_engine_start(&d->request, d->connector, request_id);
+		snprintf(request_id, sizeof(request_id), INT64_FORMAT, d->id);
+		http_engine_start(d->request, d->connector, request_id);
 	}
 	if (claim.next_due != 0)
 	{
@@ -262,7 +263,7 @@ record_body(void *arg)
 
 	for (int i = 0; i < outcomes->ndone; i++)
 	{
-		const HttpResponse *response = &outcomes->done[i]->request.response;
+		const HttpResponse *response = &outcomes->done[i]->request->response;
 		char	   *error = error_of(response);
 
 		ids[i] = Int64GetDatum(outcomes->done[i]->id);
