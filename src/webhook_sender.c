@@ -102,8 +102,9 @@ signature_header(const char *secret, const char *body)
 	return psprintf("X-Xprov-Signature: t=%s,v1=%s", stamp, hex);
 }
 
-static uint64
-uuid_array_of_in_flight(Datum *ids)
+/* The webhooks with a delivery out, into ids; returns how many. */
+static int
+in_flight_webhooks(Datum *ids)
 {
 	for (int i = 0; i < nin_flight; i++)
 		ids[i] = UUIDPGetDatum(&in_flight[i]->webhook_id);
@@ -170,10 +171,15 @@ claim_body(void *arg)
 		.argtypes = {INT4OID, UUIDARRAYOID},
 	};
 
-	args[0] = Int32GetDatum(claim->max);
-	args[1] = spi_array_arg(busy, NULL, (int) uuid_array_of_in_flight(busy), UUIDOID);
-	saved_plan_execute(&due, args, NULL, false, 0);
 	claim->next_due = 0;
+	/* webhooks came with 0.2.0: nothing to send before the update, or without xprov */
+	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov' AND extversion <> '0.1.0'",
+				true, 1);
+	if (SPI_processed != 1)
+		return;
+	args[0] = Int32GetDatum(claim->max);
+	args[1] = spi_array_arg(busy, NULL, in_flight_webhooks(busy), UUIDOID);
+	saved_plan_execute(&due, args, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		Datum		value;
