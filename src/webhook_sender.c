@@ -67,10 +67,16 @@ typedef struct Delivery
 } Delivery;
 
 static MemoryContext sender_cxt = NULL;
+
+/* Sent, not answered yet. */
 static Delivery *in_flight[MAX_IN_FLIGHT];
 static int	nin_flight = 0;
 
-/* What a claim step hands back. */
+/* Answered (or never sent: an unusable URL), to be recorded by the next step. */
+static Delivery *answered[MAX_IN_FLIGHT];
+static int	nanswered = 0;
+
+/* What a step hands back. */
 typedef struct Claim
 {
 	int			max;
@@ -170,11 +176,13 @@ claim_body(void *arg)
 		.nargs = 2,
 		.argtypes = {INT4OID, UUIDARRAYOID},
 	};
+	static SavedPlan installed = {
+		.sql = "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov' AND extversion <> '0.1.0'",
+	};
 
 	claim->next_due = 0;
 	/* webhooks came with 0.2.0: nothing to send before the update, or without xprov */
-	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'xprov' AND extversion <> '0.1.0'",
-				true, 1);
+	saved_plan_execute(&installed, NULL, NULL, true, 1);
 	if (SPI_processed != 1)
 		return;
 	args[0] = Int32GetDatum(claim->max);
@@ -195,45 +203,6 @@ claim_body(void *arg)
 	}
 }
 
-/* Claim what is due and send it; returns ms until a head waiting falls due. */
-static long
-claim_and_send(void)
-{
-	Claim		claim = {.max = MAX_IN_FLIGHT - nin_flight};
-	int			first = nin_flight;
-	char	   *error;
-	long		wait_ms = IDLE_NAP_MS;
-
-	if (claim.max <= 0)
-		return IDLE_NAP_MS;
-	error = xact_step_run(claim_body, &claim, "claiming webhook deliveries");
-	if (error != NULL)
-	{
-		ereport(LOG, errmsg("xprov webhooks: claiming deliveries failed: %s", error));
-		nin_flight = first;
-		return IDLE_NAP_MS;
-	}
-	for (int i = first; i < nin_flight; i++)
-	{
-		Delivery   *d = in_flight[i];
-		char		request_id[32];
-
-		if (d->connector == NULL)
-			continue;
-		snprintf(request_id, sizeof(request_id), INT64_FORMAT, d->id);
-		http_engine_start(d->request, d->connector, request_id);
-	}
-	if (claim.next_due != 0)
-	{
-		long		secs;
-		int			usecs;
-
-		TimestampDifference(GetCurrentTimestamp(), claim.next_due, &secs, &usecs);
-		wait_ms = Min(IDLE_NAP_MS, secs * 1000 + usecs / 1000 + 1);
-	}
-	return wait_ms;
-}
-
 static char *
 error_of(const HttpResponse *response)
 {
@@ -246,20 +215,14 @@ error_of(const HttpResponse *response)
 	return psprintf("HTTP %ld", response->status);
 }
 
-typedef struct Outcomes
-{
-	Delivery  **done;
-	int			ndone;
-} Outcomes;
-
+/* What the subscribers answered, in the step's transaction. */
 static void
-record_body(void *arg)
+record_answers(void)
 {
-	Outcomes   *outcomes = (Outcomes *) arg;
-	Datum	   *ids = palloc(sizeof(Datum) * outcomes->ndone);
-	Datum	   *statuses = palloc(sizeof(Datum) * outcomes->ndone);
-	Datum	   *errors = palloc(sizeof(Datum) * outcomes->ndone);
-	bool	   *error_nulls = palloc(sizeof(bool) * outcomes->ndone);
+	Datum	   *ids = palloc(sizeof(Datum) * nanswered);
+	Datum	   *statuses = palloc(sizeof(Datum) * nanswered);
+	Datum	   *errors = palloc(sizeof(Datum) * nanswered);
+	bool	   *error_nulls = palloc(sizeof(bool) * nanswered);
 	Datum		args[6];
 	static SavedPlan record = {
 		.sql = "SELECT xprov._webhook_record($1, $2, $3, $4, $5, $6)",
@@ -267,27 +230,40 @@ record_body(void *arg)
 		.argtypes = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID, INT4OID, INT4OID},
 	};
 
-	for (int i = 0; i < outcomes->ndone; i++)
+	for (int i = 0; i < nanswered; i++)
 	{
-		const HttpResponse *response = &outcomes->done[i]->request->response;
+		const HttpResponse *response = &answered[i]->request->response;
 		char	   *error = error_of(response);
 
-		ids[i] = Int64GetDatum(outcomes->done[i]->id);
+		ids[i] = Int64GetDatum(answered[i]->id);
 		statuses[i] = Int32GetDatum(response->transport_failed ? 0 : (int32) response->status);
 		error_nulls[i] = error == NULL;
 		errors[i] = error ? CStringGetTextDatum(error) : (Datum) 0;
 	}
-	args[0] = spi_array_arg(ids, NULL, outcomes->ndone, INT8OID);
-	args[1] = spi_array_arg(statuses, NULL, outcomes->ndone, INT4OID);
-	args[2] = spi_array_arg(errors, error_nulls, outcomes->ndone, TEXTOID);
+	args[0] = spi_array_arg(ids, NULL, nanswered, INT8OID);
+	args[1] = spi_array_arg(statuses, NULL, nanswered, INT4OID);
+	args[2] = spi_array_arg(errors, error_nulls, nanswered, TEXTOID);
 	args[3] = Int32GetDatum(xprov_webhook_max_attempts);
 	args[4] = Int32GetDatum(xprov_retry_base_ms);
 	args[5] = Int32GetDatum(xprov_retry_max_ms);
 	saved_plan_execute(&record, args, NULL, false, 0);
 }
 
+/*
+ * One transaction: record what was answered, then claim what is due.  One
+ * commit per round rather than two keeps a subscriber's rate near its round
+ * trip.
+ */
 static void
-forget_delivery(Delivery *d)
+step_body(void *arg)
+{
+	if (nanswered > 0)
+		record_answers();
+	claim_body(arg);
+}
+
+static void
+answer(Delivery *d)
 {
 	for (int i = 0; i < nin_flight; i++)
 		if (in_flight[i] == d)
@@ -295,63 +271,73 @@ forget_delivery(Delivery *d)
 			in_flight[i] = in_flight[--nin_flight];
 			break;
 		}
-	MemoryContextDelete(d->cxt);
+	answered[nanswered++] = d;
 }
 
 /*
- * Record what the subscribers answered.  When recording fails the
- * deliveries are forgotten all the same: they are still pending in the
- * table and will be sent again.
+ * Record, claim and send; returns how long to wait for answers.  When the
+ * step fails, what was answered is forgotten all the same (still pending in
+ * the table, it will be sent again) and nothing is claimed.
  */
-static void
-record_outcomes(Delivery **done, int ndone)
+static long
+step(void)
 {
-	Outcomes	outcomes = {.done = done, .ndone = ndone};
+	Claim		claim = {.max = MAX_IN_FLIGHT - nin_flight};
+	int			first = nin_flight;
 	char	   *error;
+	long		wait_ms = IDLE_NAP_MS;
 
-	if (ndone == 0)
-		return;
-	error = xact_step_run(record_body, &outcomes, "recording webhook deliveries");
+	error = xact_step_run(step_body, &claim, "recording and claiming webhook deliveries");
+	for (int i = 0; i < nanswered; i++)
+		MemoryContextDelete(answered[i]->cxt);
+	nanswered = 0;
 	if (error != NULL)
-		ereport(LOG, errmsg("xprov webhooks: recording deliveries failed: %s", error));
-	for (int i = 0; i < ndone; i++)
-		forget_delivery(done[i]);
-}
+	{
+		ereport(LOG, errmsg("xprov webhooks: recording or claiming deliveries failed: %s", error));
+		for (int i = first; i < nin_flight; i++)
+			MemoryContextDelete(in_flight[i]->cxt);
+		nin_flight = first;
+		return IDLE_NAP_MS;
+	}
+	for (int i = nin_flight - 1; i >= first; i--)
+	{
+		Delivery   *d = in_flight[i];
+		char		request_id[32];
 
-/* Deliveries whose URL could not be used never went out: answered already. */
-static int
-collect_unsent(Delivery **done)
-{
-	int			n = 0;
+		if (d->connector == NULL)
+		{
+			answer(d);			/* never sent: recorded as failed next round */
+			wait_ms = 0;
+			continue;
+		}
+		snprintf(request_id, sizeof(request_id), INT64_FORMAT, d->id);
+		http_engine_start(d->request, d->connector, request_id);
+	}
+	if (claim.next_due != 0 && wait_ms > 0)
+	{
+		long		secs;
+		int			usecs;
 
-	for (int i = 0; i < nin_flight; i++)
-		if (in_flight[i]->connector == NULL)
-			done[n++] = in_flight[i];
-	return n;
+		TimestampDifference(GetCurrentTimestamp(), claim.next_due, &secs, &usecs);
+		wait_ms = Min(IDLE_NAP_MS, secs * 1000 + usecs / 1000 + 1);
+	}
+	return wait_ms;
 }
 
 static void
 serve(void)
 {
-	HttpRequest *answered[MAX_IN_FLIGHT];
-	Delivery   *done[MAX_IN_FLIGHT];
-	long		wait_ms = claim_and_send();
-	int			ndone = collect_unsent(done);
+	HttpRequest *done[MAX_IN_FLIGHT];
+	long		wait_ms = step();
 	bool		latch_set = false;
-	int			nanswered;
+	int			ndone;
 
-	if (ndone > 0)
-	{
-		record_outcomes(done, ndone);
-		return;
-	}
 	pgstat_report_activity(STATE_IDLE, NULL);
-	nanswered = http_engine_wait(wait_ms, answered, MAX_IN_FLIGHT, &latch_set);
+	ndone = http_engine_wait(wait_ms, done, MAX_IN_FLIGHT, &latch_set);
 	if (latch_set)
 		ResetLatch(MyLatch);
-	for (int i = 0; i < nanswered; i++)
-		done[i] = (Delivery *) answered[i]->owner;
-	record_outcomes(done, nanswered);
+	for (int i = 0; i < ndone; i++)
+		answer((Delivery *) done[i]->owner);
 }
 
 void
@@ -362,6 +348,7 @@ xprov_webhooks_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(xprov_database_name, NULL, 0);
 	pgstat_report_appname("xprov webhooks");
+
 	worker_shmem_set_sole_process(SOLE_WEBHOOKS);
 	sender_cxt = AllocSetContextCreate(TopMemoryContext, "xprov webhook sender",
 									   ALLOCSET_DEFAULT_SIZES);

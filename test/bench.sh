@@ -58,7 +58,7 @@
 # Benchmarks are not tests: the script exits 0 when a bar is missed (it prints FAIL) and
 # non-zero only when it cannot run at all. Knobs (environment):
 #   XPROV_PORT (55434)  XPROV_PGBIN (system PostgreSQL 15)  BENCH_PARTS ("queue worker latency http hooks
-#   correlation reconciliation")  BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)  BENCH_CORR_IDENTITIES (1000000)
+#   correlation reconciliation webhooks")  BENCH_HOOK_DELIVERIES (20000: webhook deliveries timed)  BENCH_HOOK_CALLS (20000)  BENCH_HOSTILE_MS (100)  BENCH_CORR_IDENTITIES (1000000)
 #   BENCH_CORR_EXACT (5000)  BENCH_CORR_FUZZY (500)
 #   BENCH_RECON_ACCOUNTS (100000: target accounts, and shadows)  BENCH_RECON_PERCENT (2: planted per type,
 #   at most 14)  BENCH_RECON_CAP (300 s per run)  BENCH_SCIM_PORT (18436: the SCIM server, 127.0.0.1)
@@ -94,7 +94,7 @@ PINNED_CAP=${BENCH_PINNED_CAP:-150}
 SAMPLE_SECS=${BENCH_SAMPLE_SECS:-6}
 VARIANTS=${BENCH_VARIANTS:-1}
 PROFILE=${BENCH_PROFILE:-0}
-PARTS=" ${BENCH_PARTS:-queue worker latency http hooks correlation reconciliation} "
+PARTS=" ${BENCH_PARTS:-queue worker latency http hooks correlation reconciliation webhooks} "
 HOOK_CALLS=${BENCH_HOOK_CALLS:-20000}
 CORR_IDENTITIES=${BENCH_CORR_IDENTITIES:-1000000}
 CORR_EXACT=${BENCH_CORR_EXACT:-5000}
@@ -1720,6 +1720,60 @@ else
 fi
 say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
 fi # reconciliation
+
+# ---- 15. webhooks
+if has_part webhooks; then
+part_t0=$SECONDS
+HOOK_DELIVERIES=${BENCH_HOOK_DELIVERIES:-20000}
+say "15. webhooks: the noop drain of part 6 with every completion subscribed by a (disabled) webhook, so that the"
+say "    recording transactions write the outbox, beside the same drain without; then $(fmt_rate "$HOOK_DELIVERIES") of that"
+say "    webhook's deliveries to the nginx sink (one in flight: a subscriber sees its events in order), against"
+say "    curl POSTing as many bodies one at a time over one kept-alive connection"
+build_worker_template
+WH_TPL=xprov_bench_wloaded_hook
+qpg "DROP DATABASE IF EXISTS $WH_TPL" >/dev/null 2>&1
+qpg "CREATE DATABASE $WH_TPL TEMPLATE $WTPL_DB STRATEGY FILE_COPY" || die "copying $WTPL_DB failed"
+WH_ID=$(DB=$WH_TPL q "SELECT xprov.add_webhook('$TENANT', 'http://127.0.0.1:$NGINX_PORT/hooks',
+                                              ARRAY['operation.completed'], 'bench-webhook-secret-0123456789')") \
+    || die "add_webhook failed"
+DB=$WH_TPL q "SELECT xprov.set_webhook_enabled('$WH_ID', false)" >/dev/null || die "set_webhook_enabled failed"
+WN=''; WH=''
+for r_ in $(seq 1 "$REPEAT"); do
+    worker_drain 1 0 "$W_CONN" "$WTPL_DB" "$DRAIN_OPS" "run $r_ xprov  1 worker, no webhook"
+    WN=$(max "$WN" "$W_RATE")
+    worker_drain 1 0 "$W_CONN" "$WH_TPL" "$DRAIN_OPS" "run $r_ xprov  1 worker, every completion subscribed"
+    WH=$(max "$WH" "$W_RATE")
+done
+row "Noop drain, every completion to a webhook" "$WH" "$WN" "$(ratio "$WH" "$WN")" "info (baseline: no webhook)" ""
+if ! command -v nginx >/dev/null || ! command -v curl >/dev/null || ! start_nginx; then
+    say "    SKIP: deliveries need nginx and curl"
+    row "Webhook deliveries, one subscriber" "" "" "" "info" "SKIP"
+else
+    printf '{"id":"00000000-0000-4000-8000-000000000000","type":"operation.completed","data":{}}' >"$work/hook.json"
+    t0=$(now_ns)
+    curl -s --no-progress-meter --parallel --parallel-max 1 -X POST -H 'Content-Type: application/json' \
+        --data-binary @"$work/hook.json" -w '%{stderr}%{http_code}\n' \
+        "http://127.0.0.1:$NGINX_PORT/hooks/[1-$HOOK_DELIVERIES]" >/dev/null 2>"$work/hook.codes"
+    t1=$(now_ns)
+    HB=$(awk -v n="$(grep -c '^200$' "$work/hook.codes")" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / ((b - a) / 1e9) }')
+    t0=$(now_ns)
+    DB=$WORKER_DB q "SELECT xprov.set_webhook_enabled('$WH_ID', true)" >/dev/null || die "set_webhook_enabled failed"
+    got=0
+    for _ in $(seq 1 $(( DRAIN_CAP * 10 ))); do
+        got=$(DB=$WORKER_DB q "SELECT count(*) FROM xprov.webhook_delivery WHERE status = 'd'")
+        [ "$got" -ge "$HOOK_DELIVERIES" ] && break
+        sleep 0.1
+    done
+    t1=$(now_ns)
+    stop_nginx
+    HX=$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / ((b - a) / 1e9) }')
+    say "    curl, one at a time: $(fmt_rate "$HB") requests/s; xprov: $got delivered at $(fmt_rate "$HX") deliveries/s"
+    row "Webhook deliveries, one subscriber" "$HX" "$HB" "$(ratio "$HX" "$HB")" "info (baseline: curl, 1 in flight)" ""
+fi
+set_workers 0
+qpg "DROP DATABASE IF EXISTS $WH_TPL" >/dev/null 2>&1
+say "    (part took $(( (SECONDS - part_t0) / 60 ))m$(( (SECONDS - part_t0) % 60 ))s)"
+fi # webhooks
 
 # ---------------------------------------------------------------- summary
 say ""
