@@ -861,6 +861,16 @@ CREATE INDEX webhook_delivery_pending ON xprov.webhook_delivery (webhook_id, id)
 CREATE INDEX webhook_delivery_delivered ON xprov.webhook_delivery (delivered_at) WHERE status = 'd';
 -- Runtime (not dumped): events of a database's past.
 
+-- Where each webhook's head is looked for: above every delivery finished
+-- in order (delivered or dead-lettered), so that finding the head never
+-- steps over the finished ones' index entries, which would make each
+-- lookup slower than the last until a vacuum.  A retried dead letter moves
+-- it back.  No row: from the start.
+CREATE TABLE xprov.webhook_cursor (
+	webhook_id	uuid PRIMARY KEY,
+	scan_from	bigint NOT NULL
+);
+
 CREATE VIEW xprov.webhooks WITH (security_invoker = true) AS
 	SELECT w.id, w.tenant_id, w.url, w.events, w.enabled, w.created_at,
 		   (SELECT count(*) FROM xprov.webhook_delivery d WHERE d.webhook_id = w.id AND d.status = 'p') AS pending,
@@ -987,6 +997,7 @@ BEGIN
 	   SET status = 'p', attempts = 0, next_attempt_at = clock_timestamp(), last_error = NULL,
 		   last_http_status = NULL
 	 WHERE x.id = d.id;
+	UPDATE xprov.webhook_cursor c SET scan_from = least(c.scan_from, d.id - 1) WHERE c.webhook_id = d.webhook_id;
 	PERFORM xprov._wake_webhooks();
 END
 $$;
@@ -1173,6 +1184,8 @@ BEGIN
 									d.next_attempt_at, d.xid
 							   FROM xprov.webhook_delivery d
 							  WHERE d.webhook_id = w.id AND d.status = 'p'
+								AND d.id > coalesce((SELECT c.scan_from FROM xprov.webhook_cursor c
+													  WHERE c.webhook_id = w.id), 0)
 							  ORDER BY d.id LIMIT 1) h
 		 WHERE w.enabled AND w.id <> ALL (in_flight)
 	), due AS (
@@ -1210,6 +1223,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	ok boolean;
+	hook uuid;
+	final "char";
 BEGIN
 	-- one row by its key at a time: a join with the array gets planned as a
 	-- scan of the whole outbox, and the sender records after every answer
@@ -1224,7 +1239,17 @@ BEGIN
 			   next_attempt_at = clock_timestamp()
 				   + least(retry_max_ms, retry_base_ms * power(2, least(d.attempts, 30)))
 					 * (0.75 + random() * 0.5) * interval '1 millisecond'
-		 WHERE d.id = delivery_ids[i] AND d.status = 'p';
+		 WHERE d.id = delivery_ids[i] AND d.status = 'p'
+		 RETURNING d.webhook_id, d.status INTO hook, final;
+		-- a finished head moves the cursor past it, unless a retried dead
+		-- letter waits below (retry_webhook_delivery moved the cursor back)
+		IF final IN ('d', 'x') THEN
+			INSERT INTO xprov.webhook_cursor AS c (webhook_id, scan_from) VALUES (hook, delivery_ids[i])
+			ON CONFLICT (webhook_id) DO UPDATE SET scan_from = greatest(c.scan_from, excluded.scan_from)
+			 WHERE NOT EXISTS (SELECT 1 FROM xprov.webhook_delivery p
+								WHERE p.webhook_id = c.webhook_id AND p.status = 'p'
+								  AND p.id > c.scan_from AND p.id < excluded.scan_from);
+		END IF;
 	END LOOP;
 END
 $$;
@@ -1234,6 +1259,8 @@ ALTER TABLE xprov.webhook ENABLE ROW LEVEL SECURITY;
 CREATE POLICY every_tenant ON xprov.webhook TO xprov_admin USING (true) WITH CHECK (true);
 CREATE POLICY tenant_in_context ON xprov.webhook TO xprov_app
 	USING (tenant_id = (SELECT xprov._session_tenant())) WITH CHECK (tenant_id = (SELECT xprov._session_tenant()));
+ALTER TABLE xprov.webhook_cursor ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.webhook_cursor TO xprov_admin USING (true) WITH CHECK (true);
 ALTER TABLE xprov.webhook_delivery ENABLE ROW LEVEL SECURITY;
 CREATE POLICY every_tenant ON xprov.webhook_delivery TO xprov_admin USING (true) WITH CHECK (true);
 CREATE POLICY tenant_in_context ON xprov.webhook_delivery TO xprov_app
