@@ -67,24 +67,60 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'xprov_caller_is_admin'
 LANGUAGE C STABLE STRICT;
 
--- The tenant in context, or NULL.  xprov.tenant_id refuses anything but a
--- UUID when it is set.
+-- Tenant bindings ------------------------------------------------------------------
+--
+-- xprov.tenant_id is a session setting, which any session may change.  A
+-- role bound to tenants (directly or through a role it is a member of) may
+-- act only for those: with any other tenant in context it sees nothing and
+-- may do nothing.  A role bound to none keeps acting for whichever tenant
+-- its session names (an application that sets it per request).
+
+CREATE TABLE xprov.tenant_binding (
+	role_name	name NOT NULL,
+	tenant_id	uuid NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (role_name, tenant_id)
+);
+-- Configuration: who may act for whom (roles are restored by pg_dumpall).
+SELECT pg_catalog.pg_extension_config_dump('xprov.tenant_binding', '');
+ALTER TABLE xprov.tenant_binding ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_tenant ON xprov.tenant_binding TO xprov_admin USING (true) WITH CHECK (true);
+
+CREATE VIEW xprov.tenant_bindings WITH (security_invoker = true) AS
+	SELECT b.role_name, b.tenant_id, b.created_at FROM xprov.tenant_binding b;
+
+-- The tenant in context, if the caller may act for it; else NULL.  Owner's
+-- rights: the bindings are readable by xprov_admin only.
 CREATE FUNCTION xprov._session_tenant()
 RETURNS uuid
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT nullif(current_setting('xprov.tenant_id', true), '')::uuid
+	SELECT s.t
+	  FROM (SELECT nullif(current_setting('xprov.tenant_id', true), '')::uuid AS t) s
+	 WHERE xprov._caller_is_admin()
+		OR NOT EXISTS (SELECT 1 FROM xprov.tenant_binding b JOIN pg_roles r ON r.rolname = b.role_name
+						WHERE pg_has_role(xprov._caller(), r.oid, 'USAGE'))
+		OR EXISTS (SELECT 1 FROM xprov.tenant_binding b JOIN pg_roles r ON r.rolname = b.role_name
+					WHERE b.tenant_id = s.t AND pg_has_role(xprov._caller(), r.oid, 'USAGE'))
 $$;
 
--- Raises unless the caller acts for every tenant or has one in context.
 CREATE FUNCTION xprov._require_context()
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	setting text := nullif(current_setting('xprov.tenant_id', true), '');
 BEGIN
 	IF xprov._session_tenant() IS NULL AND NOT xprov._caller_is_admin() THEN
+		IF setting IS NOT NULL THEN
+			RAISE EXCEPTION 'role % may not act for tenant %', xprov._caller(), setting
+				USING ERRCODE = 'insufficient_privilege',
+					  DETAIL = 'The role is bound to other tenants (xprov.tenant_bindings).',
+					  HINT = 'SET xprov.tenant_id to a tenant of the role, or ask an xprov_admin to bind it.';
+		END IF;
 		RAISE EXCEPTION 'no tenant context: xprov.tenant_id is not set'
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = 'Roles other than xprov_admin act only for the tenant in context.',
@@ -92,6 +128,42 @@ BEGIN
 	END IF;
 END
 $$;
+
+CREATE FUNCTION xprov.bind_tenant(role_name name, tenant_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF role_name IS NULL OR tenant_id IS NULL THEN
+		RAISE EXCEPTION 'role_name and tenant_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = bind_tenant.role_name) THEN
+		RAISE EXCEPTION 'role "%" does not exist', role_name USING ERRCODE = 'undefined_object';
+	END IF;
+	INSERT INTO xprov.tenant_binding AS b (role_name, tenant_id)
+	VALUES (bind_tenant.role_name, bind_tenant.tenant_id)
+	ON CONFLICT ON CONSTRAINT tenant_binding_pkey DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION xprov.unbind_tenant(role_name name, tenant_id uuid)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH gone AS (
+		DELETE FROM xprov.tenant_binding b
+		 WHERE b.role_name = unbind_tenant.role_name AND b.tenant_id = unbind_tenant.tenant_id
+		RETURNING 1)
+	SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+
+REVOKE ALL ON FUNCTION xprov.bind_tenant(name, uuid), xprov.unbind_tenant(name, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION xprov.bind_tenant(name, uuid), xprov.unbind_tenant(name, uuid) TO xprov_admin;
+GRANT SELECT ON xprov.tenant_binding, xprov.tenant_bindings TO xprov_admin;
 
 -- Raises unless the caller may act for tenant_id.
 CREATE FUNCTION xprov._require_tenant(tenant_id uuid)
@@ -1280,3 +1352,4 @@ GRANT EXECUTE ON FUNCTION xprov.add_webhook(uuid, text, text[], text), xprov.set
 -- the secret column is granted to nobody
 GRANT SELECT (id, tenant_id, url, events, enabled, created_at, updated_at) ON xprov.webhook TO xprov_operator;
 GRANT SELECT ON xprov.webhook_delivery, xprov.webhooks, xprov.webhook_deliveries TO xprov_operator;
+

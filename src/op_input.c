@@ -11,6 +11,7 @@
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -332,12 +333,17 @@ op_input_check(OpInput *op)
  * admin, another tenant's connector does not exist.
  */
 static void
-raise_foreign_tenant(const OpInput *op)
+raise_foreign_tenant(const OpInput *op, bool has_session)
 {
-	pg_uuid_t	session;
 	const char *tenant = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->tenant_id)));
 
-	if (!tenant_guard_session_tenant(&session))
+	if (!has_session && xprov_tenant_id != NULL && xprov_tenant_id[0] != '\0')
+		op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
+					   psprintf("role %s may not act for tenant %s",
+								GetUserNameFromId(GetOuterUserId(), false), xprov_tenant_id),
+					   "The role is bound to other tenants (xprov.tenant_bindings).",
+					   "SET xprov.tenant_id to a tenant of the role, or ask an xprov_admin to bind it.");
+	if (!has_session)
 		op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
 					   "no tenant context: xprov.tenant_id is not set",
 					   "Roles other than xprov_admin enqueue only for the tenant in context.",
@@ -380,14 +386,16 @@ op_inputs_resolve_connectors(OpInput *ops, int count)
 	int			nids = 0;
 	Datum		arg;
 	bool		is_admin = tenant_guard_caller_is_admin();
+	pg_uuid_t	session;
+	bool		has_session = !is_admin && tenant_guard_session_tenant(&session);
 
 	/* batches name few connectors: look each up once */
 	for (int i = 0; i < count; i++)
 	{
 		bool		seen = false;
 
-		if (!tenant_guard_allows(is_admin, &ops[i].tenant_id))
-			raise_foreign_tenant(&ops[i]);
+		if (!is_admin && (!has_session || memcmp(&session, &ops[i].tenant_id, UUID_LEN) != 0))
+			raise_foreign_tenant(&ops[i], has_session);
 
 		for (int j = nids - 1; j >= 0 && !seen; j--)
 			seen = memcmp(DatumGetUUIDP(ids[j]), &ops[i].connector_id, UUID_LEN) == 0;

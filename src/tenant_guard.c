@@ -12,6 +12,7 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -121,10 +122,32 @@ parse_tenant(const char *text, pg_uuid_t *tenant)
 	return digits == 32;
 }
 
+/*
+ * Asks xprov._session_tenant(), which also honours tenant bindings (a role
+ * bound to tenants may act for those only); the setting alone is read
+ * first, since without one there is nothing to ask.
+ */
 bool
 tenant_guard_session_tenant(pg_uuid_t *tenant)
 {
-	return parse_tenant(xprov_tenant_id, tenant);
+	bool		found = false;
+
+	if (!parse_tenant(xprov_tenant_id, tenant))
+		return false;
+	SPI_connect();
+	if (SPI_execute("SELECT xprov._session_tenant()", true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			memcpy(tenant, DatumGetUUIDP(value), UUID_LEN);
+			found = true;
+		}
+	}
+	SPI_finish();
+	return found;
 }
 
 bool

@@ -22,7 +22,11 @@
 /* True if the caller may act for every tenant. */
 extern bool tenant_guard_caller_is_admin(void);
 
-/* The session's tenant (xprov.tenant_id); false when it is not set. */
+/*
+ * The tenant the caller acts for: xprov.tenant_id, if the caller's tenant
+ * bindings allow it (xprov._session_tenant); false when there is none.
+ * Runs a query: call it once per statement, not per row.
+ */
 extern bool tenant_guard_session_tenant(pg_uuid_t *tenant);
 
 /*

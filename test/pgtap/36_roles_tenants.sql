@@ -16,7 +16,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 \endif
 
 BEGIN;
-SELECT plan(84);
+SELECT plan(95);
 \ir common.psql
 
 SELECT set_config('xtest.rest_url', :'rest_url', true) \g /dev/null
@@ -275,6 +275,42 @@ SELECT is(pg_temp.err(format('SELECT xprov.enqueue(%L, %L, NULL, ''update'', ''u
 SELECT is(pg_temp.err('SELECT xprov.normalize_text(''Ä b'')'),
 		  '42501: permission denied for schema xprov', 'no grant: not even the public helper without USAGE');
 RESET ROLE;
+
+-- ---------------------------------------------------------------------------
+-- tenant bindings: a role bound to tenant A acts for A only, whatever its session sets
+SELECT xprov.bind_tenant('xt_app_a', :'A');
+SET LOCAL ROLE xt_app_a;
+SELECT set_config('xprov.tenant_id', :'B', true) \g /dev/null
+SELECT is((SELECT count(*) FROM xprov.operations) + (SELECT count(*) FROM xprov.op), 0::bigint,
+		  'bound to A, B in context: nothing of B is visible, through views or tables');
+SELECT is(pg_temp.err(format('SELECT xprov.enqueue(%L, %L, NULL, ''update'', ''user'', ''{}'', ''s'')', :'B', :'eb')),
+		  format('42501: role xt_app_a may not act for tenant %s', :'B'), 'bound to A: cannot enqueue for B');
+SELECT is(pg_temp.err('SELECT * FROM xprov.stats()'),
+		  format('42501: role xt_app_a may not act for tenant %s', :'B'), 'bound to A: no stats of B');
+SELECT is(pg_temp.err(format('SELECT xprov.wait_run(%L, ''0'')', :'runb')),
+		  format('42501: role xt_app_a may not act for tenant %s', :'B'), 'bound to A: B''s runs are out of reach');
+SELECT set_config('xprov.tenant_id', :'A', true) \g /dev/null
+SELECT is((SELECT count(*) FROM xprov.operations WHERE id = :'a2'), 1::bigint, 'bound to A, A in context: A''s rows');
+SELECT is(pg_temp.err('SELECT xprov.bind_tenant(''xt_app_a'', gen_random_uuid())'),
+		  '42501: permission denied for function bind_tenant', 'a bound role cannot bind itself to more');
+RESET ROLE;
+SET LOCAL ROLE xt_op_a;
+SELECT set_config('xprov.tenant_id', :'B', true) \g /dev/null
+SELECT is((SELECT count(*) FROM xprov.operations WHERE id = :'b2'), 1::bigint,
+		  'a role bound to nothing acts for the tenant its session names');
+RESET ROLE;
+SET LOCAL ROLE xt_admin;
+SELECT is((SELECT array_agg(role_name::text) FROM xprov.tenant_bindings WHERE tenant_id = :'A'), '{xt_app_a}',
+		  'admin: xprov.tenant_bindings lists the binding');
+SELECT is(xprov.unbind_tenant('xt_app_a', :'A'), true, 'admin: unbinds');
+RESET ROLE;
+SET LOCAL ROLE xt_app_a;
+SELECT set_config('xprov.tenant_id', :'B', true) \g /dev/null
+SELECT is((SELECT count(*) FROM xprov.operations WHERE id = :'b2'), 1::bigint,
+		  'unbound again: the session''s tenant counts again');
+RESET ROLE;
+SELECT is(pg_temp.err('SELECT xprov.bind_tenant(''xt_no_such_role'', gen_random_uuid())'),
+		  '42704: role "xt_no_such_role" does not exist', 'binding an unknown role is refused');
 
 -- ---------------------------------------------------------------------------
 -- the catalog: nothing for PUBLIC, every SECURITY DEFINER function pinned
