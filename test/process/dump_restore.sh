@@ -47,7 +47,7 @@ TOKEN=dump-restore-token-42
 T=f0000000-0000-4000-8000-000000000001
 
 CONFIG_TABLES="connector connector_secret hook hook_version identity_source correlation_rule correlation_threshold
-	correlation_decision reaction reconciliation_threshold webhook"
+	correlation_decision reaction reconciliation_threshold webhook tenant_binding"
 RUNTIME_TABLES="op subject lane op_result op_failure idempotency shadow correlation_case
 	reconciliation_run reconciliation_item discrepancy webhook_delivery"
 
@@ -159,6 +159,7 @@ check "the worker runs on $DB" "$(wait_for "SELECT count(*) FROM xprov.worker_st
 C=$(q "SELECT xprov.add_connector('$T', 'directory', 'scim2', '$SCIM/scim/v2',
 		'{\"auth\": {\"type\": \"bearer\", \"token\": \"$TOKEN\"}, \"timeout_ms\": 8000}')")
 N=$(q "SELECT xprov.add_connector('$T', 'sink', 'noop', NULL)")
+q "SELECT xprov.bind_tenant('postgres', '$T')" >/dev/null
 # a subscriber that never answers: its deliveries are runtime state
 q "SELECT xprov.add_webhook('$T', 'http://127.0.0.1:9/hooks', ARRAY['operation.completed'], 'dump-restore-webhook-secret')" >/dev/null
 q "SELECT xprov.set_connector_enabled('$N', false)" >/dev/null
@@ -238,7 +239,7 @@ check "$DB has runtime state in every runtime table but the staged listing" \
 check "$DB's extension registers the configuration tables and the hooks' sequence for pg_dump" \
 	"$(q "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_extension e, unnest(e.extconfig) r, pg_class c
 		WHERE e.extname = 'xprov' AND c.oid = r")" \
-	"connector connector_secret correlation_decision correlation_rule correlation_threshold hook hook_created_seq_seq hook_version identity_source reaction reconciliation_threshold webhook"
+	"connector connector_secret correlation_decision correlation_rule correlation_threshold hook hook_created_seq_seq hook_version identity_source reaction reconciliation_threshold tenant_binding webhook"
 src_config=$(config_md5 "$DB")
 src_owners=$(owners "$DB")
 echo "# correlate_owner in $DB:"
