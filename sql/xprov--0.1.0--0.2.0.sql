@@ -150,15 +150,18 @@ $$;
 
 CREATE FUNCTION xprov.unbind_tenant(role_name name, tenant_id uuid)
 RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	WITH gone AS (
-		DELETE FROM xprov.tenant_binding b
-		 WHERE b.role_name = unbind_tenant.role_name AND b.tenant_id = unbind_tenant.tenant_id
-		RETURNING 1)
-	SELECT EXISTS (SELECT 1 FROM gone)
+BEGIN
+	IF role_name IS NULL OR tenant_id IS NULL THEN
+		RAISE EXCEPTION 'role_name and tenant_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	DELETE FROM xprov.tenant_binding b
+	 WHERE b.role_name = unbind_tenant.role_name AND b.tenant_id = unbind_tenant.tenant_id;
+	RETURN FOUND;
+END
 $$;
 
 REVOKE ALL ON FUNCTION xprov.bind_tenant(name, uuid), xprov.unbind_tenant(name, uuid) FROM PUBLIC;
