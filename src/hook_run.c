@@ -8,8 +8,6 @@
  */
 #include "postgres.h"
 
-#include <cjson/cJSON.h>
-
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
@@ -28,77 +26,105 @@ typedef struct HookVerdict
 	char	   *error;			/* failed / ignored: why */
 } HookVerdict;
 
+/* Room for ctx: its members, and those of response or error. */
+#define CONTEXT_FIELDS 11
+#define OUTCOME_FIELDS 3
+
+/* ctx for one hook run, built member by member (see SandboxValue). */
+typedef struct HookContext
+{
+	SandboxValue fields[CONTEXT_FIELDS];
+	SandboxValue outcome[OUTCOME_FIELDS];
+	char		tenant_id[UUID_TEXT_LEN];
+	char		connector_id[UUID_TEXT_LEN];
+	int			nfields;
+} HookContext;
+
 static void
-append_uuid(StringInfo buf, const pg_uuid_t *uuid)
+format_uuid(char *out, const pg_uuid_t *uuid)
 {
 	static const char hex[] = "0123456789abcdef";
 
-	appendStringInfoChar(buf, '"');
 	for (int i = 0; i < UUID_LEN; i++)
 	{
 		if (i == 4 || i == 6 || i == 8 || i == 10)
-			appendStringInfoChar(buf, '-');
-		appendStringInfoChar(buf, hex[uuid->data[i] >> 4]);
-		appendStringInfoChar(buf, hex[uuid->data[i] & 0x0F]);
+			*out++ = '-';
+		*out++ = hex[uuid->data[i] >> 4];
+		*out++ = hex[uuid->data[i] & 0x0F];
 	}
-	appendStringInfoChar(buf, '"');
+	*out = '\0';
+}
+
+/* The sandbox's UTF-8 (no copy when the server's encoding is UTF-8). */
+static const char *
+to_utf8(const char *text)
+{
+	return text ? pg_server_to_any(text, strlen(text), PG_UTF8) : NULL;
 }
 
 static void
-append_string_or_null(StringInfo buf, const char *value)
+set_text(SandboxValue *field, const char *name, SandboxValueKind kind, const char *text)
 {
-	if (value == NULL)
-		appendStringInfoString(buf, "null");
-	else
-		escape_json(buf, value);
+	field->name = name;
+	field->kind = text ? kind : SANDBOX_VALUE_NULL;
+	field->text = to_utf8(text);
 }
 
-/* ctx for a hook of this phase, as JSON text in the sandbox's UTF-8. */
-static char *
-build_context(const WorkOp *op, HookPhase phase)
+static void
+set_number(SandboxValue *field, const char *name, int value, bool present)
 {
-	StringInfoData buf;
+	field->name = name;
+	field->kind = present ? SANDBOX_VALUE_NUMBER : SANDBOX_VALUE_NULL;
+	field->number = value;
+}
 
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"operation_id\":\"");
-	appendStringInfoString(&buf, op->id_text);
-	appendStringInfoString(&buf, "\",\"tenant_id\":");
-	append_uuid(&buf, &op->tenant_id);
-	appendStringInfoString(&buf, ",\"connector_id\":");
-	append_uuid(&buf, &op->connector_id);
-	appendStringInfo(&buf, ",\"operation_type\":\"%s\",\"object_class\":", op_type_name(op->type));
-	append_string_or_null(&buf, op->object_class);
-	appendStringInfoString(&buf, ",\"attributes\":");
-	appendStringInfoString(&buf, op->attributes ? op->attributes : "{}");
-	appendStringInfoString(&buf, ",\"identity_id\":");
-	append_string_or_null(&buf, op->identity_id);
-	appendStringInfoString(&buf, ",\"target_uid\":");
-	append_string_or_null(&buf, op->outcome.target_uid ? op->outcome.target_uid : op->target_uid);
-	appendStringInfo(&buf, ",\"attempt\":%d,\"shadow\":%s", op->attempt,
-					 op->shadow ? op->shadow : "null");
+/*
+ * ctx for a hook of this phase: {operation_id, tenant_id, connector_id,
+ * operation_type, object_class, attributes, identity_id, target_uid,
+ * attempt, shadow}, plus response (after) or error (on_error).
+ */
+static void
+build_context(HookContext *hc, const WorkOp *op, HookPhase phase)
+{
+	SandboxValue *f = hc->fields;
+	const char *target_uid = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
+	int			n = 0;
+
+	format_uuid(hc->tenant_id, &op->tenant_id);
+	format_uuid(hc->connector_id, &op->connector_id);
+	set_text(&f[n++], "operation_id", SANDBOX_VALUE_STRING, op->id_text);
+	set_text(&f[n++], "tenant_id", SANDBOX_VALUE_STRING, hc->tenant_id);
+	set_text(&f[n++], "connector_id", SANDBOX_VALUE_STRING, hc->connector_id);
+	set_text(&f[n++], "operation_type", SANDBOX_VALUE_STRING, op_type_name(op->type));
+	set_text(&f[n++], "object_class", SANDBOX_VALUE_STRING, op->object_class);
+	set_text(&f[n++], "attributes", SANDBOX_VALUE_JSON, op->attributes ? op->attributes : "{}");
+	set_text(&f[n++], "identity_id", SANDBOX_VALUE_STRING, op->identity_id);
+	set_text(&f[n++], "target_uid", SANDBOX_VALUE_STRING, target_uid);
+	set_number(&f[n++], "attempt", op->attempt, true);
+	set_text(&f[n++], "shadow", SANDBOX_VALUE_JSON, op->shadow);
 	if (phase == HOOK_AFTER)
 	{
-		if (op->outcome.http_status > 0)
-			appendStringInfo(&buf, ",\"response\":{\"status\":%d", op->outcome.http_status);
-		else
-			appendStringInfoString(&buf, ",\"response\":{\"status\":null");
-		appendStringInfoString(&buf, ",\"target_uid\":");
-		append_string_or_null(&buf, op->outcome.target_uid ? op->outcome.target_uid : op->target_uid);
-		appendStringInfo(&buf, ",\"body\":%s}", op->outcome.result ? op->outcome.result : "null");
+		set_number(&hc->outcome[0], "status", op->outcome.http_status, op->outcome.http_status > 0);
+		set_text(&hc->outcome[1], "target_uid", SANDBOX_VALUE_STRING, target_uid);
+		set_text(&hc->outcome[2], "body", SANDBOX_VALUE_JSON, op->outcome.result);
 	}
 	else if (phase == HOOK_ON_ERROR)
 	{
-		appendStringInfoString(&buf, ",\"error\":{\"message\":");
-		append_string_or_null(&buf, op->outcome.error);
-		if (op->outcome.http_status > 0)
-			appendStringInfo(&buf, ",\"http_status\":%d", op->outcome.http_status);
-		else
-			appendStringInfoString(&buf, ",\"http_status\":null");
-		appendStringInfo(&buf, ",\"permanent\":%s}",
-						 op->outcome.kind == OUTCOME_DEAD ? "true" : "false");
+		set_text(&hc->outcome[0], "message", SANDBOX_VALUE_STRING, op->outcome.error);
+		set_number(&hc->outcome[1], "http_status", op->outcome.http_status, op->outcome.http_status > 0);
+		hc->outcome[2].name = "permanent";
+		hc->outcome[2].kind = SANDBOX_VALUE_BOOLEAN;
+		hc->outcome[2].boolean = op->outcome.kind == OUTCOME_DEAD;
 	}
-	appendStringInfoChar(&buf, '}');
-	return pg_server_to_any(buf.data, buf.len, PG_UTF8);
+	if (phase != HOOK_BEFORE)
+	{
+		f[n].name = phase == HOOK_AFTER ? "response" : "error";
+		f[n].kind = SANDBOX_VALUE_FIELDS;
+		f[n].fields = hc->outcome;
+		f[n++].nfields = OUTCOME_FIELDS;
+	}
+	Assert(n <= CONTEXT_FIELDS);
+	hc->nfields = n;
 }
 
 static void
@@ -124,37 +150,50 @@ log_run(WorkOp *op, const Hook *hook, const SandboxCall *call, const HookVerdict
 	MemoryContextSwitchTo(old);
 }
 
-/* A copy in op->cxt of a cJSON value printed as JSON. */
-static char *
-print_json(WorkOp *op, const cJSON *value)
+/* A member a hook returned, or NULL. */
+static const SandboxValue *
+member(const SandboxCall *call, const char *name)
 {
-	char	   *text = cJSON_PrintUnformatted(value);
-	char	   *copy;
-	MemoryContext old;
-
-	if (text == NULL)
-		return NULL;
-	old = MemoryContextSwitchTo(op->cxt);
-	copy = pstrdup(text);
-	cJSON_free(text);
-	copy = pg_any_to_server(copy, strlen(copy), PG_UTF8);
-	MemoryContextSwitchTo(old);
-	return copy;
+	for (int i = 0; i < call->nmembers; i++)
+		if (strcmp(call->members[i].name, name) == 0)
+			return &call->members[i];
+	return NULL;
 }
 
 static bool
-only_keys(const cJSON *object, const char *const *allowed)
+only_members(const SandboxCall *call, const char *const *allowed)
 {
-	for (const cJSON *item = object->child; item; item = item->next)
+	if (call->more_members)
+		return false;
+	for (int i = 0; i < call->nmembers; i++)
 	{
 		bool		known = false;
 
-		for (int i = 0; allowed[i] && !known; i++)
-			known = strcmp(item->string, allowed[i]) == 0;
+		for (int k = 0; allowed[k] && !known; k++)
+			known = strcmp(call->members[i].name, allowed[k]) == 0;
 		if (!known)
 			return false;
 	}
 	return true;
+}
+
+static bool
+is_object(const SandboxValue *value)
+{
+	return value->kind == SANDBOX_VALUE_JSON && value->text[0] == '{';
+}
+
+/* A member's text in op->cxt, in the server's encoding. */
+static char *
+member_text(WorkOp *op, const SandboxValue *value)
+{
+	MemoryContext old = MemoryContextSwitchTo(op->cxt);
+	char	   *copy = pg_any_to_server(value->text, strlen(value->text), PG_UTF8);
+
+	if (copy == value->text)
+		copy = pstrdup(copy);
+	MemoryContextSwitchTo(old);
+	return copy;
 }
 
 /*
@@ -162,25 +201,25 @@ only_keys(const cJSON *object, const char *const *allowed)
  * false) when the answer is not one a before hook may give.
  */
 static bool
-apply_before(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
+apply_before(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 {
 	static const char *const keys[] = {"attributes", "skip", "reason", NULL};
-	const cJSON *skip = cJSON_GetObjectItemCaseSensitive(answer, "skip");
-	const cJSON *attributes = cJSON_GetObjectItemCaseSensitive(answer, "attributes");
+	const SandboxValue *skip = member(call, "skip");
+	const SandboxValue *attributes = member(call, "attributes");
 
-	if (!only_keys(answer, keys) || (skip && !cJSON_IsBool(skip)) ||
-		(attributes && !cJSON_IsObject(attributes)))
+	if (!only_members(call, keys) || (skip && skip->kind != SANDBOX_VALUE_BOOLEAN) ||
+		(attributes && !is_object(attributes)))
 	{
 		verdict->error = pstrdup("a before hook returns {attributes: {...}}, {skip: true, reason: \"...\"} or nothing");
 		return false;
 	}
-	if (cJSON_IsTrue(skip))
+	if (skip && skip->boolean)
 	{
-		const cJSON *reason = cJSON_GetObjectItemCaseSensitive(answer, "reason");
+		const SandboxValue *reason = member(call, "reason");
 
 		op->outcome.kind = OUTCOME_SKIPPED;
-		op->outcome.error = cJSON_IsString(reason) && reason->valuestring[0] != '\0' ?
-			MemoryContextStrdup(op->cxt, reason->valuestring) :
+		op->outcome.error = reason && reason->kind == SANDBOX_VALUE_STRING && reason->text[0] != '\0' ?
+			member_text(op, reason) :
 			MemoryContextStrdup(op->cxt, "skipped by a before hook");
 		op->hook_verdict = true;
 		verdict->outcome = "skip";
@@ -188,14 +227,7 @@ apply_before(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
 	}
 	if (attributes)
 	{
-		char	   *printed = print_json(op, attributes);
-
-		if (printed == NULL)
-		{
-			verdict->error = pstrdup("out of memory printing the hook's attributes");
-			return false;
-		}
-		op->attributes = printed;
+		op->attributes = member_text(op, attributes);
 		op->attributes_replaced = true;
 		verdict->outcome = "attributes";
 	}
@@ -203,36 +235,36 @@ apply_before(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
 }
 
 static bool
-apply_after(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
+apply_after(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 {
 	static const char *const keys[] = {"shadow_attributes", NULL};
-	const cJSON *attributes = cJSON_GetObjectItemCaseSensitive(answer, "shadow_attributes");
+	const SandboxValue *attributes = member(call, "shadow_attributes");
 
-	if (!only_keys(answer, keys) || (attributes && !cJSON_IsObject(attributes)))
+	if (!only_members(call, keys) || (attributes && !is_object(attributes)))
 	{
 		verdict->error = pstrdup("an after hook returns {shadow_attributes: {...}} or nothing");
 		return false;
 	}
 	if (attributes)
 	{
-		op->shadow_attributes = print_json(op, attributes);
+		op->shadow_attributes = member_text(op, attributes);
 		verdict->outcome = "shadow_attributes";
 	}
 	return true;
 }
 
 static bool
-apply_on_error(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
+apply_on_error(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 {
 	static const char *const keys[] = {"retry", NULL};
-	const cJSON *retry = cJSON_GetObjectItemCaseSensitive(answer, "retry");
+	const SandboxValue *retry = member(call, "retry");
 
-	if (!only_keys(answer, keys) || (retry && !cJSON_IsBool(retry)))
+	if (!only_members(call, keys) || (retry && retry->kind != SANDBOX_VALUE_BOOLEAN))
 	{
 		verdict->error = pstrdup("an on_error hook returns {retry: false} or nothing");
 		return false;
 	}
-	if (cJSON_IsFalse(retry) && op->outcome.kind != OUTCOME_DEAD)
+	if (retry && !retry->boolean && op->outcome.kind != OUTCOME_DEAD)
 	{
 		op->outcome.kind = OUTCOME_DEAD;
 		op->outcome.error =
@@ -244,34 +276,29 @@ apply_on_error(WorkOp *op, const cJSON *answer, HookVerdict *verdict)
 	return true;
 }
 
-/* Returns false when the answer is not acceptable (verdict->error set). */
+/*
+ * Returns false when the answer is not acceptable (verdict->error set).
+ * The sandbox split an object into its members; anything else comes as
+ * JSON text.
+ */
 static bool
-apply_answer(WorkOp *op, HookPhase phase, const char *result, HookVerdict *verdict)
+apply_answer(WorkOp *op, HookPhase phase, const SandboxCall *call, HookVerdict *verdict)
 {
-	cJSON	   *answer;
-	bool		ok;
+	const char *result = call->result;
 
-	if (result == NULL)
+	if (result == NULL || strcmp(result, "null") == 0)
 		return true;
-	answer = cJSON_Parse(result);
-	if (answer == NULL || cJSON_IsNull(answer))
-		ok = answer != NULL;
-	else if (!cJSON_IsObject(answer))
+	if (strcmp(result, "{}") != 0)
 	{
 		verdict->error = psprintf("the hook returned %s, not an object", result[0] == '"' ? "a string" :
 								  result[0] == '[' ? "an array" : "a scalar");
-		ok = false;
+		return false;
 	}
-	else if (phase == HOOK_BEFORE)
-		ok = apply_before(op, answer, verdict);
-	else if (phase == HOOK_AFTER)
-		ok = apply_after(op, answer, verdict);
-	else
-		ok = apply_on_error(op, answer, verdict);
-	cJSON_Delete(answer);
-	if (!ok && verdict->error == NULL)
-		verdict->error = pstrdup("the hook's result could not be read");
-	return ok;
+	if (phase == HOOK_BEFORE)
+		return apply_before(op, call, verdict);
+	if (phase == HOOK_AFTER)
+		return apply_after(op, call, verdict);
+	return apply_on_error(op, call, verdict);
 }
 
 /*
@@ -311,9 +338,14 @@ run_hook(WorkOp *op, const Hook *hook)
 	HookVerdict verdict = {"unchanged", NULL};
 	OutcomeKind before = op->outcome.kind;
 
+	HookContext context;
+
+	build_context(&context, op, hook->phase);
 	call.cache_key = hook->cache_key;
 	call.script = hook->script;
-	call.context = build_context(op, hook->phase);
+	call.fields = context.fields;
+	call.nfields = context.nfields;
+	call.split_result = true;
 	call.timeout_ms = hook->timeout_ms;
 	call.memory_kb = hook->memory_kb;
 	sandbox_run(&call);
@@ -326,7 +358,7 @@ run_hook(WorkOp *op, const Hook *hook)
 		op->hook_verdict = true;
 		return false;
 	}
-	if (call.status != SANDBOX_OK || !apply_answer(op, hook->phase, call.result, &verdict))
+	if (call.status != SANDBOX_OK || !apply_answer(op, hook->phase, &call, &verdict))
 		hook_failed(op, hook, &call, &verdict);
 	log_run(op, hook, &call, &verdict);
 	return op->outcome.kind == before || op->outcome.kind == OUTCOME_NONE;

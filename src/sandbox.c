@@ -447,6 +447,106 @@ push_program(duk_context *ctx, CallState *state)
 	duk_pop(ctx);
 }
 
+/* ctx from SandboxCall.fields: an object, JSON-valued members parsed. */
+static void
+push_fields(duk_context *ctx, const SandboxValue *fields, int nfields)
+{
+	duk_push_object(ctx);
+	for (int i = 0; i < nfields; i++)
+	{
+		const SandboxValue *field = &fields[i];
+
+		switch (field->kind)
+		{
+			case SANDBOX_VALUE_STRING:
+				duk_push_string(ctx, field->text);
+				break;
+			case SANDBOX_VALUE_NUMBER:
+				duk_push_number(ctx, field->number);
+				break;
+			case SANDBOX_VALUE_BOOLEAN:
+				duk_push_boolean(ctx, field->boolean);
+				break;
+			case SANDBOX_VALUE_JSON:
+				duk_push_string(ctx, field->text);
+				duk_json_decode(ctx, -1);
+				break;
+			case SANDBOX_VALUE_FIELDS:
+				push_fields(ctx, field->fields, field->nfields);
+				break;
+			default:
+				duk_push_null(ctx);
+				break;
+		}
+		duk_put_prop_string(ctx, -2, field->name);
+	}
+}
+
+static bool
+is_plain_object(duk_context *ctx, duk_idx_t idx)
+{
+	return duk_is_object(ctx, idx) && !duk_is_array(ctx, idx) && !duk_is_function(ctx, idx);
+}
+
+/*
+ * Replace the object on top of the stack by a flat array of its members,
+ * as JSON.stringify would see them (undefined and functions left out):
+ * name, kind, value; objects and arrays encoded as JSON text.  At most
+ * SANDBOX_MAX_MEMBERS, and a last null entry when there were more.
+ */
+static void
+split_members(duk_context *ctx, CallState *state)
+{
+	duk_idx_t	object = duk_get_top_index(ctx);
+	duk_uarridx_t n = 0;
+	int			members = 0;
+
+	duk_push_array(ctx);
+	duk_enum(ctx, object, DUK_ENUM_OWN_PROPERTIES_ONLY);
+	while (duk_next(ctx, -1, 1))
+	{
+		SandboxValueKind kind;
+
+		if (duk_is_undefined(ctx, -1) || duk_is_function(ctx, -1))
+		{
+			duk_pop_2(ctx);
+			continue;
+		}
+		if (members == SANDBOX_MAX_MEMBERS)
+		{
+			duk_pop_2(ctx);
+			duk_push_null(ctx);
+			duk_put_prop_index(ctx, -3, n++);
+			break;
+		}
+		if (duk_is_null(ctx, -1))
+			kind = SANDBOX_VALUE_NULL;
+		else if (duk_is_string(ctx, -1))
+			kind = SANDBOX_VALUE_STRING;
+		else if (duk_is_number(ctx, -1))
+			kind = SANDBOX_VALUE_NUMBER;
+		else if (duk_is_boolean(ctx, -1))
+			kind = SANDBOX_VALUE_BOOLEAN;
+		else if (duk_is_object(ctx, -1))
+		{
+			/* toJSON may answer undefined: then it is no JSON */
+			duk_json_encode(ctx, -1);
+			kind = duk_is_string(ctx, -1) ? SANDBOX_VALUE_JSON : SANDBOX_VALUE_OTHER;
+		}
+		else
+			kind = SANDBOX_VALUE_OTHER;
+		duk_dup(ctx, -2);
+		duk_put_prop_index(ctx, -5, n++);
+		duk_push_int(ctx, kind);
+		duk_put_prop_index(ctx, -5, n++);
+		duk_put_prop_index(ctx, -4, n++);
+		duk_pop(ctx);
+		members++;
+	}
+	duk_pop(ctx);
+	duk_replace(ctx, object);
+}
+
 /*
  * The protected body: compile (or find) the program, run its top level,
  * call hook(ctx) and leave the JSON text of its result (or undefined).
@@ -465,18 +565,25 @@ call_body(duk_context *ctx, void *udata)
 		state->no_hook = true;
 		return duk_error(ctx, DUK_ERR_TYPE_ERROR, "the script does not define function hook(ctx)");
 	}
-	if (call->context == NULL)
+	if (call->context == NULL && call->fields == NULL)
 	{
 		duk_push_undefined(ctx);
 		return 1;
 	}
 	state->stage = STAGE_CONTEXT;
-	duk_push_string(ctx, call->context);
-	duk_json_decode(ctx, -1);
+	if (call->fields != NULL)
+		push_fields(ctx, call->fields, call->nfields);
+	else
+	{
+		duk_push_string(ctx, call->context);
+		duk_json_decode(ctx, -1);
+	}
 	state->stage = STAGE_HOOK;
 	duk_call(ctx, 1);
 	state->stage = STAGE_RESULT;
-	if (!duk_is_undefined(ctx, -1))
+	if (call->split_result && is_plain_object(ctx, -1))
+		split_members(ctx, state);
+	else if (!duk_is_undefined(ctx, -1))
 		duk_json_encode(ctx, -1);
 	return 1;
 }
@@ -588,12 +695,90 @@ describe_error(duk_context *ctx, CallState *state)
 		call->status = SANDBOX_THREW;
 }
 
+static const char unpaired_surrogate[] =
+"the result contains a lone UTF-16 surrogate (such as \"\\ud800\"), which is not text";
+
+/*
+ * Copy the members split_members() left on top of the stack into
+ * call->members.  Only allocations that cannot throw: duktape is still
+ * entered (though no JavaScript runs).
+ */
+static void
+copy_members(duk_context *ctx, SandboxCall *call)
+{
+	duk_idx_t	array = duk_get_top_index(ctx);
+	duk_size_t	entries = duk_get_length(ctx, array);
+	size_t		total = 0;
+
+	call->nmembers = 0;
+	call->more_members = false;
+	call->result = copy_bytes_no_oom(CurrentMemoryContext, "{}", 2);
+	if (call->result == NULL)
+	{
+		call->status = SANDBOX_MEMORY;
+		return;
+	}
+	for (duk_size_t i = 0; i < entries; i += 3)
+	{
+		SandboxValue *member = &call->members[call->nmembers];
+		const char *name;
+		const char *text = NULL;
+		char	   *copy;
+		duk_size_t	name_len;
+		duk_size_t	len = 0;
+
+		member->text = NULL;
+		duk_get_prop_index(ctx, array, i);
+		name = duk_get_lstring(ctx, -1, &name_len);
+		if (name == NULL)
+		{
+			duk_pop(ctx);
+			call->more_members = true;
+			break;
+		}
+		duk_get_prop_index(ctx, array, i + 1);
+		member->kind = (SandboxValueKind) duk_get_int(ctx, -1);
+		duk_get_prop_index(ctx, array, i + 2);
+		if (member->kind == SANDBOX_VALUE_NUMBER)
+			member->number = duk_get_number(ctx, -1);
+		else if (member->kind == SANDBOX_VALUE_BOOLEAN)
+			member->boolean = duk_get_boolean(ctx, -1);
+		else if (member->kind == SANDBOX_VALUE_STRING || member->kind == SANDBOX_VALUE_JSON)
+			text = duk_get_lstring(ctx, -1, &len);
+		total += name_len + len;
+		if (total > SANDBOX_MAX_RESULT)
+		{
+			call->status = SANDBOX_TOO_LARGE;
+			call->nmembers = 0;
+			return;
+		}
+		copy = copy_bytes_no_oom(CurrentMemoryContext, name, name_len);
+		if (copy == NULL || (text != NULL &&
+							 (member->text = copy_bytes_no_oom(CurrentMemoryContext, text, len)) == NULL))
+		{
+			call->status = SANDBOX_MEMORY;
+			call->nmembers = 0;
+			return;
+		}
+		make_valid_utf8(copy);
+		member->name = copy;
+		if (text != NULL && cesu_to_utf8((char *) member->text, len, false) < 0)
+		{
+			call->status = SANDBOX_THREW;
+			call->error = copy_bytes_no_oom(CurrentMemoryContext, unpaired_surrogate, strlen(unpaired_surrogate));
+			call->result = NULL;
+			call->nmembers = 0;
+			return;
+		}
+		duk_pop_3(ctx);
+		call->nmembers++;
+	}
+}
+
 /* Inside the fatal boundary: everything that touches duktape. */
 static void
 run_in_heap(CallState *state, uint64 refused_before)
 {
-	static const char unpaired[] =
-		"the result contains a lone UTF-16 surrogate (such as \"\\ud800\"), which is not text";
 	SandboxCall *call = state->call;
 	duk_context *ctx = heap.ctx;
 	duk_int_t	rc;
@@ -609,7 +794,9 @@ run_in_heap(CallState *state, uint64 refused_before)
 	xprov_js_clear_deadline();
 	call->duration_us = xprov_js_now_us() - start;
 
-	if (rc == DUK_EXEC_SUCCESS)
+	if (rc == DUK_EXEC_SUCCESS && duk_is_array(ctx, -1))
+		copy_members(ctx, call);
+	else if (rc == DUK_EXEC_SUCCESS)
 	{
 		const char *text;
 		duk_size_t	len;
@@ -625,7 +812,7 @@ run_in_heap(CallState *state, uint64 refused_before)
 		{
 			call->result = NULL;
 			call->status = SANDBOX_THREW;
-			call->error = copy_bytes_no_oom(CurrentMemoryContext, unpaired, strlen(unpaired));
+			call->error = copy_bytes_no_oom(CurrentMemoryContext, unpaired_surrogate, strlen(unpaired_surrogate));
 		}
 	}
 	else if (trip == XPROV_JS_TRIP_CANCEL)
@@ -678,6 +865,8 @@ sandbox_run(SandboxCall *call)
 	call->result = NULL;
 	call->error = NULL;
 	call->duration_us = 0;
+	call->nmembers = 0;
+	call->more_members = false;
 	state.call = call;
 	state.key = call->cache_key ? call->cache_key : call->script;
 	state.key_len = strlen(state.key);

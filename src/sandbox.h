@@ -46,22 +46,63 @@ typedef enum SandboxStatus
 	SANDBOX_FATAL				/* duktape itself failed; heap rebuilt */
 } SandboxStatus;
 
+/*
+ * A value in a ctx built field by field (SandboxCall.fields), or a member
+ * of an object a hook returned (SandboxCall.members).  Texts are UTF-8.
+ * Building ctx this way skips most of the JSON parsing a text ctx costs:
+ * only JSON-valued fields (attributes, the shadow) are parsed.
+ */
+typedef enum SandboxValueKind
+{
+	SANDBOX_VALUE_NULL,
+	SANDBOX_VALUE_STRING,		/* text: the string */
+	SANDBOX_VALUE_NUMBER,		/* number */
+	SANDBOX_VALUE_BOOLEAN,		/* boolean */
+	SANDBOX_VALUE_JSON,			/* text: JSON (an object, an array) */
+	SANDBOX_VALUE_FIELDS,		/* fields/nfields: a nested object (in only) */
+	SANDBOX_VALUE_OTHER			/* a member that is none of these (out only) */
+} SandboxValueKind;
+
+typedef struct SandboxValue
+{
+	const char *name;
+	SandboxValueKind kind;
+	const char *text;
+	double		number;
+	bool		boolean;
+	const struct SandboxValue *fields;
+	int			nfields;
+} SandboxValue;
+
+/* Members of a returned object reported in SandboxCall.members, at most. */
+#define SANDBOX_MAX_MEMBERS 8
+
 typedef struct SandboxCall
 {
 	/* in */
 	const char *cache_key;		/* compiled program cached under this key;
 								 * NULL: the script text is the key */
 	const char *script;
-	const char *context;		/* JSON text passed as ctx; NULL: only check
-								 * that the script defines hook() */
+	const char *context;		/* JSON text passed as ctx; NULL (and no
+								 * fields): only check that the script
+								 * defines hook() */
+	const SandboxValue *fields; /* instead of context: ctx's members */
+	int			nfields;
+	bool		split_result;	/* report a returned object member by member
+								 * (members) rather than as one JSON text */
 	int			timeout_ms;
 	int			memory_kb;
 
 	/* out */
 	SandboxStatus status;
-	char	   *result;			/* JSON text, NULL if hook returned nothing */
+	char	   *result;			/* JSON text, NULL if hook returned nothing;
+								 * split_result: "{}" for an object */
 	char	   *error;			/* when status != SANDBOX_OK */
 	int64		duration_us;
+	SandboxValue members[SANDBOX_MAX_MEMBERS];	/* split_result: JSON values
+												 * as text */
+	int			nmembers;
+	bool		more_members;	/* the object had more than these */
 } SandboxCall;
 
 extern void sandbox_run(SandboxCall *call);

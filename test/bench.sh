@@ -32,7 +32,7 @@
 #      (skipped while xprov has no HTTP engine)
 # Part "hooks" (JavaScript hooks):
 #  10. us per sandbox call: small transform and a   vs  an empty hook(ctx) on the same ctx
-#      25-line SCIM mapping (cached, JSON in/out)
+#      25-line SCIM mapping (cached, the worker's ctx)
 #  11. noop drain with one before hook              vs  the same drain without it (same run)
 #  12. hostile hooks: time to stop vs the deadline
 # Part "correlation":
@@ -72,7 +72,8 @@
 #   BENCH_LAT_RATE (5000 ops/s offered)  BENCH_LAT_BATCH (10 ops per producer transaction)
 #   BENCH_LAT_SECS (20)  BENCH_HTTP_OPS (20000)  BENCH_HTTP_IN_FLIGHT (64)
 #   BENCH_NGINX_PORT (18434)  BENCH_PERF (0: 1 records a perf profile of the worker during the
-#   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data;
+#   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data
+#   (any other value: the first 1-worker drain whose label contains it, e.g. BENCH_PERF=hook);
 #   and of the reconciler during the first reconciliation run, its listing and the rest apart:
 #   /tmp/xprov-bench-recon-{listing,diff}.perf.data)
 #   XPROV_KEEP_CLUSTER (0: 1 keeps the cluster directory, see test/lib/cluster.sh)
@@ -661,7 +662,8 @@ worker_drain() {
     [ "$pinned" = 1 ] && start_pin
     poll_open "$WORKER_DB"
     poll_q "SELECT coalesce(sum(operations_done), 0) FROM xprov.worker_status()"; done0=$POLL_OUT
-    if [ "$PERF" = 1 ] && [ "${PERF_DONE:-0}" = 0 ] && [ "$n" = 1 ] && command -v perf >/dev/null; then
+    if [ "$PERF" != 0 ] && [ "${PERF_DONE:-0}" = 0 ] && [ "$n" = 1 ] && command -v perf >/dev/null \
+       && { [ "$PERF" = 1 ] || [[ $label == *"$PERF"* ]]; }; then
         local wpid
         wpid=$(q "SELECT pid FROM xprov.worker_status() LIMIT 1")
         perf record -q -g -p "$wpid" -o "$work/perf.data" -- sleep 5 >"$work/perf.log" 2>&1 &
@@ -1441,8 +1443,8 @@ fi # http
 # ---- 10-12. JavaScript hooks
 if has_part hooks; then
 part_t0=$SECONDS
-say "10. sandbox cost per hook call (xprov._sandbox_bench: the worker's path, a cached compiled hook, JSON ctx in,"
-say "    JSON result out, $HOOK_CALLS calls, best of 3); baseline = an empty hook(ctx) on the same ctx"
+say "10. sandbox cost per hook call (xprov._sandbox_bench: the worker's path, a cached compiled hook, the worker's"
+say "    whole ctx in, the result out, $HOOK_CALLS calls, best of 3); baseline = an empty hook(ctx) on the same ctx"
 qpg "DROP DATABASE IF EXISTS $HOOK_FN_DB" >/dev/null 2>&1
 qpg "CREATE DATABASE $HOOK_FN_DB" || die "CREATE DATABASE $HOOK_FN_DB failed"
 DB=$HOOK_FN_DB
@@ -1480,7 +1482,16 @@ function hook(ctx) {
   return { attributes: out };
 }\$js\$, '{\"attributes\": {\"employee_id\": 48213, \"first_name\": \" Ada \", \"last_name\": \"Lovelace\", \"preferred_name\": \"Ada L.\", \"work_email\": \"Ada.Lovelace@Example.com\", \"home_email\": \"ada@home.example\", \"phone\": \"+44 (20) 7946-0958\", \"job_title\": \"Analyst\", \"status\": \"active\", \"country\": \"DE\", \"department\": \"Engines\", \"cost_center\": \"CC-1843\", \"manager_id\": 1815, \"start_date\": \"2026-03-01\", \"roles\": [\"analyst\", \"writer\"]}}'),
    ('empty', 'function hook(ctx) { }', NULL);
-   UPDATE bench_hook SET ctx = (SELECT ctx FROM bench_hook WHERE name = 'small') WHERE name = 'empty';" \
+   UPDATE bench_hook SET ctx = (SELECT ctx FROM bench_hook WHERE name = 'small') WHERE name = 'empty';
+   -- the whole ctx the worker passes (its envelope around the attributes); the small transform
+   -- gets the attributes of the drain's operations (part 11)
+   UPDATE bench_hook SET ctx = jsonb_build_object(
+            'operation_id', '5f0c3a52-9d7e-4c1b-8a55-0d2f3f6b9e11', 'tenant_id', '$TENANT',
+            'connector_id', '0b7d2c8e-4f61-4a3e-9c2d-7e5a1b9f0c33', 'operation_type', 'update',
+            'object_class', 'User',
+            'attributes', CASE WHEN name = 'mapping' THEN ctx->'attributes' ELSE $(attrs_sql 4711) END,
+            'identity_id', '6a1e9b3c-2d4f-4e8a-b7c1-5f3d9e2a0b44', 'target_uid', NULL, 'attempt', 1,
+            'shadow', NULL);" \
     || die "creating bench_hook failed"
 hook_us() {  # hook_us NAME: best of 3 of the µs per call
     local best='' v_ _

@@ -136,6 +136,9 @@ SELECT xprov.add_connector(:'tm', name, 'noop', NULL)
   FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe',
 					'h_loop', 'h_finally', 'h_catch', 'h_memory', 'h_regex', 'h_recursion',
 					'h_escape', 'h_pollute', 'h_big']) name;
+SELECT xprov.add_connector(:'tm', 'shape_' || n, 'noop', NULL) FROM generate_series(1, 12) n;
+SELECT xprov.add_connector(:'tm', 'scim_shape', 'scim2', :'scim', '{"timeout_ms": 2000}');
+SELECT xprov.add_connector(:'tm', 'h_getter', 'noop', NULL);
 SELECT xprov.add_connector(:'ts', 'scope_1', 'noop', NULL);
 SELECT xprov.add_connector(:'ts', 'scope_2', 'noop', NULL);
 SELECT xprov.add_connector(:'to', 'other_1', 'noop', NULL);
@@ -290,13 +293,39 @@ function hook(ctx) {
 }
 $js$);
 
+-- answers: what a before hook may return, and what it may not (one connector each)
+SELECT named_hook('shape_' || n, :'tm', 'shape_' || n, 'user', 'before', 'function hook(ctx) { ' || body || ' }')
+  FROM (VALUES (1, 'return null;'),
+			   (2, 'return [1, 2];'),
+			   (3, 'return "attributes";'),
+			   (4, 'return 42;'),
+			   (5, 'return { attributes: [1, 2] };'),
+			   (6, 'return { skip: "yes" };'),
+			   (7, 'return { attributes: {}, extra: 1 };'),
+			   (8, 'return { a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, attributes: {} };'),
+			   (9, 'return { skip: true };'),
+			   (10, 'return { skip: false, attributes: { x: 1 } };'),
+			   (11, 'return { attributes: { x: 1 }, skip: undefined, reason: function () {} };'),
+			   (12, 'return { skip: true, reason: "" };')) v(n, body);
+SELECT named_hook('scim_shape', :'tm', 'scim_shape', 'user', 'before', $js$
+function hook(ctx) {
+	var a = ctx.attributes;
+	return { attributes: { userName: a.userName + '.\u00e9\ud83d\ude00', nick: a.nick,
+						   gone: undefined, fn: function () {},
+						   nested: { list: [1, 'two', null, { three: true }], n: -1.5 } } };
+}
+$js$);
+SELECT named_hook('h_getter', :'tm', 'h_getter', 'user', 'before',
+	'function hook(ctx) { return { attributes: { get x() { while (true) {} } } }; }',
+	'{"timeout_ms": 100}');
+
 -- slow, for the kill -9
 SELECT named_hook('slow', :'tm', 'noop_kill', 'user', 'before',
 	'function hook(ctx) { while (true) {} }', '{"timeout_ms": 3000}');
 
 SELECT named_hook('probe', :'tm', 'noop_probe', 'user', 'before', 'function hook(ctx) { }');
 SQL
-check "28 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 28
+check "42 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 42
 
 # Hooks defined last are in force once a probe operation shows the probe hook.
 probe=""
@@ -454,6 +483,43 @@ check "noop with a before hook: a skip" "$(wait_status "$n2" skipped 10)" skippe
 check "noop: the skip's reason is recorded" \
 	"$(q "SELECT last_error LIKE '%contractor (noop)%' FROM xprov.operations WHERE id = '$n2'")" t
 
+# --- answers a before hook may and may not give --------------------------------
+# shape OP_NUMBER WANT_STATUS [ERROR_REGEX]
+shape()
+{
+	local n=$1 want=$2 error=${3:-} op
+
+	op=$(enq "$TM" "shape_$n" create user '{"title": "Shape"}' "shape$n")
+	check "shape $n: $want" "$(wait_status "$op" "$want" 10)" "$want"
+	if [ -n "$error" ]; then
+		check "shape $n: the error says /$error/" \
+			"$(q "SELECT coalesce(last_error ~ '$error', false) FROM xprov.operations WHERE id = '$op'")" t
+	fi
+}
+shape 1 completed
+shape 2 dead_letter 'returned an array, not an object'
+shape 3 dead_letter 'returned a string, not an object'
+shape 4 dead_letter 'returned a scalar, not an object'
+shape 5 dead_letter 'a before hook returns \{attributes'
+shape 6 dead_letter 'a before hook returns \{attributes'
+shape 7 dead_letter 'a before hook returns \{attributes'
+shape 8 dead_letter 'a before hook returns \{attributes'
+shape 9 skipped 'skipped by a before hook'
+shape 10 completed
+shape 11 completed
+shape 12 skipped 'skipped by a before hook'
+check "shape: the history names the outcomes" \
+	"$(for n in 1 5 9 10; do hooks_of "$(q "SELECT id FROM xprov.operations WHERE identity_id = md5('shape$n')::uuid")"; done | tr '\n' ' ')" \
+	"shape_1/before/v1/unchanged shape_5/before/v1/failed shape_9/before/v1/skip shape_10/before/v1/attributes "
+sh=$(enq "$TM" scim_shape create user '{"userName": "shape.utf", "nick": "Ünïcödé"}' shape-utf)
+check "shape: attributes with non-ASCII text and nesting complete" "$(wait_status "$sh" completed 10)" completed
+check "shape: the target got the text intact (a character outside the BMP too)" \
+	"$(target_user "shape.utf.é😀" userName nick)" "userName=shape.utf.é😀 nick=Ünïcödé"
+check "shape: undefined and functions are left out, nested values kept" \
+	"$(q "SELECT (attributes ? 'gone') || ' ' || (attributes ? 'fn') || ' ' || (attributes->'nested')::text
+		FROM xprov.accounts WHERE identity_id = md5('shape-utf')::uuid")" \
+	'false false {"n": -1.5, "list": [1, "two", null, {"three": true}]}'
+
 # --- update_hook -----------------------------------------------------------------
 u=$(enq "$TM" noop_update create user '{}' upd0)
 wait_status "$u" completed 10 >/dev/null
@@ -508,6 +574,7 @@ hostile h_recursion 'RangeError|limit'
 hostile h_escape 'Error'
 hostile h_pollute 'TypeError'
 hostile h_big 'too large|larger than'
+hostile h_getter 'time limit'
 check "no server process crashed or was restarted" "$(crashes)" "$crashes0"
 check "the worker is still the same" "$(worker_pid)" "$pid0"
 
