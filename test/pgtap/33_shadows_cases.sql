@@ -10,7 +10,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(109);
+SELECT plan(115);
 \ir common.psql
 SELECT pg_temp.isolate();
 
@@ -340,6 +340,16 @@ SELECT is(jsonb_strip_nulls(xprov._merge_expected('{"a": 1, "b": 2, "name": {"g"
 SELECT is(xprov._merge_expected('{"emails": [{"value": "a"}], "x": "s"}', '{"emails": [{"value": "b"}], "x": {"o": 1}}'),
           '{"emails": [{"value": "b"}], "x": {"o": 1}}'::jsonb, 'arrays and values of another type are replaced');
 SELECT is(xprov._merge_expected('{"a": 1}', '{}'), '{"a": 1}'::jsonb, 'no change, nothing changes');
+SELECT is(xprov._merge_expected('{"a": {"x": 1}}', NULL), '{"a": {"x": 1}}'::jsonb, 'NULL changes change nothing');
+SELECT is(xprov._merge_expected(NULL, '{"a": 1}'), NULL, 'nothing expected stays NULL (as expected || changes)');
+SELECT is(xprov._merge_expected('{}', '{"n": {"g": 1}, "a": [1]}'), '{"a": [1], "n": {"g": 1}}'::jsonb,
+          'into nothing expected: the changes');
+SELECT is(xprov._merge_expected('{"a": 1, "a2": {"k": 1}}', '{"a2": {"k": 2, "j": {"deep": true}}, "a": 3}'),
+          '{"a": 3, "a2": {"j": {"deep": true}, "k": 2}}'::jsonb, 'one level merged, deeper replaced, the later value wins');
+SELECT throws_ok($$SELECT xprov._merge_expected('[1]', '{}')$$, '22023', 'expected must be a JSON object',
+                 'expected that is not an object is refused');
+SELECT throws_ok($$SELECT xprov._merge_expected('{}', '"x"')$$, '22023', 'changes must be a JSON object',
+                 'changes that are not an object are refused');
 
 SELECT * FROM finish();
 ROLLBACK;
