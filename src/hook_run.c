@@ -40,21 +40,6 @@ typedef struct HookContext
 	int			nfields;
 } HookContext;
 
-static void
-format_uuid(char *out, const pg_uuid_t *uuid)
-{
-	static const char hex[] = "0123456789abcdef";
-
-	for (int i = 0; i < UUID_LEN; i++)
-	{
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			*out++ = '-';
-		*out++ = hex[uuid->data[i] >> 4];
-		*out++ = hex[uuid->data[i] & 0x0F];
-	}
-	*out = '\0';
-}
-
 /* The sandbox's UTF-8 (no copy when the server's encoding is UTF-8). */
 static const char *
 to_utf8(const char *text)
@@ -90,8 +75,8 @@ build_context(HookContext *hc, const WorkOp *op, HookPhase phase)
 	const char *target_uid = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
 	int			n = 0;
 
-	format_uuid(hc->tenant_id, &op->tenant_id);
-	format_uuid(hc->connector_id, &op->connector_id);
+	uuid_to_text(hc->tenant_id, &op->tenant_id);
+	uuid_to_text(hc->connector_id, &op->connector_id);
 	set_text(&f[n++], "operation_id", SANDBOX_VALUE_STRING, op->id_text);
 	set_text(&f[n++], "tenant_id", SANDBOX_VALUE_STRING, hc->tenant_id);
 	set_text(&f[n++], "connector_id", SANDBOX_VALUE_STRING, hc->connector_id);

@@ -20,6 +20,22 @@ struct HttpRequest;
 
 #define UUID_TEXT_LEN 37		/* 36 characters and the terminator */
 
+/* uuid_out's text, without a function call and an allocation per uuid. */
+static inline void
+uuid_to_text(char *out, const pg_uuid_t *uuid)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (int i = 0; i < UUID_LEN; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*out++ = '-';
+		*out++ = hex[uuid->data[i] >> 4];
+		*out++ = hex[uuid->data[i] & 0x0F];
+	}
+	*out = '\0';
+}
+
 typedef enum OpType
 {
 	OP_CREATE,

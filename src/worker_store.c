@@ -383,14 +383,6 @@ op_type_from_text(const char *type)
 	return OP_DISABLE;
 }
 
-static char *
-copy_text_column(HeapTuple tuple, TupleDesc desc, int col)
-{
-	char	   *value = SPI_getvalue(tuple, desc, col);
-
-	return value ? pstrdup(value) : NULL;
-}
-
 /* A claimed row as a WorkOp in a context of its own. */
 static WorkOp *
 make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
@@ -403,18 +395,19 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	bool		isnull;
 	Datum		value;
 
+	/* SPI_getvalue's text is allocated here, in the op's context */
 	op->cxt = cxt;
 	memcpy(&op->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
-	strlcpy(op->id_text, SPI_getvalue(tuple, desc, QOP_ID), sizeof(op->id_text));
+	uuid_to_text(op->id_text, &op->id);
 	memcpy(&op->connector_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)),
 		   UUID_LEN);
 	memcpy(&op->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
 		   UUID_LEN);
-	op->identity_id = copy_text_column(tuple, desc, QOP_IDENTITY_ID);
-	op->target_uid = copy_text_column(tuple, desc, QOP_TARGET_UID);
+	op->identity_id = SPI_getvalue(tuple, desc, QOP_IDENTITY_ID);
+	op->target_uid = SPI_getvalue(tuple, desc, QOP_TARGET_UID);
 	op->type = op_type_from_text(SPI_getvalue(tuple, desc, QOP_OPERATION_TYPE));
-	op->object_class = copy_text_column(tuple, desc, QOP_OBJECT_CLASS);
-	op->attributes = copy_text_column(tuple, desc, QOP_ATTRIBUTES);
+	op->object_class = SPI_getvalue(tuple, desc, QOP_OBJECT_CLASS);
+	op->attributes = SPI_getvalue(tuple, desc, QOP_ATTRIBUTES);
 	value = SPI_getbinval(tuple, desc, QOP_RETRY_COUNT, &isnull);
 	op->attempt = (isnull ? 0 : DatumGetInt32(value)) + 1;
 	op->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
