@@ -22,6 +22,7 @@
 #include "utils/rel.h"
 #include "utils/uuid.h"
 
+#include "spi_util.h"
 #include "tenant_guard.h"
 #include "xprov.h"
 
@@ -127,6 +128,10 @@ parse_tenant(const char *text, pg_uuid_t *tenant)
  * bound to tenants may act for those only); the setting alone is read
  * first, since without one there is nothing to ask.
  */
+static SavedPlan session_tenant = {
+	.sql = "SELECT xprov._session_tenant()",
+};
+
 bool
 tenant_guard_session_tenant(pg_uuid_t *tenant)
 {
@@ -135,7 +140,7 @@ tenant_guard_session_tenant(pg_uuid_t *tenant)
 	if (!parse_tenant(xprov_tenant_id, tenant))
 		return false;
 	SPI_connect();
-	if (SPI_execute("SELECT xprov._session_tenant()", true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	if (saved_plan_execute(&session_tenant, NULL, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

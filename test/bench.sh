@@ -8,6 +8,8 @@
 #
 # Part "queue" (the SQL API, external processors):
 #   1. enqueue, 1 op per transaction, 4 clients   vs  a plain INSERT of a similar row
+#  1b. the same, 1 client, as an xprov_app role    vs  as a superuser (no tenant checks), both with
+#      (synchronous_commit off)                        synchronous_commit off
 #   2. enqueue_batch, 1,000 ops per call          vs  INSERT ... SELECT FROM jsonb_to_recordset
 #                                                     of the same prebuilt JSON (and vs
 #                                                     generate_series, with no JSON at all)
@@ -1170,6 +1172,27 @@ E1B=$(scale "$E1B" 1)
 say "    xprov.enqueue $(fmt_rate "$E1") ops/s, raw INSERT $(fmt_rate "$E1B") ops/s"
 ge "$E1" 10000 && v=PASS || v=FAIL
 row "Enqueue, 1 op/txn, 4 clients" "$E1" "$E1B" "$(ratio "$E1" "$E1B")" ">= 10,000/s" "$v"
+
+# ---- 1b. what an application's role pays for the tenant checks (superuser skips them); without
+# the commit's flush, which would hide it
+say "1b. enqueue, 1 op/transaction, 1 client, synchronous_commit = off: an application role (xprov_app,"
+say "    xprov.tenant_id set) vs a superuser, alternating, best of $REPEAT"
+q "DROP ROLE IF EXISTS xprov_bench_app; CREATE ROLE xprov_bench_app LOGIN IN ROLE xprov_app;
+   ALTER ROLE xprov_bench_app SET xprov.tenant_id = '$TENANT'" >/dev/null || die "creating the application role failed"
+E1A=''; E1S=''
+for r_ in $(seq 1 "$REPEAT"); do
+    reset_xprov; settle
+    t=$(PGOPTIONS="-c synchronous_commit=off" pgb "$work/enq_app.log" -n -c 1 -T "$ENQ_SECS" -M prepared -U xprov_bench_app \
+            -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_xprov.sql")
+    E1A=$(max "$E1A" "$(scale "$t" 1)")
+    reset_xprov; settle
+    t=$(PGOPTIONS="-c synchronous_commit=off" pgb "$work/enq_su.log" -n -c 1 -T "$ENQ_SECS" -M prepared \
+            -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_xprov.sql")
+    E1S=$(max "$E1S" "$(scale "$t" 1)")
+done
+say "    xprov_app role $(fmt_rate "$E1A") ops/s, superuser $(fmt_rate "$E1S") ops/s"
+row "  as an application role (no flush)" "$E1A" "$E1S" "$(ratio "$E1A" "$E1S")" "info (vs superuser)" ""
+q "DROP ROLE xprov_bench_app" >/dev/null
 
 # ---- 2. enqueue, batched
 say "2. enqueue_batch, $BATCH ops/call, $DRAIN_OPS ops"
