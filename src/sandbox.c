@@ -70,6 +70,8 @@ typedef struct Heap
 	uint64		refused;		/* allocations refused by the limit */
 	size_t		base;			/* used right after the realm was built */
 	int			cached;			/* compiled programs in the cache */
+	void	   *object_prototype;	/* Object.prototype (frozen, lives as long
+									 * as the heap) */
 	Block	   *recycled[SMALL_CLASSES];	/* free small blocks, by class */
 	int			nrecycled[SMALL_CLASSES];
 } Heap;
@@ -337,6 +339,11 @@ build_realm(duk_context *ctx, void *udata)
 	duk_push_object(ctx);
 	duk_put_prop_string(ctx, -2, "cache");
 	duk_pop(ctx);
+
+	duk_get_global_literal(ctx, "Object");
+	duk_get_prop_literal(ctx, -1, "prototype");
+	heap.object_prototype = duk_get_heapptr(ctx, -1);
+	duk_pop_2(ctx);
 	return 0;
 }
 
@@ -489,6 +496,32 @@ is_plain_object(duk_context *ctx, duk_idx_t idx)
 }
 
 /*
+ * An object whose prototype is Object.prototype and that has no toJSON: its
+ * own members are what JSON.stringify would write.  Anything else (a Date,
+ * a boxed string, an object with toJSON or another prototype) may not be.
+ */
+static bool
+is_literal_object(duk_context *ctx, duk_idx_t idx)
+{
+	bool		literal;
+
+	idx = duk_normalize_index(ctx, idx);
+	duk_get_prototype(ctx, idx);
+	literal = duk_get_heapptr(ctx, -1) == heap.object_prototype;
+	duk_pop(ctx);
+	return literal && !duk_has_prop_literal(ctx, idx, "toJSON");
+}
+
+/* The value on top of the stack as JSON.parse(JSON.stringify(value)). */
+static void
+as_json_sees_it(duk_context *ctx)
+{
+	duk_json_encode(ctx, -1);
+	if (duk_is_string(ctx, -1))
+		duk_json_decode(ctx, -1);
+}
+
+/*
  * Replace the object on top of the stack by a flat array of its members,
  * as JSON.stringify would see them (undefined and functions left out):
  * name, kind, value; objects and arrays encoded as JSON text.  At most
@@ -581,6 +614,8 @@ call_body(duk_context *ctx, void *udata)
 	state->stage = STAGE_HOOK;
 	duk_call(ctx, 1);
 	state->stage = STAGE_RESULT;
+	if (call->split_result && is_plain_object(ctx, -1) && !is_literal_object(ctx, -1))
+		as_json_sees_it(ctx);
 	if (call->split_result && is_plain_object(ctx, -1))
 		split_members(ctx, state);
 	else if (!duk_is_undefined(ctx, -1))

@@ -136,7 +136,7 @@ SELECT xprov.add_connector(:'tm', name, 'noop', NULL)
   FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe',
 					'h_loop', 'h_finally', 'h_catch', 'h_memory', 'h_regex', 'h_recursion',
 					'h_escape', 'h_pollute', 'h_big']) name;
-SELECT xprov.add_connector(:'tm', 'shape_' || n, 'noop', NULL) FROM generate_series(1, 12) n;
+SELECT xprov.add_connector(:'tm', 'shape_' || n, 'noop', NULL) FROM generate_series(1, 15) n;
 SELECT xprov.add_connector(:'tm', 'scim_shape', 'scim2', :'scim', '{"timeout_ms": 2000}');
 SELECT xprov.add_connector(:'tm', 'h_getter', 'noop', NULL);
 SELECT xprov.add_connector(:'ts', 'scope_1', 'noop', NULL);
@@ -306,7 +306,10 @@ SELECT named_hook('shape_' || n, :'tm', 'shape_' || n, 'user', 'before', 'functi
 			   (9, 'return { skip: true };'),
 			   (10, 'return { skip: false, attributes: { x: 1 } };'),
 			   (11, 'return { attributes: { x: 1 }, skip: undefined, reason: function () {} };'),
-			   (12, 'return { skip: true, reason: "" };')) v(n, body);
+			   (12, 'return { skip: true, reason: "" };'),
+			   (13, 'return new Date(0);'),
+			   (14, 'return { toJSON: function () { return { skip: true, reason: "said toJSON" }; } };'),
+			   (15, 'var o = Object.create({ inherited: 1 }); o.attributes = { x: 2 }; return o;')) v(n, body);
 SELECT named_hook('scim_shape', :'tm', 'scim_shape', 'user', 'before', $js$
 function hook(ctx) {
 	var a = ctx.attributes;
@@ -325,7 +328,7 @@ SELECT named_hook('slow', :'tm', 'noop_kill', 'user', 'before',
 
 SELECT named_hook('probe', :'tm', 'noop_probe', 'user', 'before', 'function hook(ctx) { }');
 SQL
-check "42 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 42
+check "45 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 45
 
 # Hooks defined last are in force once a probe operation shows the probe hook.
 probe=""
@@ -508,9 +511,13 @@ shape 9 skipped 'skipped by a before hook'
 shape 10 completed
 shape 11 completed
 shape 12 skipped 'skipped by a before hook'
+# what JSON.stringify makes of them: a Date is a string, toJSON answers, inherited members are not written
+shape 13 dead_letter 'returned a string, not an object'
+shape 14 skipped 'said toJSON'
+shape 15 completed
 check "shape: the history names the outcomes" \
-	"$(for n in 1 5 9 10; do hooks_of "$(q "SELECT id FROM xprov.operations WHERE identity_id = md5('shape$n')::uuid")"; done | tr '\n' ' ')" \
-	"shape_1/before/v1/unchanged shape_5/before/v1/failed shape_9/before/v1/skip shape_10/before/v1/attributes "
+	"$(for n in 1 5 9 10 15; do hooks_of "$(q "SELECT id FROM xprov.operations WHERE identity_id = md5('shape$n')::uuid")"; done | tr '\n' ' ')" \
+	"shape_1/before/v1/unchanged shape_5/before/v1/failed shape_9/before/v1/skip shape_10/before/v1/attributes shape_15/before/v1/attributes "
 sh=$(enq "$TM" scim_shape create user '{"userName": "shape.utf", "nick": "Ünïcödé"}' shape-utf)
 check "shape: attributes with non-ASCII text and nesting complete" "$(wait_status "$sh" completed 10)" completed
 check "shape: the target got the text intact (a character outside the BMP too)" \
