@@ -90,31 +90,27 @@ CREATE VIEW xprov.tenant_bindings WITH (security_invoker = true) AS
 	SELECT b.role_name, b.tenant_id, b.created_at FROM xprov.tenant_binding b;
 
 -- The tenant in context, if the caller may act for it; else NULL.  Owner's
--- rights: the bindings are readable by xprov_admin only.  PL/pgSQL, so that
--- its query is planned once per session: every row-level security check,
--- and every enqueue of a tenant role, calls it; as a SQL function (never
--- inlined, for its SET) it was planned at each call, some 300 us.
+-- rights: the bindings are readable by xprov_admin only.  In C
+-- (src/tenant_guard.c), which keeps its last answer until bindings, roles
+-- or memberships change: every row-level security check and every enqueue
+-- of a tenant role asks.
 CREATE FUNCTION xprov._session_tenant()
 RETURNS uuid
-LANGUAGE plpgsql STABLE
+LANGUAGE c STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	tenant uuid := nullif(current_setting('xprov.tenant_id', true), '')::uuid;
-BEGIN
-	IF tenant IS NULL OR xprov._caller_is_admin() THEN
-		RETURN tenant;
-	END IF;
-	IF NOT EXISTS (SELECT 1 FROM xprov.tenant_binding b JOIN pg_roles r ON r.rolname = b.role_name
-					WHERE pg_has_role(xprov._caller(), r.oid, 'USAGE'))
-	   OR EXISTS (SELECT 1 FROM xprov.tenant_binding b JOIN pg_roles r ON r.rolname = b.role_name
-				   WHERE b.tenant_id = tenant AND pg_has_role(xprov._caller(), r.oid, 'USAGE')) THEN
-		RETURN tenant;
-	END IF;
-	RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'xprov_session_tenant';
+
+-- Every backend's kept answers are out of date once a change of bindings
+-- commits (and this backend's at once).
+CREATE FUNCTION xprov._tenant_bindings_changed()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'xprov_tenant_bindings_changed';
+
+CREATE TRIGGER bindings_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON xprov.tenant_binding
+	FOR EACH STATEMENT EXECUTE FUNCTION xprov._tenant_bindings_changed();
 
 CREATE FUNCTION xprov._require_context()
 RETURNS void

@@ -12,22 +12,30 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/uuid.h"
 
-#include "spi_util.h"
 #include "tenant_guard.h"
+#include "worker_shmem.h"
 #include "xprov.h"
 
 PG_FUNCTION_INFO_V1(xprov_caller);
 PG_FUNCTION_INFO_V1(xprov_caller_is_admin);
+PG_FUNCTION_INFO_V1(xprov_session_tenant);
+PG_FUNCTION_INFO_V1(xprov_tenant_bindings_changed);
 
 #define ADMIN_ROLE "xprov_admin"
 
@@ -63,18 +71,28 @@ extension_predates_tenants(void)
 	return predates;
 }
 
-bool
-tenant_guard_caller_is_admin(void)
+/* *predates: whether the answer came from a 0.1.0 database's rule */
+static bool
+role_is_admin(Oid caller, bool *predates)
 {
-	Oid			caller = GetOuterUserId();
 	Oid			admin;
 
+	*predates = false;
 	if (superuser_arg(caller))
 		return true;
 	admin = get_role_oid(ADMIN_ROLE, true);
 	if (OidIsValid(admin) && has_privs_of_role(caller, admin))
 		return true;
-	return extension_predates_tenants();
+	*predates = extension_predates_tenants();
+	return *predates;
+}
+
+bool
+tenant_guard_caller_is_admin(void)
+{
+	bool		predates;
+
+	return role_is_admin(GetOuterUserId(), &predates);
 }
 
 /*
@@ -128,31 +146,122 @@ parse_tenant(const char *text, pg_uuid_t *tenant)
  * bound to tenants may act for those only); the setting alone is read
  * first, since without one there is nothing to ask.
  */
-static SavedPlan session_tenant = {
-	.sql = "SELECT xprov._session_tenant()",
-};
+/*
+ * Whether a role may act for a tenant, by its bindings: it may if no
+ * binding names it (or a role it uses), or one names it for this tenant.
+ * With the owner's rights (the callers are SECURITY DEFINER), and with the
+ * latest snapshot, as privileges are: a binding committed before the call
+ * counts, whatever the calling statement's snapshot.
+ */
+static SPIPlanPtr bindings_plan = NULL;
+
+static bool
+bindings_allow(Oid caller, const pg_uuid_t *tenant)
+{
+	Datum		args[2];
+	bool		isnull;
+	int64		bindings;
+	int64		bindings_here;
+
+	if (bindings_plan == NULL)
+	{
+		Oid			argtypes[2] = {OIDOID, UUIDOID};
+		SPIPlanPtr	plan = SPI_prepare(
+									   "SELECT count(*), count(*) FILTER (WHERE b.tenant_id = $2) "
+									   "  FROM xprov.tenant_binding b "
+									   "  JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name "
+									   " WHERE pg_catalog.pg_has_role($1, r.oid, 'USAGE')",
+									   2, argtypes);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "xprov: could not prepare the tenant bindings query: %s",
+				 SPI_result_code_string(SPI_result));
+		bindings_plan = plan;
+	}
+	args[0] = ObjectIdGetDatum(caller);
+	args[1] = UUIDPGetDatum(tenant);
+	if (SPI_execute_snapshot(bindings_plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "xprov: the tenant bindings query failed");
+	bindings = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	bindings_here = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return bindings == 0 || bindings_here > 0;
+}
+
+/*
+ * The last answer, per backend.  Every enqueue of a tenant role and every
+ * row-level security check asks; the answer changes only when bindings
+ * change (a shared generation, bumped at commit), when roles or
+ * memberships change (catalog invalidations), or with the caller and the
+ * tenant.  Not kept while this transaction changes bindings itself (it may
+ * roll back), nor in a 0.1.0 database (its rule ends with the update).
+ */
+typedef struct SessionTenantCache
+{
+	bool		valid;
+	Oid			caller;
+	pg_uuid_t	tenant;
+	uint64		generation;
+	bool		allowed;
+} SessionTenantCache;
+
+static SessionTenantCache cached;
+static bool invalidation_registered = false;
+
+static void
+forget_cached(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cached.valid = false;
+}
+
+static void
+remember(Oid caller, const pg_uuid_t *tenant, uint64 generation, bool allowed)
+{
+	if (!invalidation_registered)
+	{
+		CacheRegisterSyscacheCallback(AUTHOID, forget_cached, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, forget_cached, (Datum) 0);
+		invalidation_registered = true;
+	}
+	cached.caller = caller;
+	cached.tenant = *tenant;
+	cached.generation = generation;
+	cached.allowed = allowed;
+	cached.valid = true;
+}
+
+static bool
+session_allows(Oid caller, const pg_uuid_t *tenant)
+{
+	uint64		generation = worker_bindings_generation();
+	bool		predates;
+	bool		allowed;
+
+	if (cached.valid && generation != 0 && cached.generation == generation &&
+		cached.caller == caller && memcmp(&cached.tenant, tenant, UUID_LEN) == 0)
+		return cached.allowed;
+
+	/* the generation is read before the snapshot is taken */
+	pg_memory_barrier();
+	if (role_is_admin(caller, &predates))
+		allowed = true;
+	else
+	{
+		SPI_connect();
+		allowed = bindings_allow(caller, tenant);
+		SPI_finish();
+	}
+	if (generation != 0 && !predates && !worker_bindings_change_pending())
+		remember(caller, tenant, generation, allowed);
+	return allowed;
+}
 
 bool
 tenant_guard_session_tenant(pg_uuid_t *tenant)
 {
-	bool		found = false;
-
 	if (!parse_tenant(xprov_tenant_id, tenant))
 		return false;
-	SPI_connect();
-	if (saved_plan_execute(&session_tenant, NULL, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-		{
-			memcpy(tenant, DatumGetUUIDP(value), UUID_LEN);
-			found = true;
-		}
-	}
-	SPI_finish();
-	return found;
+	return session_allows(GetOuterUserId(), tenant);
 }
 
 bool
@@ -177,6 +286,33 @@ tenant_guard_check_tenant_setting(char **newval, void **extra, GucSource source)
 	GUC_check_errmsg("xprov.tenant_id must be a UUID or empty");
 	GUC_check_errdetail("\"%s\" is not a UUID.", *newval);
 	return false;
+}
+
+/*
+ * xprov._session_tenant(): the tenant in context, if the caller may act for
+ * it; else NULL.  Row-level security and the SQL functions use it.
+ */
+Datum
+xprov_session_tenant(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *tenant = palloc(sizeof(pg_uuid_t));
+
+	if (!tenant_guard_session_tenant(tenant))
+		PG_RETURN_NULL();
+	PG_RETURN_UUID_P(tenant);
+}
+
+/* Trigger on xprov.tenant_binding: answers given so far may be wrong now. */
+Datum
+xprov_tenant_bindings_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				errmsg("xprov._tenant_bindings_changed() must be called as a trigger"));
+	cached.valid = false;
+	worker_bindings_changed_at_commit();
+	return PointerGetDatum(NULL);
 }
 
 /* xprov._caller(): the role the session acts as, for audit columns. */

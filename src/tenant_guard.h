@@ -24,8 +24,9 @@ extern bool tenant_guard_caller_is_admin(void);
 
 /*
  * The tenant the caller acts for: xprov.tenant_id, if the caller's tenant
- * bindings allow it (xprov._session_tenant); false when there is none.
- * Runs a query: call it once per statement, not per row.
+ * bindings allow it (also xprov._session_tenant()); false when there is
+ * none.  The answer is kept until bindings, roles or memberships change;
+ * finding it again runs a query.
  */
 extern bool tenant_guard_session_tenant(pg_uuid_t *tenant);
 

@@ -67,6 +67,8 @@ typedef struct WorkerShared
 	int			launcher_pid;
 	SoleProcess sole[NUM_SOLE_PROCESSES];
 	pg_atomic_uint64 config_generation; /* bumped when hooks change */
+	pg_atomic_uint64 bindings_generation;	/* bumped when tenant bindings
+											 * change */
 	WorkerSlot	slots[XPROV_MAX_WORKERS];
 } WorkerShared;
 
@@ -98,6 +100,7 @@ worker_shmem_startup(void)
 		memset(worker_shared, 0, sizeof(WorkerShared));
 		SpinLockInit(&worker_shared->mutex);
 		pg_atomic_init_u64(&worker_shared->config_generation, 1);
+		pg_atomic_init_u64(&worker_shared->bindings_generation, 1);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -133,6 +136,7 @@ worker_wake_at_commit(void)
 }
 
 static bool config_change_pending = false;
+static bool bindings_change_pending = false;
 static bool sole_wake_pending[NUM_SOLE_PROCESSES];
 static bool commit_callback_registered = false;
 
@@ -158,6 +162,8 @@ commit_callback(XactEvent event, void *arg)
 			pg_atomic_fetch_add_u64(&worker_shared->config_generation, 1);
 			worker_wake_at_commit();
 		}
+		if (bindings_change_pending)
+			pg_atomic_fetch_add_u64(&worker_shared->bindings_generation, 1);
 		for (int kind = 0; kind < NUM_SOLE_PROCESSES; kind++)
 			if (sole_wake_pending[kind])
 				wake_sole_process(kind);
@@ -166,6 +172,7 @@ commit_callback(XactEvent event, void *arg)
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
 		config_change_pending = false;
+		bindings_change_pending = false;
 		memset(sole_wake_pending, 0, sizeof(sole_wake_pending));
 	}
 }
@@ -203,6 +210,32 @@ uint64
 worker_config_generation(void)
 {
 	return worker_shared ? pg_atomic_read_u64(&worker_shared->config_generation) : 0;
+}
+
+/*
+ * The current transaction changes tenant bindings: when it commits, every
+ * backend's cached answer (tenant_guard.c) is out of date.  Bumped after
+ * the commit is visible, so a backend that reads the new generation and
+ * then takes a snapshot sees the change.
+ */
+void
+worker_bindings_changed_at_commit(void)
+{
+	register_commit_callback();
+	bindings_change_pending = true;
+}
+
+/* This transaction has changed tenant bindings (it may still roll back). */
+bool
+worker_bindings_change_pending(void)
+{
+	return bindings_change_pending;
+}
+
+uint64
+worker_bindings_generation(void)
+{
+	return worker_shared ? pg_atomic_read_u64(&worker_shared->bindings_generation) : 0;
 }
 
 /*

@@ -29,6 +29,11 @@ extern void worker_config_changed_at_commit(void);
 /* bumped by every committed change of hooks; 0 without shared memory */
 extern uint64 worker_config_generation(void);
 
+/* the same for tenant bindings (tenant_guard.c caches its answers) */
+extern void worker_bindings_changed_at_commit(void);
+extern bool worker_bindings_change_pending(void);
+extern uint64 worker_bindings_generation(void);
+
 /* the processes of which there is one per cluster, beside the workers */
 typedef enum SoleProcessKind
 {
