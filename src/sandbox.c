@@ -528,7 +528,7 @@ as_json_sees_it(duk_context *ctx)
  * SANDBOX_MAX_MEMBERS, and a last null entry when there were more.
  */
 static void
-split_members(duk_context *ctx, CallState *state)
+split_members(duk_context *ctx)
 {
 	duk_idx_t	object = duk_get_top_index(ctx);
 	duk_uarridx_t n = 0;
@@ -617,7 +617,7 @@ call_body(duk_context *ctx, void *udata)
 	if (call->split_result && is_plain_object(ctx, -1) && !is_literal_object(ctx, -1))
 		as_json_sees_it(ctx);
 	if (call->split_result && is_plain_object(ctx, -1))
-		split_members(ctx, state);
+		split_members(ctx);
 	else if (!duk_is_undefined(ctx, -1))
 		duk_json_encode(ctx, -1);
 	return 1;
@@ -784,6 +784,7 @@ copy_members(duk_context *ctx, SandboxCall *call)
 		if (total > SANDBOX_MAX_RESULT)
 		{
 			call->status = SANDBOX_TOO_LARGE;
+			call->result = NULL;
 			call->nmembers = 0;
 			return;
 		}
@@ -792,6 +793,7 @@ copy_members(duk_context *ctx, SandboxCall *call)
 							 (member->text = copy_bytes_no_oom(CurrentMemoryContext, text, len)) == NULL))
 		{
 			call->status = SANDBOX_MEMORY;
+			call->result = NULL;
 			call->nmembers = 0;
 			return;
 		}
