@@ -112,6 +112,11 @@ CREATE TRIGGER bindings_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON xprov.tenant_binding
 	FOR EACH STATEMENT EXECUTE FUNCTION xprov._tenant_bindings_changed();
 
+-- A new table (CREATE EXTENSION again after DROP EXTENSION): answers kept
+-- from the dropped one are void.  Emptying the empty table fires the
+-- trigger.
+TRUNCATE xprov.tenant_binding;
+
 CREATE FUNCTION xprov._require_context()
 RETURNS void
 LANGUAGE plpgsql STABLE
