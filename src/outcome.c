@@ -51,6 +51,12 @@ typedef struct LockedOp
 	pg_uuid_t	connector_id;
 	char	   *idempotency_key;
 	int64		leased_by;		/* 0: not leased by a worker */
+	/* the rest of the locked lane version, for the finish statement */
+	int64		next_seq;
+	char	   *finished_ahead; /* bigint[] as text */
+	int32		attempt_base;
+	TimestampTz leased_at;
+	bool		leased_at_null;
 } LockedOp;
 
 /*
@@ -62,7 +68,8 @@ static SavedPlan lock_ops = {
 	.sql =
 	"SELECT o.id, o.seq, o.lane_id, l.state, l.next_seq = o.seq AND l.state <> 'i', l.attempts, "
 	"       o.seq < l.next_seq OR o.seq = ANY (l.finished_ahead), l.ctid, "
-	"       o.tenant_id, o.connector_id, o.idempotency_key, l.leased_by "
+	"       o.tenant_id, o.connector_id, o.idempotency_key, l.leased_by, "
+	"       l.next_seq, l.finished_ahead::text, l.attempt_base, l.leased_at "
 	"  FROM xprov.op o JOIN xprov.lane l ON l.lane_id = o.lane_id "
 	" WHERE o.id = ANY ($1) "
 	" ORDER BY o.lane_id "
@@ -87,42 +94,33 @@ static SavedPlan finished_status = {
  * operation not already finished out of turn, or makes it idle; an operation
  * finished out of turn is remembered in finished_ahead until the head passes.
  *
- * Two forms of the statement differ only in how the lanes are matched to
- * the input rows.  Up to FINISH_BATCH_MATCH_MAX rows, one TID scan fetches
- * every lane and rows are matched in memory ("(l.ctid = x) IS TRUE" is no
- * TID condition), which costs n * n comparisons; beyond that, a TID scan per
- * row, which costs a system call per row (a TID scan asks the kernel for the
- * table's size every time it starts).
+ * What the statement needs of each lane comes with the input, as
+ * lock_operations() read the locked version: matching the input to the
+ * lanes in SQL was a nested loop of n * n comparisons in the worker's plan.
+ *
+ * Two forms of the statement differ only in how the UPDATE finds the lanes.
+ * Up to FINISH_BATCH_MATCH_MAX rows, one TID scan fetches every lane and
+ * rows are matched in memory ("(l.ctid = x) IS TRUE" is no TID condition),
+ * which costs n * n comparisons; beyond that, a TID scan per row, which
+ * costs a system call per row (a TID scan asks the kernel for the table's
+ * size every time it starts).
  */
 #define FINISH_BATCH_MATCH_MAX 128
 
 #define FINISH_INPUT \
 	"WITH r AS (" \
 	"  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], " \
-	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[]) " \
+	"                       $7::tid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[], " \
+	"                       $13::bigint[], $14::text[], $15::text[], $16::int[], $17::int[], " \
+	"                       $18::timestamptz[]) " \
 	"    AS r(seq, lane_id, status, target_uid, result, reason, lane_ctid, id, tenant_id, " \
-	"         connector_id, idempotency_key, hooks)" \
-	")"
-
-#define FINISH_LANE_COLUMNS \
-	"         l.next_seq = r.seq AND l.state <> 'i' AS is_head, l.finished_ahead, " \
-	"         l.attempt_base + l.attempts AS attempts, l.leased_at "
-
-#define FINISH_FIN_IN_MEMORY \
-	", lanes AS MATERIALIZED (" \
-	"  SELECT l.ctid AS lane_ctid, l.next_seq, l.state, l.finished_ahead, l.attempt_base, " \
-	"         l.attempts, l.leased_at " \
-	"    FROM xprov.lane l WHERE l.ctid = ANY ($7)" \
+	"         connector_id, idempotency_key, hooks, l_next_seq, l_state, l_finished_ahead, " \
+	"         l_attempt_base, l_attempts, l_leased_at)" \
 	"), fin AS (" \
-	"  SELECT r.*, " FINISH_LANE_COLUMNS \
-	"    FROM r JOIN lanes l ON l.lane_ctid = r.lane_ctid" \
-	")"
-
-#define FINISH_FIN_PER_ROW \
-	", fin AS (" \
-	"  SELECT r.*, " FINISH_LANE_COLUMNS \
-	"    FROM r JOIN xprov.lane l ON l.ctid = r.lane_ctid " \
-	"   WHERE l.ctid = ANY ($7)" \
+	"  SELECT r.*, r.l_next_seq = r.seq AND r.l_state <> 'i' AS is_head, " \
+	"         r.l_finished_ahead::bigint[] AS finished_ahead, " \
+	"         r.l_attempt_base + r.l_attempts AS attempts, r.l_leased_at AS leased_at " \
+	"    FROM r" \
 	")"
 
 #define FINISH_UPDATE \
@@ -170,18 +168,19 @@ static SavedPlan finished_status = {
 
 #define FINISH_ARGTYPES \
 	{INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTARRAYOID, \
-	 TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
+	 TIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, \
+	 INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID}
 
 static SavedPlan finish_ops_in_memory = {
-	.sql = FINISH_INPUT FINISH_FIN_IN_MEMORY FINISH_UPDATE "(l.ctid = nxt.lane_ctid) IS TRUE"
+	.sql = FINISH_INPUT FINISH_UPDATE "(l.ctid = nxt.lane_ctid) IS TRUE"
 	FINISH_RETURNING,
-	.nargs = 12,
+	.nargs = 18,
 	.argtypes = FINISH_ARGTYPES,
 };
 
 static SavedPlan finish_ops_per_row = {
-	.sql = FINISH_INPUT FINISH_FIN_PER_ROW FINISH_UPDATE "l.ctid = nxt.lane_ctid" FINISH_RETURNING,
-	.nargs = 12,
+	.sql = FINISH_INPUT FINISH_UPDATE "l.ctid = nxt.lane_ctid" FINISH_RETURNING,
+	.nargs = 18,
 	.argtypes = FINISH_ARGTYPES,
 };
 
@@ -343,6 +342,11 @@ lock_operations(Datum *ids, int count, int *found)
 		memcpy(&ops[row].connector_id, DatumGetUUIDP(value), UUID_LEN);
 		ops[row].idempotency_key = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 11);
 		ops[row].leased_by = spi_get_datum(row, 12, &value) ? DatumGetInt64(value) : 0;
+		ops[row].next_seq = spi_get_int64(row, 13);
+		ops[row].finished_ahead = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 14);
+		ops[row].attempt_base = spi_get_int32(row, 15);
+		ops[row].leased_at_null = !spi_get_datum(row, 16, &value);
+		ops[row].leased_at = ops[row].leased_at_null ? 0 : DatumGetTimestampTz(value);
 	}
 	*found = (int) SPI_processed;
 
@@ -407,10 +411,12 @@ finish_operations(const LockedOp *ops, int count, char status,
 	enum
 	{
 		SEQ, LANE, STATUS, TARGET_UID, RESULT, REASON, CTID, ID, TENANT, CONNECTOR, IDEM_KEY, HOOKS,
+		NEXT_SEQ, LANE_STATE, FINISHED_AHEAD, ATTEMPT_BASE, ATTEMPTS, LEASED_AT,
 		NCOLS
 	};
 	static const Oid types[NCOLS] = {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
-	TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID};
+		TIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID,
+	INT8OID, TEXTOID, TEXTOID, INT4OID, INT4OID, TIMESTAMPTZOID};
 	Datum		args[NCOLS];
 	char		status_text[2] = {status, '\0'};
 
@@ -470,6 +476,30 @@ finish_operations(const LockedOp *ops, int count, char status,
 					nulls[i] = hooks == NULL || hooks[i] == NULL;
 					if (!nulls[i])
 						values[i] = CStringGetTextDatum(hooks[i]);
+					break;
+				case NEXT_SEQ:
+					values[i] = Int64GetDatum(op->next_seq);
+					break;
+				case LANE_STATE:
+					{
+						char		state[2] = {op->lane_state, '\0'};
+
+						values[i] = CStringGetTextDatum(state);
+					}
+					break;
+				case FINISHED_AHEAD:
+					values[i] = CStringGetTextDatum(op->finished_ahead ? op->finished_ahead : "{}");
+					break;
+				case ATTEMPT_BASE:
+					values[i] = Int32GetDatum(op->attempt_base);
+					break;
+				case ATTEMPTS:
+					values[i] = Int32GetDatum(op->attempts);
+					break;
+				case LEASED_AT:
+					nulls[i] = op->leased_at_null;
+					if (!nulls[i])
+						values[i] = TimestampTzGetDatum(op->leased_at);
 					break;
 			}
 		}

@@ -15,7 +15,7 @@
 
 #include "executor/spi.h"
 
-#define SAVED_PLAN_MAX_ARGS 16
+#define SAVED_PLAN_MAX_ARGS 20
 
 typedef struct SavedPlan
 {
