@@ -13,6 +13,7 @@
 #include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
@@ -55,12 +56,11 @@ outgrown(SavedPlan *plan, const BlockNumber *blocks)
 	return false;
 }
 
-int
-saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
-				   bool read_only, long count)
+/* The statement's plan, prepared and saved on first use (see spi_util.h). */
+static SPIPlanPtr
+saved_plan_ready(SavedPlan *plan)
 {
 	BlockNumber blocks[GROWING_TABLES];
-	int			rc;
 
 	growing_tables_blocks(blocks);
 	if (plan->plan != NULL && outgrown(plan, blocks))
@@ -86,8 +86,26 @@ saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 		plan->plan = prepared;
 		memcpy(plan->planned_blocks, blocks, sizeof(plan->planned_blocks));
 	}
+	return plan->plan;
+}
 
-	rc = SPI_execute_plan(plan->plan, values, nulls, read_only, count);
+int
+saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
+				   bool read_only, long count)
+{
+	int			rc = SPI_execute_plan(saved_plan_ready(plan), values, nulls, read_only, count);
+
+	if (rc < 0)
+		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
+	return rc;
+}
+
+int
+saved_plan_execute_latest(SavedPlan *plan, Datum *values, const char *nulls, long count)
+{
+	int			rc = SPI_execute_snapshot(saved_plan_ready(plan), values, nulls,
+										  GetLatestSnapshot(), InvalidSnapshot, true, false, count);
+
 	if (rc < 0)
 		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
 	return rc;

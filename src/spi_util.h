@@ -29,6 +29,14 @@ typedef struct SavedPlan
 extern int	saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 							   bool read_only, long count);
 
+/*
+ * Read-only, with the latest snapshot rather than the statement's: for
+ * rows that act as privileges do (tenant bindings), where a change
+ * committed before the call must count.
+ */
+extern int	saved_plan_execute_latest(SavedPlan *plan, Datum *values, const char *nulls,
+									  long count);
+
 extern bool spi_get_datum(uint64 row, int col, Datum *value);
 extern int64 spi_get_int64(uint64 row, int col);
 extern int32 spi_get_int32(uint64 row, int col);

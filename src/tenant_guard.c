@@ -24,10 +24,10 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
-#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/uuid.h"
 
+#include "spi_util.h"
 #include "tenant_guard.h"
 #include "worker_shmem.h"
 #include "xprov.h"
@@ -153,39 +153,27 @@ parse_tenant(const char *text, pg_uuid_t *tenant)
  * latest snapshot, as privileges are: a binding committed before the call
  * counts, whatever the calling statement's snapshot.
  */
-static SPIPlanPtr bindings_plan = NULL;
+static SavedPlan bindings_query = {
+	.sql =
+	"SELECT count(*), count(*) FILTER (WHERE b.tenant_id = $2) "
+	"  FROM xprov.tenant_binding b "
+	"  JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name "
+	" WHERE pg_catalog.pg_has_role($1, r.oid, 'USAGE')",
+	.nargs = 2,
+	.argtypes = {OIDOID, UUIDOID},
+};
 
 static bool
 bindings_allow(Oid caller, const pg_uuid_t *tenant)
 {
 	Datum		args[2];
-	bool		isnull;
-	int64		bindings;
-	int64		bindings_here;
 
-	if (bindings_plan == NULL)
-	{
-		Oid			argtypes[2] = {OIDOID, UUIDOID};
-		SPIPlanPtr	plan = SPI_prepare(
-									   "SELECT count(*), count(*) FILTER (WHERE b.tenant_id = $2) "
-									   "  FROM xprov.tenant_binding b "
-									   "  JOIN pg_catalog.pg_roles r ON r.rolname = b.role_name "
-									   " WHERE pg_catalog.pg_has_role($1, r.oid, 'USAGE')",
-									   2, argtypes);
-
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "xprov: could not prepare the tenant bindings query: %s",
-				 SPI_result_code_string(SPI_result));
-		bindings_plan = plan;
-	}
 	args[0] = ObjectIdGetDatum(caller);
 	args[1] = UUIDPGetDatum(tenant);
-	if (SPI_execute_snapshot(bindings_plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "xprov: the tenant bindings query failed");
-	bindings = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	bindings_here = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	return bindings == 0 || bindings_here > 0;
+	if (saved_plan_execute_latest(&bindings_query, args, NULL, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "xprov: the tenant bindings query returned no row");
+	/* bound to nothing, or bound to this tenant */
+	return spi_get_int64(0, 1) == 0 || spi_get_int64(0, 2) > 0;
 }
 
 /*
