@@ -9,7 +9,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(132);
+SELECT plan(135);
 \ir common.psql
 -- backstop: a script that escapes its deadline fails this file instead of hanging the suite
 SET LOCAL statement_timeout = '60s';
@@ -426,6 +426,15 @@ SELECT is(pg_temp.stmt_timeout_probe(), '57014: canceling statement due to state
           'statement_timeout 200ms stops a hook allowed 5000 ms with the usual 57014 error');
 SET LOCAL statement_timeout = '60s';
 SELECT is(pg_temp.sane(), 'OK: {"userName": "ada.lovelace"}', 'after the statement timeout: a normal transform runs');
+
+-- xprov._sandbox_bench() (the benchmark's helper) runs the worker's path: ctx member by member
+SELECT ok(xprov._sandbox_bench('function hook(ctx) { return { attributes: { n: ctx.n + 1, s: ctx.o.s } }; }',
+                               '{"n": 1, "o": {"s": "x"}, "b": true, "z": null}', 100, 16384, 50) > 0,
+          '_sandbox_bench times a hook on a ctx of every member kind');
+SELECT throws_ok($$SELECT xprov._sandbox_bench('function hook(ctx) { }', '[1, 2]', 100, 16384, 1)$$,
+                 '22023', 'context must be a JSON object', '_sandbox_bench refuses a ctx that is not an object');
+SELECT throws_ok($$SELECT xprov._sandbox_bench('function hook(ctx) { throw new Error("no"); }', '{}', 100, 16384, 1)$$,
+                 '38000', NULL, '_sandbox_bench reports a hook''s error as execute_script does');
 
 SELECT * FROM finish();
 ROLLBACK;
