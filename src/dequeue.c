@@ -95,12 +95,12 @@ static SavedPlan claim = {
 	"         leased_by = $8 "
 	"   WHERE l.ctid = ANY (ARRAY(SELECT p.ctid FROM picked p)) "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
-	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at"
+	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at, l.ctid AS lane_ctid"
 	") "
 	"SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid, o.operation_type, "
 	"       o.object_class, o.attributes, o.priority, le.retry_count, le.lease_expires, "
 	"       o.not_before, o.idempotency_key, o.created_at, le.lease_expires, "
-	"       le.rank, le.run_at, le.lane_id "
+	"       le.rank, le.run_at, le.lane_id, le.lane_ctid, le.next_seq "
 	"  FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
 	" ORDER BY le.rank, le.run_at, le.lane_id",
 	.nargs = 9,

@@ -25,6 +25,10 @@ extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, Timestamp
 #define QOP_OBJECT_CLASS	7
 #define QOP_ATTRIBUTES		8
 #define QOP_RETRY_COUNT		10
+#define QOP_IDEMPOTENCY_KEY	13
+/* then the claim key, and where the lease is: the lane version and seq */
 #define QOP_LANE_ID			(QUEUED_OPERATION_NATTS + 3)
+#define QOP_LANE_CTID		(QUEUED_OPERATION_NATTS + 4)
+#define QOP_SEQ				(QUEUED_OPERATION_NATTS + 5)
 
 #endif							/* DEQUEUE_H */

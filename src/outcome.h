@@ -18,15 +18,18 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-extern int	outcome_complete(const pg_uuid_t *ids, int count, char **target_uids,
+#include "work_op.h"
+
+extern int	outcome_complete(const LeaseRef *leases, int count, char **target_uids,
 							 Jsonb **results, char **hooks, int64 leased_by);
-extern bool outcome_fail(const pg_uuid_t *id, const char *error, bool permanent,
+extern bool outcome_fail(const LeaseRef *lease, const char *error, bool permanent,
 						 int retry_after_ms, int http_status, const char *hooks,
 						 int64 leased_by);
-extern bool outcome_skip(const pg_uuid_t *id, const char *reason, char *hooks, int64 leased_by);
-extern bool outcome_park(const pg_uuid_t *id, const char *details, const char *hooks,
+extern bool outcome_skip(const LeaseRef *lease, const char *reason, char *hooks,
 						 int64 leased_by);
-extern bool outcome_release(const pg_uuid_t *id, TimestampTz run_at, const char *error,
+extern bool outcome_park(const LeaseRef *lease, const char *details, const char *hooks,
+						 int64 leased_by);
+extern bool outcome_release(const LeaseRef *lease, TimestampTz run_at, const char *error,
 							int http_status, int64 leased_by);
 
 #endif							/* OUTCOME_H */

@@ -13,6 +13,7 @@
 #ifndef WORK_OP_H
 #define WORK_OP_H
 
+#include "storage/itemptr.h"
 #include "utils/uuid.h"
 
 struct Connector;
@@ -35,6 +36,22 @@ uuid_to_text(char *out, const pg_uuid_t *uuid)
 	}
 	*out = '\0';
 }
+
+/*
+ * What a claim tells about the lease it took: enough to record the outcome
+ * by locking the lane version the claim left (lane_ctid) instead of looking
+ * the operation and its lane up again.
+ */
+typedef struct LeaseRef
+{
+	pg_uuid_t	id;
+	int64		seq;			/* the operation's place in its lane */
+	int64		lane_id;
+	ItemPointerData lane_ctid;	/* the lane version the claim wrote */
+	pg_uuid_t	tenant_id;
+	pg_uuid_t	connector_id;
+	char	   *idempotency_key;	/* NULL: none */
+} LeaseRef;
 
 typedef enum OpType
 {
@@ -122,6 +139,7 @@ typedef struct WorkOp
 	char	   *attributes;		/* JSON object, as text */
 	int			attempt;		/* 1 for the first attempt */
 	int64		lane_id;		/* the subject's lane */
+	LeaseRef	lease;			/* how to find the lease again */
 	MemoryContext cxt;			/* owns the WorkOp and all it points to */
 
 	/* hooks (hook_run.c) */

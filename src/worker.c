@@ -218,7 +218,7 @@ forget_finished(void)
 		op = next;
 	}
 	w.finished.ops = w.finished_tail = NULL;
-	w.finished.noop_ids = NULL;
+	w.finished.noop_leases = NULL;
 	w.finished.nnoop = 0;
 	w.nfinished = 0;
 }
@@ -376,7 +376,7 @@ record_and_claim(void *arg)
 	w.want_claim = result.claimed >= capacity;
 
 	/* noop operations are done; they are recorded in the next transaction */
-	w.finished.noop_ids = result.noop_ids;
+	w.finished.noop_leases = result.noop_leases;
 	w.finished.nnoop = result.nnoop;
 	w.claimed = result.http_ops;
 	for (WorkOp *op = result.http_ops; op; op = op->next)
@@ -398,7 +398,7 @@ record_one_by_one(void)
 	w.finished.nnoop = 0;
 	for (int i = 0; i < all.nnoop; i++)
 	{
-		w.finished.noop_ids = &all.noop_ids[i];
+		w.finished.noop_leases = &all.noop_leases[i];
 		w.finished.nnoop = 1;
 		if (!run_transaction(record_and_claim, &no_claim, "recording an outcome"))
 			w.finished.nnoop = 0;

@@ -383,6 +383,26 @@ op_type_from_text(const char *type)
 	return OP_DISABLE;
 }
 
+/* Where a claimed row's lease is; the key is copied into CurrentMemoryContext. */
+static void
+read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
+{
+	HeapTuple	tuple = rows->vals[row];
+	TupleDesc	desc = rows->tupdesc;
+	bool		isnull;
+
+	memcpy(&lease->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
+	memcpy(&lease->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
+		   UUID_LEN);
+	memcpy(&lease->connector_id,
+		   DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)), UUID_LEN);
+	lease->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
+	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, QOP_LANE_CTID, &isnull)),
+					&lease->lane_ctid);
+	lease->seq = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_SEQ, &isnull));
+	lease->idempotency_key = SPI_getvalue(tuple, desc, QOP_IDEMPOTENCY_KEY);
+}
+
 /* A claimed row as a WorkOp in a context of its own. */
 static WorkOp *
 make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
@@ -411,6 +431,7 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	value = SPI_getbinval(tuple, desc, QOP_RETRY_COUNT, &isnull);
 	op->attempt = (isnull ? 0 : DatumGetInt32(value)) + 1;
 	op->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
+	read_lease(rows, row, &op->lease);
 	MemoryContextSwitchTo(old);
 	return op;
 }
@@ -548,7 +569,7 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 	hook_cache_refresh();
 
 	result->claimed = (int) count;
-	result->noop_ids = MemoryContextAlloc(batch_cxt, sizeof(pg_uuid_t) * count);
+	result->noop_leases = MemoryContextAlloc(batch_cxt, sizeof(LeaseRef) * count);
 	for (uint64 row = 0; row < count; row++)
 	{
 		KindEntry  *entry = kind_entry(&connector_ids[row], false);
@@ -557,11 +578,10 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 
 		if (noop && !has_hooks)
 		{
-			bool		isnull;
+			MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 
-			memcpy(&result->noop_ids[result->nnoop++],
-				   DatumGetUUIDP(SPI_getbinval(rows->vals[row], rows->tupdesc, QOP_ID, &isnull)),
-				   UUID_LEN);
+			read_lease(rows, row, &result->noop_leases[result->nnoop++]);
+			MemoryContextSwitchTo(old);
 		}
 		else
 		{
@@ -824,7 +844,7 @@ static void
 record_completions(FinishedWork *work, int64 tag, int64 *done)
 {
 	int			capacity = work->nnoop;
-	pg_uuid_t  *ids;
+	LeaseRef   *leases;
 	char	  **uids;
 	Jsonb	  **results;
 	char	  **hooks;
@@ -833,18 +853,18 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 	for (WorkOp *op = work->ops; op; op = op->next)
 		capacity++;
 	capacity = Max(capacity, 1);
-	ids = palloc(sizeof(pg_uuid_t) * capacity);
+	leases = palloc(sizeof(LeaseRef) * capacity);
 	uids = palloc0(sizeof(char *) * capacity);
 	results = palloc0(sizeof(Jsonb *) * capacity);
 	hooks = palloc0(sizeof(char *) * capacity);
 
 	for (int i = 0; i < work->nnoop; i++)
-		ids[count++] = work->noop_ids[i];
+		leases[count++] = work->noop_leases[i];
 	for (WorkOp *op = work->ops; op; op = op->next)
 	{
 		if (op->outcome.kind != OUTCOME_COMPLETED)
 			continue;
-		ids[count] = op->id;
+		leases[count] = op->lease;
 		uids[count] = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
 		results[count] = result_jsonb(op->outcome.result);
 		hooks[count] = hook_log_json(op);
@@ -854,9 +874,9 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 		return;
 	/* noop operations alone carry nothing: no per-operation matching then */
 	if (count == work->nnoop)
-		*done += outcome_complete(ids, count, NULL, NULL, NULL, tag);
+		*done += outcome_complete(leases, count, NULL, NULL, NULL, tag);
 	else
-		*done += outcome_complete(ids, count, uids, results, hooks, tag);
+		*done += outcome_complete(leases, count, uids, results, hooks, tag);
 	record_shadows(work->ops, results + work->nnoop);
 }
 
@@ -883,7 +903,7 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 	{
 		case OUTCOME_RETRY:
 		case OUTCOME_DEAD:
-			if (outcome_fail(&op->id, error, outcome->kind == OUTCOME_DEAD,
+			if (outcome_fail(&op->lease, error, outcome->kind == OUTCOME_DEAD,
 							 outcome->retry_after_ms, outcome->http_status, hook_log_json(op), tag))
 			{
 				(*failed)++;
@@ -892,22 +912,22 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 			}
 			break;
 		case OUTCOME_PARKED:
-			outcome_park(&op->id, outcome->park_details ? outcome->park_details :
+			outcome_park(&op->lease, outcome->park_details ? outcome->park_details :
 						 "{\"situation\": \"disputed\", \"reason\": \"correlation is uncertain\", \"candidates\": []}",
 						 hook_log_json(op), tag);
 			break;
 		case OUTCOME_SKIPPED:
-			if (outcome_skip(&op->id, error, hook_log_json(op), tag) && !op->noop)
+			if (outcome_skip(&op->lease, error, hook_log_json(op), tag) && !op->noop)
 				record_dead_shadow(op);
 			break;
 		case OUTCOME_CONNECTOR:
-			if (outcome_release(&op->id,
+			if (outcome_release(&op->lease,
 								TimestampTzPlusMilliseconds(now, Max(outcome->retry_after_ms, 0)),
 								error, outcome->http_status, tag))
 				(*failed)++;
 			break;
 		case OUTCOME_RELEASE:
-			outcome_release(&op->id,
+			outcome_release(&op->lease,
 							TimestampTzPlusMilliseconds(now, Max(outcome->retry_after_ms, 0)),
 							NULL, 0, tag);
 			break;

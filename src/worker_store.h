@@ -22,7 +22,7 @@
 typedef struct ClaimResult
 {
 	int			claimed;
-	pg_uuid_t  *noop_ids;		/* noop operations: complete as they are */
+	LeaseRef   *noop_leases;	/* noop operations: complete as they are */
 	int			nnoop;
 	WorkOp	   *http_ops;		/* list, each in its own context */
 } ClaimResult;
@@ -30,7 +30,7 @@ typedef struct ClaimResult
 /* Finished work waiting to be recorded. */
 typedef struct FinishedWork
 {
-	pg_uuid_t  *noop_ids;
+	LeaseRef   *noop_leases;
 	int			nnoop;
 	WorkOp	   *ops;			/* list with outcomes */
 } FinishedWork;

@@ -63,6 +63,43 @@ check "the account attributes xprov keeps merged the update" \
 	"$(q "SELECT count(*) FROM xprov.accounts WHERE attributes ? 'userName' AND attributes ? 'title'")" 200
 check "every request carried X-Request-Id" "$(stat request_ids_missing)" 0
 
+# --- an operator changes a lane while its head is leased ---------------------
+# The worker finds a lease again by the lane version its claim wrote.  Skipping
+# the operation behind the head writes a new version; the head's outcome must
+# still be recorded, once, whether it completes or fails and is retried.
+status_of() { q "SELECT status FROM xprov.operations WHERE id = '$1'"; }
+lane_moves()	# $1 identity seed, $2 fault (JSON) for the head's first request
+{
+	local who="md5('$1')::uuid" head behind
+
+	curl -sf -X POST -d "$2" "$REST/_admin/fault" >/dev/null
+	head=$(q "SELECT xprov.enqueue('$tenant', '$conn', $who, 'update', 'user', '{\"title\": \"head\"}')")
+	behind=$(q "SELECT xprov.enqueue('$tenant', '$conn', $who, 'update', 'user', '{\"title\": \"behind\"}')")
+	for _ in $(seq 1 50); do
+		[ "$(status_of "$head")" = in_progress ] && break
+		sleep 0.1
+	done
+	q "SELECT xprov.skip('$behind', 'superseded')" >/dev/null
+	for _ in $(seq 1 100); do
+		[ "$(status_of "$head")" = completed ] && break
+		sleep 0.1
+	done
+	printf '%s, %s requests' "$(q "SELECT o.status || ', ' || b.status || ', lane ' || l.state::text
+	     FROM xprov.operations o, xprov.operations b, xprov.op, xprov.lane l
+	    WHERE o.id = '$head' AND b.id = '$behind' AND op.id = o.id AND l.lane_id = op.lane_id")" \
+		"$(curl -sf "$REST/_admin/requests?since=0" | python3 -c \
+		"import json,sys; print(sum(r['request_id'] == sys.argv[1] for r in json.load(sys.stdin)))" "$head")"
+}
+before=$(stat executions)
+check "a skip behind a leased head: the head's completion is still recorded" \
+	"$(lane_moves p1 '{"mode": "delay", "delay_ms": 1500, "count": 1}')" "completed, skipped, lane i, 1 requests"
+# three dropped connections: each is an outcome recorded under the moved lane
+check "a skip behind a leased head: so are its failed tries, then the completion" \
+	"$(lane_moves p2 '{"mode": "hang", "delay_ms": 500, "count": 3}')" "completed, skipped, lane i, 4 requests"
+check "the target executed each head once" "$(( $(stat executions) - before ))" 2
+check "no outcome was dropped as no longer leased" \
+	"$(grep -c 'no longer leased' "$XPROV_SERVER_LOG" || true)" 0
+
 # --- a connector's own limits ------------------------------------------------
 limited=$(q "SELECT xprov.add_connector('$tenant', 'limited', 'rest', '$REST/rest',
 	'{\"auth\": {\"type\": \"bearer\", \"token\": \"$TOKEN\"}, \"rate_limit\": 10}')")
