@@ -184,6 +184,52 @@ static SavedPlan finish_ops_per_row = {
 	.argtypes = FINISH_ARGTYPES,
 };
 
+/*
+ * The common case, every operation the head of its lane (completions): what
+ * a lane does next depends only on the lane row itself, so the UPDATE needs
+ * no join with the input, which matched rows to lanes in n * n comparisons
+ * and copied every input row whole for the executor's recheck.  The input's
+ * columns are those of FINISH_INPUT; only the ones used are read.
+ */
+static SavedPlan finish_heads = {
+	.sql =
+	"WITH r AS ("
+	"  SELECT * FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[], $8::uuid[], "
+	"                       $9::uuid[], $10::uuid[], $11::text[], $12::text[], $16::int[], "
+	"                       $17::int[], $18::timestamptz[]) "
+	"    AS r(status, target_uid, result, reason, id, tenant_id, connector_id, idempotency_key, "
+	"         hooks, l_attempt_base, l_attempts, l_leased_at)"
+	"), res AS ("
+	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
+	"                               target_uid, result, reason, hooks) "
+	"  SELECT id, tenant_id, connector_id, status::\"char\", l_attempt_base + l_attempts, l_leased_at, "
+	"         target_uid, result, reason, hooks FROM r"
+	"), keys AS ("
+	"  DELETE FROM xprov.idempotency i USING r "
+	"   WHERE r.idempotency_key IS NOT NULL AND i.tenant_id = r.tenant_id "
+	"     AND i.key = r.idempotency_key AND i.op_id = r.id"
+	") "
+	"UPDATE xprov.lane l "
+	"   SET (state, next_seq, priority, run_at, finished_ahead) = ("
+	"         SELECT CASE WHEN n.seq IS NULL THEN 'i' ELSE 'r' END, "
+	"                coalesce(n.seq, l.next_seq + 1), coalesce(n.priority, l.priority), "
+	"                greatest(now(), n.not_before), "
+	"                CASE WHEN cardinality(l.finished_ahead) = 0 THEN l.finished_ahead "
+	"                     ELSE ARRAY(SELECT s FROM unnest(l.finished_ahead) s "
+	"                                 WHERE s > coalesce(n.seq, l.next_seq)) END "
+	"           FROM (SELECT 1) one LEFT JOIN LATERAL ("
+	"                SELECT o.seq, o.priority, o.not_before FROM xprov.op o "
+	"                 WHERE o.lane_id = l.lane_id AND o.seq > l.next_seq "
+	"                   AND o.seq <> ALL (l.finished_ahead) "
+	"                 ORDER BY o.seq LIMIT 1) n ON true), "
+	"       attempts = 0, attempt_base = 0, leased_at = NULL, lease_expires = NULL, "
+	"       leased_by = NULL, last_error = NULL "
+	" WHERE l.ctid = ANY ($7) "
+	FINISH_RETURNING,
+	.nargs = 18,
+	.argtypes = FINISH_ARGTYPES,
+};
+
 static SavedPlan fail_op = {
 	.sql =
 	"WITH f AS ("
@@ -419,6 +465,10 @@ finish_operations(const LockedOp *ops, int count, char status,
 	INT8OID, TEXTOID, TEXTOID, INT4OID, INT4OID, TIMESTAMPTZOID};
 	Datum		args[NCOLS];
 	char		status_text[2] = {status, '\0'};
+	bool		all_heads = true;
+
+	for (int i = 0; i < count; i++)
+		all_heads = all_heads && ops[i].is_head;
 
 	for (int c = 0; c < NCOLS; c++)
 	{
@@ -505,7 +555,8 @@ finish_operations(const LockedOp *ops, int count, char status,
 		}
 		args[c] = spi_array_arg(values, nulls, count, types[c]);
 	}
-	saved_plan_execute(count <= FINISH_BATCH_MATCH_MAX ? &finish_ops_in_memory : &finish_ops_per_row,
+	saved_plan_execute(all_heads ? &finish_heads :
+					   count <= FINISH_BATCH_MATCH_MAX ? &finish_ops_in_memory : &finish_ops_per_row,
 					   args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
