@@ -13,6 +13,7 @@
 #include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
+#include "utils/plancache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -56,6 +57,29 @@ outgrown(SavedPlan *plan, const BlockNumber *blocks)
 	return false;
 }
 
+/* How many plans the plan cache has built for the statement so far. */
+static int
+plan_generation(SPIPlanPtr plan)
+{
+	List	   *sources = SPI_plan_get_plan_sources(plan);
+
+	return sources == NIL ? 0 : ((CachedPlanSource *) linitial(sources))->generation;
+}
+
+/*
+ * The plan cache builds the plan again by itself after an invalidation (an
+ * ANALYZE, DROP and CREATE EXTENSION under a running worker), at whatever
+ * size the tables then have, which planned_blocks does not know: a plan made
+ * again over an empty, recreated table would scan it whole until the table
+ * outgrew the old one's size.  Such a plan is made again here, at a size
+ * known.
+ */
+static bool
+rebuilt_unseen(SavedPlan *plan)
+{
+	return plan->plan_generation != 0 && plan_generation(plan->plan) != plan->plan_generation;
+}
+
 /* The statement's plan, prepared and saved on first use (see spi_util.h). */
 static SPIPlanPtr
 saved_plan_ready(SavedPlan *plan)
@@ -63,7 +87,7 @@ saved_plan_ready(SavedPlan *plan)
 	BlockNumber blocks[GROWING_TABLES];
 
 	growing_tables_blocks(blocks);
-	if (plan->plan != NULL && outgrown(plan, blocks))
+	if (plan->plan != NULL && (outgrown(plan, blocks) || rebuilt_unseen(plan)))
 	{
 		SPI_freeplan(plan->plan);
 		plan->plan = NULL;
@@ -84,9 +108,18 @@ saved_plan_ready(SavedPlan *plan)
 		if (SPI_keepplan(prepared) != 0)
 			elog(ERROR, "xprov: could not save prepared statement");
 		plan->plan = prepared;
+		plan->plan_generation = 0;
 		memcpy(plan->planned_blocks, blocks, sizeof(plan->planned_blocks));
 	}
 	return plan->plan;
+}
+
+/* After an execution: the plan it used is the one planned_blocks describes. */
+static void
+note_plan_built(SavedPlan *plan)
+{
+	if (plan->plan_generation == 0)
+		plan->plan_generation = plan_generation(plan->plan);
 }
 
 int
@@ -97,6 +130,7 @@ saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 
 	if (rc < 0)
 		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
+	note_plan_built(plan);
 	return rc;
 }
 
@@ -108,6 +142,7 @@ saved_plan_execute_latest(SavedPlan *plan, Datum *values, const char *nulls, lon
 
 	if (rc < 0)
 		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
+	note_plan_built(plan);
 	return rc;
 }
 

@@ -24,6 +24,8 @@ typedef struct SavedPlan
 	Oid			argtypes[SAVED_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
 	BlockNumber planned_blocks[2];	/* queue and shadow pages when prepared */
+	int			plan_generation;	/* the plan cache's plan those sizes
+									 * belong to; 0: not built yet */
 } SavedPlan;
 
 extern int	saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
