@@ -681,6 +681,17 @@ RETURNS jsonb
 LANGUAGE c IMMUTABLE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'xprov_merge_expected';
 
+-- Ids in time order (UUID version 7, as operations get): a new shadow's
+-- primary key entry lands on the index's rightmost page, not on a random one,
+-- and no system call is made per id (gen_random_uuid() asks OpenSSL, which
+-- checks for a fork with getpid()).  A shadow is inserted per new account.
+CREATE FUNCTION xprov._new_id()
+RETURNS uuid
+LANGUAGE c VOLATILE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'xprov_new_id';
+
+ALTER TABLE xprov.shadow ALTER COLUMN id SET DEFAULT xprov._new_id();
+
 -- Functions: search_path, owner's rights, EXECUTE ----------------------------
 
 -- pg_temp last, explicitly: otherwise it is searched first for relations.

@@ -72,6 +72,18 @@ op_generate_id(pg_uuid_t *id)
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;
 }
 
+/* xprov._new_id(): an id as operations get, for other tables' keys. */
+PG_FUNCTION_INFO_V1(xprov_new_id);
+
+Datum
+xprov_new_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+	op_generate_id(id);
+	PG_RETURN_UUID_P(id);
+}
+
 /*
  * Run a type's input function on a batch field, turning its error into one
  * that names the element and field.  The caught error is re-thrown at once,

@@ -10,7 +10,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 BEGIN;
-SELECT plan(115);
+SELECT plan(118);
 \ir common.psql
 SELECT pg_temp.isolate();
 
@@ -350,6 +350,15 @@ SELECT throws_ok($$SELECT xprov._merge_expected('[1]', '{}')$$, '22023', 'expect
                  'expected that is not an object is refused');
 SELECT throws_ok($$SELECT xprov._merge_expected('{}', '"x"')$$, '22023', 'changes must be a JSON object',
                  'changes that are not an object are refused');
+
+-- a shadow's id: a UUID version 7, in time order (its index entry lands on the rightmost page)
+SELECT col_default_is('xprov', 'shadow', 'id', 'xprov._new_id()', 'shadows take time-ordered ids');
+SELECT is((SELECT count(*) FROM (SELECT xprov._new_id()::text AS id FROM generate_series(1, 1000)) g
+            WHERE id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'),
+          1000::bigint, 'version 7, RFC 4122 variant');
+SELECT ok((SELECT a < b FROM (SELECT xprov._new_id() AS a) x,
+                             LATERAL (SELECT pg_sleep(0.002), xprov._new_id() AS b) y),
+          'an id made later sorts after');
 
 SELECT * FROM finish();
 ROLLBACK;
