@@ -74,7 +74,9 @@
 #   and per reconciliation run)
 #   BENCH_POLL_MS (50: how often the worker's shared-memory counters are read during a drain)
 #   BENCH_LAT_RATE (5000 ops/s offered)  BENCH_LAT_BATCH (10 ops per producer transaction)
-#   BENCH_LAT_SECS (20)  BENCH_HTTP_OPS (20000)  BENCH_HTTP_IN_FLIGHT (64)
+#   BENCH_LAT_SECS (20)  BENCH_HTTP_OPS (60000: at 20,000 a drain lasts 2-3 s and a fixed ~0.45 s
+#   of start-up (fresh workers plan their statements, open 64 connections) is a fifth of it)
+#   BENCH_HTTP_IN_FLIGHT (64)
 #   BENCH_NGINX_PORT (18434)  BENCH_PERF (0: 1 records a perf profile of the worker during the
 #   first 1-worker noop drain, prints its top symbols and keeps /tmp/xprov-bench-worker.perf.data
 #   (any other value: the first 1-worker drain whose label contains it, e.g. BENCH_PERF=hook);
@@ -109,7 +111,7 @@ POLL_MS=${BENCH_POLL_MS:-50}
 LAT_RATE=${BENCH_LAT_RATE:-5000}
 LAT_BATCH=${BENCH_LAT_BATCH:-10}
 LAT_SECS=${BENCH_LAT_SECS:-20}
-HTTP_OPS=${BENCH_HTTP_OPS:-20000}
+HTTP_OPS=${BENCH_HTTP_OPS:-60000}
 HTTP_IN_FLIGHT=${BENCH_HTTP_IN_FLIGHT:-64}
 NGINX_PORT=${BENCH_NGINX_PORT:-18434}
 PERF=${BENCH_PERF:-0}
