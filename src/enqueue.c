@@ -31,8 +31,8 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 /*
  * Both entry points make sure the subject exists, with a ready lane whose
  * head is the new operation when it was idle (an existing lane that is not
- * idle keeps its head, and is not written), then append to the log.  An
- * existing lane is locked first, in a statement of its own, until commit.
+ * idle keeps its head), then append to the log.  The lane UPDATE locks an
+ * existing lane until commit, even when it changes nothing.
  *
  * A subject created concurrently by another transaction, after this
  * statement's snapshot, is found by neither new_subject nor old_lane: the
@@ -62,11 +62,6 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 	"     AND l.lane_id = sj.lane_id " \
 	LANE_RETURNING
 
-#define OP_INSERT_INTO \
-	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, " \
-	"                        operation_type, object_class, attributes, priority, not_before, " \
-	"                        idempotency_key) "
-
 #define ONE_OP_INSERT \
 	"op AS (" \
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, " \
@@ -82,28 +77,17 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID}
 
 /*
- * The common case, a subject whose lane lock_subject_lane has locked ($14),
- * in a statement with only the writes it needs (executor start-up per call
- * grows with each).  Only an idle lane is written: a lane with work keeps
- * its head, and a version the worker's claim wrote stays where the worker
- * will look for it.
+ * The common case, a subject that already exists, in a statement with only
+ * the two writes it needs (executor start-up per call grows with each).
  */
 static SavedPlan enqueue_existing = {
 	.sql =
 	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
 	"lane AS ("
-	"  UPDATE xprov.lane l SET state = 'r', next_seq = s.seq, priority = $6, "
-	"                          run_at = greatest(now(), $7) "
-	"    FROM s WHERE l.lane_id = $14 AND l.state = 'i' "
-	LANE_RETURNING
-	"), op AS ("
-	OP_INSERT_INTO
-	"  SELECT $8, s.seq, $14, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s"
-	") "
-	"SELECT state, claimant, rank, run_at, lane_id FROM lane",
-	.nargs = 14,
-	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID,
-		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, INT8OID},
+	ONE_LANE_UPDATE
+	"), "
+	ONE_OP_INSERT,
+	ONE_OP_ARGS
 };
 
 /*
@@ -114,17 +98,10 @@ static SavedPlan enqueue_existing = {
  * passed.  So the lane is locked first (until commit), the number taken
  * after (xprov.op_seq has no cache: numbers are handed out in call order).
  */
-#define LANE_KEY "l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id"
-
-/*
- * The lock statements return the lane's claim key, like the writes do: a
- * claim meanwhile passes a locked lane over (SKIP LOCKED) and moves on, so
- * a ready lane, written or not, must bring the claim cursors back to it.
- */
 static SavedPlan lock_subject_lane = {
 	.sql =
-	"SELECT l.* FROM xprov.subject sj "
-	" CROSS JOIN LATERAL (SELECT " LANE_KEY " FROM xprov.lane l "
+	"SELECT l.lane_id FROM xprov.subject sj "
+	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
 	"                      WHERE l.lane_id = sj.lane_id LIMIT 1 FOR NO KEY UPDATE) l "
 	" WHERE sj.connector_id = $1 AND sj.object_class = $2 AND sj.subject = $3",
 	.nargs = 3,
@@ -180,7 +157,7 @@ static SavedPlan register_subjects = {
  */
 static SavedPlan lock_lanes = {
 	.sql =
-	"SELECT l.* "
+	"SELECT l.lane_id "
 	"  FROM (SELECT DISTINCT sj.lane_id "
 	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(connector_id, object_class, subject) "
 	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
@@ -188,7 +165,7 @@ static SavedPlan lock_lanes = {
 	"                                AND sj.object_class = u.object_class "
 	"                                AND sj.subject = u.subject LIMIT 1) sj "
 	"         ORDER BY 1) h "
-	" CROSS JOIN LATERAL (SELECT " LANE_KEY " FROM xprov.lane l "
+	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
 	"                      WHERE l.lane_id = h.lane_id LIMIT 1 FOR NO KEY UPDATE) l",
 	.nargs = 3,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
@@ -229,12 +206,17 @@ static SavedPlan enqueue_many = {
 	"    FROM found f WHERE f.lane_ctid IS NULL "
 	LANE_RETURNING
 	"), old_lane AS ("
-	"  UPDATE xprov.lane l SET state = 'r', next_seq = f.seq, priority = f.priority, "
-	"                          run_at = greatest(now(), f.not_before) "
-	"    FROM found f WHERE l.ctid = f.lane_ctid AND l.state = 'i' "
+	"  UPDATE xprov.lane l SET "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "f.seq") ", "
+	LANE_IF_IDLE("priority", "f.priority") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), f.not_before)") " "
+	"    FROM found f WHERE l.ctid = f.lane_ctid "
 	LANE_RETURNING
 	"), op AS ("
-	OP_INSERT_INTO
+	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
+	"                        operation_type, object_class, attributes, priority, not_before, "
+	"                        idempotency_key) "
 	"  SELECT i.id, i.seq, h.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
 	"         i.operation_type, i.object_class, i.attributes, i.priority, i.not_before, "
 	"         i.idempotency_key "
@@ -341,8 +323,8 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 static Datum
 enqueue_single(OpInput *op)
 {
-	Datum		values[14];
-	char		nulls[14];
+	Datum		values[13];
+	char		nulls[13];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = UUIDPGetDatum(&op->tenant_id);
@@ -368,13 +350,9 @@ enqueue_single(OpInput *op)
 		/* lock the lane first: its sequence number is then taken after every earlier enqueue committed */
 		saved_plan_execute(&lock_subject_lane, (Datum[]) {values[1], values[2], values[3]}, NULL, false, 0);
 		if (SPI_processed > 0)
-		{
-			values[13] = Int64GetDatum(spi_get_int64(0, 5));
-			spi_note_ready_lanes(1);
 			saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
-			break;
-		}
-		saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+		else
+			saved_plan_execute(&enqueue_one, values, nulls, false, 0);
 		if (SPI_processed > 0)
 			break;
 		/* the subject was created concurrently: the next snapshot sees it */
@@ -512,7 +490,6 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 	saved_plan_execute(&register_subjects, (Datum[]) {args[2], args[3], args[7], args[12], args[13]},
 					   NULL, false, 0);
 	saved_plan_execute(&lock_lanes, (Datum[]) {args[3], args[7], args[12]}, NULL, false, 0);
-	spi_note_ready_lanes(1);
 
 	/*
 	 * One sequence value per operation, in batch order (FIFO per subject),
