@@ -724,9 +724,10 @@ xprov_cancel(PG_FUNCTION_ARGS)
  * the claim wrote: it locks that version by ctid, one TID scan for the
  * batch, where lock_ops looks up every operation by id and then its lane
  * (two random index probes per operation, a third of the time a noop batch
- * spends recording).  Enqueues only lock a leased lane, so the version
- * stays; a lane that an operator changed since (a skip behind the head), or
- * whose lease was reclaimed, is not found as claimed and goes the long way.
+ * spends recording).  A lane written since is not found as claimed and goes
+ * the long way: an enqueue behind the leased head rewrites the lane row (its
+ * values unchanged), as does an operator's skip behind the head, and a
+ * reclaimed lease is no longer this worker's.
  * Rows come back in lane order, so locks are taken in lane order, except
  * that the long way locks its lanes after the others: that can only
  * deadlock with a concurrent multi-lane lock in the rare case it is taken,

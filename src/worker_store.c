@@ -417,12 +417,12 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 
 	/* SPI_getvalue's text is allocated here, in the op's context */
 	op->cxt = cxt;
-	memcpy(&op->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
+	read_lease(rows, row, &op->lease);
+	op->id = op->lease.id;
 	uuid_to_text(op->id_text, &op->id);
-	memcpy(&op->connector_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)),
-		   UUID_LEN);
-	memcpy(&op->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
-		   UUID_LEN);
+	op->connector_id = op->lease.connector_id;
+	op->tenant_id = op->lease.tenant_id;
+	op->lane_id = op->lease.lane_id;
 	op->identity_id = SPI_getvalue(tuple, desc, QOP_IDENTITY_ID);
 	op->target_uid = SPI_getvalue(tuple, desc, QOP_TARGET_UID);
 	op->type = op_type_from_text(SPI_getvalue(tuple, desc, QOP_OPERATION_TYPE));
@@ -430,8 +430,6 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	op->attributes = SPI_getvalue(tuple, desc, QOP_ATTRIBUTES);
 	value = SPI_getbinval(tuple, desc, QOP_RETRY_COUNT, &isnull);
 	op->attempt = (isnull ? 0 : DatumGetInt32(value)) + 1;
-	op->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
-	read_lease(rows, row, &op->lease);
 	MemoryContextSwitchTo(old);
 	return op;
 }
