@@ -57,15 +57,6 @@ outgrown(SavedPlan *plan, const BlockNumber *blocks)
 	return false;
 }
 
-/* How many plans the plan cache has built for the statement so far. */
-static int
-plan_generation(SPIPlanPtr plan)
-{
-	List	   *sources = SPI_plan_get_plan_sources(plan);
-
-	return sources == NIL ? 0 : ((CachedPlanSource *) linitial(sources))->generation;
-}
-
 /*
  * The plan cache builds the plan again by itself after an invalidation (an
  * ANALYZE, DROP and CREATE EXTENSION under a running worker), at whatever
@@ -77,7 +68,7 @@ plan_generation(SPIPlanPtr plan)
 static bool
 rebuilt_unseen(SavedPlan *plan)
 {
-	return plan->plan_generation != 0 && plan_generation(plan->plan) != plan->plan_generation;
+	return plan->plan_generation != 0 && plan->source->generation != plan->plan_generation;
 }
 
 /* The statement's plan, prepared and saved on first use (see spi_util.h). */
@@ -108,6 +99,8 @@ saved_plan_ready(SavedPlan *plan)
 		if (SPI_keepplan(prepared) != 0)
 			elog(ERROR, "xprov: could not save prepared statement");
 		plan->plan = prepared;
+		/* one statement, one source; it lives as long as the kept plan */
+		plan->source = linitial(SPI_plan_get_plan_sources(prepared));
 		plan->plan_generation = 0;
 		memcpy(plan->planned_blocks, blocks, sizeof(plan->planned_blocks));
 	}
@@ -119,7 +112,7 @@ static void
 note_plan_built(SavedPlan *plan)
 {
 	if (plan->plan_generation == 0)
-		plan->plan_generation = plan_generation(plan->plan);
+		plan->plan_generation = plan->source->generation;
 }
 
 int

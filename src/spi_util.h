@@ -24,6 +24,7 @@ typedef struct SavedPlan
 	Oid			argtypes[SAVED_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
 	BlockNumber planned_blocks[2];	/* queue and shadow pages when prepared */
+	struct CachedPlanSource *source;	/* the plan cache's entry for it */
 	int			plan_generation;	/* the plan cache's plan those sizes
 									 * belong to; 0: not built yet */
 } SavedPlan;
