@@ -67,6 +67,7 @@ xprov_build_info(PG_FUNCTION_ARGS)
 	double		duk_runtime_version = -1;
 	char		duk_built[32];
 	char		duk_runtime[32];
+	JsDeadline	deadline = {0};	/* none: the heap's udata, for the check */
 	StringInfoData buf;
 
 	/*
@@ -74,7 +75,7 @@ xprov_build_info(PG_FUNCTION_ARGS)
 	 * ereport), per the error-boundary rules; the result is copied out and
 	 * the heap destroyed before any PostgreSQL call.
 	 */
-	ctx = duk_create_heap(NULL, NULL, NULL, NULL, build_info_duk_fatal);
+	ctx = duk_create_heap(NULL, NULL, NULL, &deadline, build_info_duk_fatal);
 	if (ctx != NULL)
 	{
 		if (duk_peval_string(ctx, "Duktape.version") == 0 &&

@@ -21,12 +21,6 @@
 
 #include "js_deadline.h"
 
-/* Absolute deadline in xprov_js_now_us() microseconds; 0 = none. */
-static int64 js_deadline_us = 0;
-
-/* Sticky result of the check, reset by set/clear. */
-static XprovJsTrip js_trip = XPROV_JS_TRIP_NONE;
-
 int64
 xprov_js_now_us(void)
 {
@@ -41,23 +35,23 @@ xprov_js_now_us(void)
 }
 
 void
-xprov_js_set_deadline(int64 deadline_us)
+xprov_js_set_deadline(JsDeadline *deadline, int64 deadline_us)
 {
-	js_deadline_us = deadline_us > 0 ? deadline_us : 0;
-	js_trip = XPROV_JS_TRIP_NONE;
+	deadline->deadline_us = deadline_us > 0 ? deadline_us : 0;
+	deadline->trip = XPROV_JS_TRIP_NONE;
 }
 
 void
-xprov_js_clear_deadline(void)
+xprov_js_clear_deadline(JsDeadline *deadline)
 {
-	js_deadline_us = 0;
-	js_trip = XPROV_JS_TRIP_NONE;
+	deadline->deadline_us = 0;
+	deadline->trip = XPROV_JS_TRIP_NONE;
 }
 
 XprovJsTrip
-xprov_js_trip_reason(void)
+xprov_js_trip_reason(const JsDeadline *deadline)
 {
-	return js_trip;
+	return deadline->trip;
 }
 
 /*
@@ -68,9 +62,12 @@ xprov_js_trip_reason(void)
 duk_bool_t
 xprov_js_exec_timeout_check(void *udata)
 {
-	(void) udata;
+	JsDeadline *deadline = udata;
 
-	if (js_trip != XPROV_JS_TRIP_NONE)
+	/* a heap made without one: no deadline, only cancel requests */
+	if (deadline == NULL)
+		return QueryCancelPending || ProcDiePending || ShutdownRequestPending;
+	if (deadline->trip != XPROV_JS_TRIP_NONE)
 		return 1;
 
 	/*
@@ -83,13 +80,13 @@ xprov_js_exec_timeout_check(void *udata)
 	 */
 	if (QueryCancelPending || ProcDiePending || ShutdownRequestPending)
 	{
-		js_trip = XPROV_JS_TRIP_CANCEL;
+		deadline->trip = XPROV_JS_TRIP_CANCEL;
 		return 1;
 	}
 
-	if (js_deadline_us > 0 && xprov_js_now_us() >= js_deadline_us)
+	if (deadline->deadline_us > 0 && xprov_js_now_us() >= deadline->deadline_us)
 	{
-		js_trip = XPROV_JS_TRIP_DEADLINE;
+		deadline->trip = XPROV_JS_TRIP_DEADLINE;
 		return 1;
 	}
 

@@ -61,8 +61,10 @@ StaticAssertDecl(sizeof(Block) % 16 == 0, "duktape blocks must stay 16-byte alig
 #define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
 #define SMALL_KEEP 256			/* recycled blocks kept per class */
 
-typedef struct Heap
+struct SandboxHeap
 {
+	JsDeadline	deadline;		/* first: it is the heap's udata, which
+								 * duktape hands to the deadline check */
 	duk_context *ctx;
 	dlist_head	blocks;
 	size_t		used;			/* bytes duktape holds */
@@ -74,13 +76,13 @@ typedef struct Heap
 									 * as the heap) */
 	Block	   *recycled[SMALL_CLASSES];	/* free small blocks, by class */
 	int			nrecycled[SMALL_CLASSES];
-} Heap;
+	sigjmp_buf *fatal_boundary; /* where heap_fatal() jumps */
+	bool		setup_cancelled;	/* building the realm was cancelled */
+	char		fatal_message[256];
+};
 
-static Heap heap;
-
-static sigjmp_buf *fatal_boundary = NULL;
-static bool setup_cancelled = false;
-static char fatal_message[256];
+/* The heap of this process's own thread (sandbox_run()). */
+static SandboxHeap own_heap;
 
 /* ---------------------------------------------------------------------
  * Allocator: malloc with a header per block, counted against a limit.
@@ -88,11 +90,11 @@ static char fatal_message[256];
  */
 
 static bool
-may_grow(size_t delta)
+may_grow(SandboxHeap *heap, size_t delta)
 {
-	if (heap.limit == 0 || heap.used + delta <= heap.limit)
+	if (heap->limit == 0 || heap->used + delta <= heap->limit)
 		return true;
-	heap.refused++;
+	heap->refused++;
 	return false;
 }
 
@@ -114,17 +116,18 @@ small_class(size_t capacity)
 static void *
 heap_alloc(void *udata, duk_size_t size)
 {
+	SandboxHeap *heap = udata;
 	size_t		capacity = capacity_for(size);
 	int			class = small_class(capacity);
 	Block	   *block;
 
-	if (!may_grow(capacity))
+	if (!may_grow(heap, capacity))
 		return NULL;
-	if (class >= 0 && heap.recycled[class] != NULL)
+	if (class >= 0 && heap->recycled[class] != NULL)
 	{
-		block = heap.recycled[class];
-		heap.recycled[class] = *(Block **) (block + 1);
-		heap.nrecycled[class]--;
+		block = heap->recycled[class];
+		heap->recycled[class] = *(Block **) (block + 1);
+		heap->nrecycled[class]--;
 	}
 	else
 	{
@@ -133,15 +136,16 @@ heap_alloc(void *udata, duk_size_t size)
 			return NULL;
 		block->size = capacity;
 		block->magic = BLOCK_MAGIC;
-		dlist_push_head(&heap.blocks, &block->node);
+		dlist_push_head(&heap->blocks, &block->node);
 	}
-	heap.used += capacity;
+	heap->used += capacity;
 	return block + 1;
 }
 
 static void
 heap_free(void *udata, void *ptr)
 {
+	SandboxHeap *heap = udata;
 	Block	   *block;
 	int			class;
 
@@ -149,13 +153,13 @@ heap_free(void *udata, void *ptr)
 		return;
 	block = ((Block *) ptr) - 1;
 	Assert(block->magic == BLOCK_MAGIC);
-	heap.used -= block->size;
+	heap->used -= block->size;
 	class = small_class(block->size);
-	if (class >= 0 && heap.nrecycled[class] < SMALL_KEEP)
+	if (class >= 0 && heap->nrecycled[class] < SMALL_KEEP)
 	{
-		*(Block **) ptr = heap.recycled[class];
-		heap.recycled[class] = block;
-		heap.nrecycled[class]++;
+		*(Block **) ptr = heap->recycled[class];
+		heap->recycled[class] = block;
+		heap->nrecycled[class]++;
 		return;
 	}
 	dlist_delete(&block->node);
@@ -165,6 +169,7 @@ heap_free(void *udata, void *ptr)
 static void *
 heap_realloc(void *udata, void *ptr, duk_size_t size)
 {
+	SandboxHeap *heap = udata;
 	Block	   *block;
 	Block	   *moved;
 	void	   *copy;
@@ -193,19 +198,19 @@ heap_realloc(void *udata, void *ptr, duk_size_t size)
 		return copy;
 	}
 
-	if (size > block->size && !may_grow(size - block->size))
+	if (size > block->size && !may_grow(heap, size - block->size))
 		return NULL;
 	/* unlink first: realloc may move the block; on failure it stays valid */
 	dlist_delete(&block->node);
 	moved = realloc(block, sizeof(Block) + size);
 	if (moved == NULL)
 	{
-		dlist_push_head(&heap.blocks, &block->node);
+		dlist_push_head(&heap->blocks, &block->node);
 		return NULL;
 	}
-	heap.used = heap.used - moved->size + size;
+	heap->used = heap->used - moved->size + size;
 	moved->size = size;
-	dlist_push_head(&heap.blocks, &moved->node);
+	dlist_push_head(&heap->blocks, &moved->node);
 	return moved + 1;
 }
 
@@ -216,9 +221,11 @@ heap_realloc(void *udata, void *ptr, duk_size_t size)
 static void
 heap_fatal(void *udata, const char *msg)
 {
-	strlcpy(fatal_message, msg ? msg : "no message", sizeof(fatal_message));
-	if (fatal_boundary != NULL)
-		siglongjmp(*fatal_boundary, 1);
+	SandboxHeap *heap = udata;
+
+	strlcpy(heap->fatal_message, msg ? msg : "no message", sizeof(heap->fatal_message));
+	if (heap->fatal_boundary != NULL)
+		siglongjmp(*heap->fatal_boundary, 1);
 
 	/*
 	 * Unreachable: duktape is only ever entered under a boundary.  Ending
@@ -226,23 +233,29 @@ heap_fatal(void *udata, const char *msg)
 	 */
 	ereport(FATAL,
 			errcode(ERRCODE_INTERNAL_ERROR),
-			errmsg("duktape failed outside the sandbox boundary: %s", fatal_message));
+			errmsg("duktape failed outside the sandbox boundary: %s", heap->fatal_message));
 }
 
-/* Forget a heap in an unknown state: free its blocks without duktape. */
+/*
+ * Forget a heap in an unknown state: free its blocks without duktape.  Its
+ * fatal message stays, for the caller to report.
+ */
 static void
-abandon_heap(void)
+abandon_heap(SandboxHeap *heap)
 {
 	dlist_mutable_iter iter;
+	char		message[sizeof(heap->fatal_message)];
 
-	dlist_foreach_modify(iter, &heap.blocks)
+	dlist_foreach_modify(iter, &heap->blocks)
 	{
 		Block	   *block = dlist_container(Block, node, iter.cur);
 
 		dlist_delete(&block->node);
 		free(block);
 	}
-	memset(&heap, 0, sizeof(heap));
+	memcpy(message, heap->fatal_message, sizeof(message));
+	memset(heap, 0, sizeof(SandboxHeap));
+	memcpy(heap->fatal_message, message, sizeof(message));
 }
 
 /* ---------------------------------------------------------------------
@@ -318,6 +331,8 @@ refuse_code_generation(duk_context *ctx)
 static duk_ret_t
 build_realm(duk_context *ctx, void *udata)
 {
+	SandboxHeap *heap = udata;
+
 	/*
 	 * The stash is a hidden property of the global object, made on first
 	 * use: make it before the global object is frozen.
@@ -342,7 +357,7 @@ build_realm(duk_context *ctx, void *udata)
 
 	duk_get_global_literal(ctx, "Object");
 	duk_get_prop_literal(ctx, -1, "prototype");
-	heap.object_prototype = duk_get_heapptr(ctx, -1);
+	heap->object_prototype = duk_get_heapptr(ctx, -1);
 	duk_pop_2(ctx);
 	return 0;
 }
@@ -352,33 +367,36 @@ build_realm(duk_context *ctx, void *udata)
  * an error message, or NULL.
  */
 static const char *
-ensure_heap(void)
+ensure_heap(SandboxHeap *heap)
 {
 	duk_int_t	rc;
 
-	if (heap.ctx != NULL)
+	if (heap->ctx != NULL)
 		return NULL;
-	dlist_init(&heap.blocks);
-	heap.ctx = duk_create_heap(heap_alloc, heap_realloc, heap_free, NULL, heap_fatal);
-	if (heap.ctx == NULL)
+	dlist_init(&heap->blocks);
+	heap->ctx = duk_create_heap(heap_alloc, heap_realloc, heap_free, heap, heap_fatal);
+	if (heap->ctx == NULL)
 	{
-		abandon_heap();
+		abandon_heap(heap);
 		return "could not create a JavaScript heap (out of memory)";
 	}
-	xprov_js_set_deadline(xprov_js_now_us() + SANDBOX_SETUP_MS * INT64CONST(1000));
-	rc = duk_safe_call(heap.ctx, build_realm, NULL, 0, 1);
-	setup_cancelled = xprov_js_trip_reason() == XPROV_JS_TRIP_CANCEL;
-	xprov_js_clear_deadline();
+	xprov_js_set_deadline(&heap->deadline, xprov_js_now_us() + SANDBOX_SETUP_MS * INT64CONST(1000));
+	rc = duk_safe_call(heap->ctx, build_realm, heap, 0, 1);
+	heap->setup_cancelled = xprov_js_trip_reason(&heap->deadline) == XPROV_JS_TRIP_CANCEL;
+	xprov_js_clear_deadline(&heap->deadline);
 	if (rc != DUK_EXEC_SUCCESS)
 	{
 		/* a bug of ours, or cancel; either way this heap is not safe to use */
-		strlcpy(fatal_message, duk_safe_to_string(heap.ctx, -1), sizeof(fatal_message));
-		duk_destroy_heap(heap.ctx);
-		abandon_heap();
-		return fatal_message;
+		bool		cancelled = heap->setup_cancelled;
+
+		strlcpy(heap->fatal_message, duk_safe_to_string(heap->ctx, -1), sizeof(heap->fatal_message));
+		duk_destroy_heap(heap->ctx);
+		abandon_heap(heap);
+		heap->setup_cancelled = cancelled;
+		return heap->fatal_message;
 	}
-	duk_set_top(heap.ctx, 0);
-	heap.base = heap.used;
+	duk_set_top(heap->ctx, 0);
+	heap->base = heap->used;
 	return NULL;
 }
 
@@ -397,12 +415,89 @@ typedef enum CallStage
 
 typedef struct CallState
 {
+	SandboxHeap *heap;
 	SandboxCall *call;
 	const char *key;
 	size_t		key_len;
 	CallStage	stage;			/* how far the call got */
 	bool		no_hook;
 } CallState;
+
+/* A result block of a detached call: malloc'd, on the call's list. */
+typedef struct OwnedBlock
+{
+	struct OwnedBlock *next;
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} OwnedBlock;
+
+/*
+ * A NUL-terminated copy of len bytes for the call's results, or NULL when
+ * memory is short.  Never throws: duktape may still be entered.  A detached
+ * call runs off the main thread, where palloc must not be used.
+ */
+static char *
+call_copy(SandboxCall *call, const char *data, size_t len)
+{
+	OwnedBlock *block;
+
+	if (!call->detached)
+		return copy_bytes_no_oom(CurrentMemoryContext, data, len);
+	if (call->buffer != NULL && call->buffer_size - call->buffer_used > len)
+	{
+		char	   *copy = call->buffer + call->buffer_used;
+
+		memcpy(copy, data, len);
+		copy[len] = '\0';
+		call->buffer_used += len + 1;
+		return copy;
+	}
+	block = malloc(offsetof(OwnedBlock, data) + len + 1);
+	if (block == NULL)
+		return NULL;
+	memcpy(block->data, data, len);
+	block->data[len] = '\0';
+	block->next = call->owned;
+	call->owned = block;
+	return block->data;
+}
+
+/* An error message for the call; outside duktape, but maybe off the main thread. */
+static char *
+call_message(SandboxCall *call, const char *format,...) pg_attribute_printf(2, 3);
+
+static char *
+call_message(SandboxCall *call, const char *format,...)
+{
+	char		message[512];
+	va_list		args;
+	char	   *copy;
+
+	va_start(args, format);
+	vsnprintf(message, sizeof(message), format, args);
+	va_end(args);
+	if (!call->detached)
+		return pstrdup(message);
+	copy = call_copy(call, message, strlen(message));
+	return copy ? copy : "failed (out of memory)";
+}
+
+void
+sandbox_call_release(SandboxCall *call)
+{
+	OwnedBlock *block = call->owned;
+
+	while (block)
+	{
+		OwnedBlock *next = block->next;
+
+		free(block);
+		block = next;
+	}
+	call->owned = NULL;
+	call->buffer_used = 0;
+	call->result = call->error = NULL;
+	call->nmembers = 0;
+}
 
 /* Leaves the compiled program on the stack. */
 static void
@@ -417,14 +512,14 @@ push_program(duk_context *ctx, CallState *state)
 		return;
 	}
 	duk_pop(ctx);
-	if (heap.cached >= SANDBOX_CACHE_MAX)
+	if (state->heap->cached >= SANDBOX_CACHE_MAX)
 	{
 		/* hooks come and go with their versions: start the cache over */
 		duk_pop(ctx);
 		duk_push_object(ctx);
 		duk_dup(ctx, -1);
 		duk_put_prop_string(ctx, -3, "cache");
-		heap.cached = 0;
+		state->heap->cached = 0;
 	}
 
 	/*
@@ -449,7 +544,7 @@ push_program(duk_context *ctx, CallState *state)
 	duk_compile(ctx, DUK_COMPILE_EVAL | DUK_COMPILE_STRICT);
 	duk_dup(ctx, -1);
 	duk_put_prop_lstring(ctx, -3, state->key, state->key_len);
-	heap.cached++;
+	state->heap->cached++;
 	duk_replace(ctx, -3);
 	duk_pop(ctx);
 }
@@ -501,13 +596,13 @@ is_plain_object(duk_context *ctx, duk_idx_t idx)
  * a boxed string, an object with toJSON or another prototype) may not be.
  */
 static bool
-is_literal_object(duk_context *ctx, duk_idx_t idx)
+is_literal_object(duk_context *ctx, duk_idx_t idx, const SandboxHeap *heap)
 {
 	bool		literal;
 
 	idx = duk_normalize_index(ctx, idx);
 	duk_get_prototype(ctx, idx);
-	literal = duk_get_heapptr(ctx, -1) == heap.object_prototype;
+	literal = duk_get_heapptr(ctx, -1) == heap->object_prototype;
 	duk_pop(ctx);
 	return literal && !duk_has_prop_literal(ctx, idx, "toJSON");
 }
@@ -614,7 +709,7 @@ call_body(duk_context *ctx, void *udata)
 	state->stage = STAGE_HOOK;
 	duk_call(ctx, 1);
 	state->stage = STAGE_RESULT;
-	if (call->split_result && is_plain_object(ctx, -1) && !is_literal_object(ctx, -1))
+	if (call->split_result && is_plain_object(ctx, -1) && !is_literal_object(ctx, -1, state->heap))
 		as_json_sees_it(ctx);
 	if (call->split_result && is_plain_object(ctx, -1))
 		split_members(ctx);
@@ -708,17 +803,17 @@ describe_error(duk_context *ctx, CallState *state)
 	const char *text;
 	duk_size_t	len;
 
-	xprov_js_set_deadline(xprov_js_now_us() + SANDBOX_FORMAT_MS * INT64CONST(1000));
+	xprov_js_set_deadline(&state->heap->deadline, xprov_js_now_us() + SANDBOX_FORMAT_MS * INT64CONST(1000));
 	if (duk_safe_call(ctx, format_body, NULL, 1, 1) != DUK_EXEC_SUCCESS)
 	{
 		duk_pop(ctx);
 		duk_push_string(ctx, "an error value that cannot be shown");
 	}
-	xprov_js_clear_deadline();
+	xprov_js_clear_deadline(&state->heap->deadline);
 	text = duk_get_lstring(ctx, -1, &len);
 	if (text == NULL)
 		text = "an error value that cannot be shown";
-	call->error = copy_bytes_no_oom(CurrentMemoryContext, text, Min(len, 2000));
+	call->error = call_copy(call, text, Min(len, 2000));
 	if (call->error != NULL)
 		make_valid_utf8(call->error);
 
@@ -747,7 +842,7 @@ copy_members(duk_context *ctx, SandboxCall *call)
 
 	call->nmembers = 0;
 	call->more_members = false;
-	call->result = copy_bytes_no_oom(CurrentMemoryContext, "{}", 2);
+	call->result = call_copy(call, "{}", 2);
 	if (call->result == NULL)
 	{
 		call->status = SANDBOX_MEMORY;
@@ -788,9 +883,9 @@ copy_members(duk_context *ctx, SandboxCall *call)
 			call->nmembers = 0;
 			return;
 		}
-		copy = copy_bytes_no_oom(CurrentMemoryContext, name, name_len);
+		copy = call_copy(call, name, name_len);
 		if (copy == NULL || (text != NULL &&
-							 (member->text = copy_bytes_no_oom(CurrentMemoryContext, text, len)) == NULL))
+							 (member->text = call_copy(call, text, len)) == NULL))
 		{
 			call->status = SANDBOX_MEMORY;
 			call->result = NULL;
@@ -802,7 +897,7 @@ copy_members(duk_context *ctx, SandboxCall *call)
 		if (text != NULL && cesu_to_utf8((char *) member->text, len, false) < 0)
 		{
 			call->status = SANDBOX_THREW;
-			call->error = copy_bytes_no_oom(CurrentMemoryContext, unpaired_surrogate, strlen(unpaired_surrogate));
+			call->error = call_copy(call, unpaired_surrogate, strlen(unpaired_surrogate));
 			call->result = NULL;
 			call->nmembers = 0;
 			return;
@@ -816,19 +911,20 @@ copy_members(duk_context *ctx, SandboxCall *call)
 static void
 run_in_heap(CallState *state, uint64 refused_before)
 {
+	SandboxHeap *heap = state->heap;
 	SandboxCall *call = state->call;
-	duk_context *ctx = heap.ctx;
+	duk_context *ctx = heap->ctx;
 	duk_int_t	rc;
 	int64		start;
 	XprovJsTrip trip;
 
 	duk_set_top(ctx, 0);
-	heap.limit = heap.used + (size_t) call->memory_kb * 1024;
+	heap->limit = heap->used + (size_t) call->memory_kb * 1024;
 	start = xprov_js_now_us();
-	xprov_js_set_deadline(start + (int64) call->timeout_ms * 1000);
+	xprov_js_set_deadline(&heap->deadline, start + (int64) call->timeout_ms * 1000);
 	rc = duk_safe_call(ctx, call_body, state, 0, 1);
-	trip = xprov_js_trip_reason();
-	xprov_js_clear_deadline();
+	trip = xprov_js_trip_reason(&heap->deadline);
+	xprov_js_clear_deadline(&heap->deadline);
 	call->duration_us = xprov_js_now_us() - start;
 
 	if (rc == DUK_EXEC_SUCCESS && duk_is_array(ctx, -1))
@@ -843,27 +939,27 @@ run_in_heap(CallState *state, uint64 refused_before)
 			call->status = SANDBOX_OK;	/* undefined: no result */
 		else if (len > SANDBOX_MAX_RESULT)
 			call->status = SANDBOX_TOO_LARGE;
-		else if ((call->result = copy_bytes_no_oom(CurrentMemoryContext, text, len)) == NULL)
+		else if ((call->result = call_copy(call, text, len)) == NULL)
 			call->status = SANDBOX_MEMORY;
 		else if (cesu_to_utf8(call->result, len, false) < 0)
 		{
 			call->result = NULL;
 			call->status = SANDBOX_THREW;
-			call->error = copy_bytes_no_oom(CurrentMemoryContext, unpaired_surrogate, strlen(unpaired_surrogate));
+			call->error = call_copy(call, unpaired_surrogate, strlen(unpaired_surrogate));
 		}
 	}
 	else if (trip == XPROV_JS_TRIP_CANCEL)
 		call->status = SANDBOX_CANCELLED;
 	else if (trip == XPROV_JS_TRIP_DEADLINE)
 		call->status = SANDBOX_TIMEOUT;
-	else if (heap.refused > refused_before)
+	else if (heap->refused > refused_before)
 		call->status = SANDBOX_MEMORY;
 	else
 		describe_error(ctx, state);
 
-	heap.limit = 0;
+	heap->limit = 0;
 	duk_set_top(ctx, 0);
-	if (heap.used > heap.base + SANDBOX_GC_SLACK)
+	if (heap->used > heap->base + SANDBOX_GC_SLACK)
 		duk_gc(ctx, 0);
 }
 
@@ -873,26 +969,26 @@ describe_status(SandboxCall *call)
 	switch (call->status)
 	{
 		case SANDBOX_TIMEOUT:
-			call->error = psprintf("exceeded its time limit of %d ms", call->timeout_ms);
+			call->error = call_message(call, "exceeded its time limit of %d ms", call->timeout_ms);
 			break;
 		case SANDBOX_MEMORY:
-			call->error = psprintf("exceeded its memory limit of %d kB", call->memory_kb);
+			call->error = call_message(call, "exceeded its memory limit of %d kB", call->memory_kb);
 			break;
 		case SANDBOX_TOO_LARGE:
-			call->error = psprintf("returned a result larger than %d bytes", SANDBOX_MAX_RESULT);
+			call->error = call_message(call, "returned a result larger than %d bytes", SANDBOX_MAX_RESULT);
 			break;
 		case SANDBOX_CANCELLED:
-			call->error = pstrdup("was cancelled");
+			call->error = call_message(call, "was cancelled");
 			break;
 		default:
 			if (call->error == NULL)
-				call->error = pstrdup(call->status == SANDBOX_OK ? "" : "failed");
+				call->error = call_message(call, "%s", call->status == SANDBOX_OK ? "" : "failed");
 			break;
 	}
 }
 
 void
-sandbox_run(SandboxCall *call)
+sandbox_run_on(SandboxHeap *heap, SandboxCall *call)
 {
 	sigjmp_buf	boundary;
 	CallState	state = {0};
@@ -901,9 +997,12 @@ sandbox_run(SandboxCall *call)
 	call->status = SANDBOX_OK;
 	call->result = NULL;
 	call->error = NULL;
+	call->owned = NULL;
+	call->buffer_used = 0;
 	call->duration_us = 0;
 	call->nmembers = 0;
 	call->more_members = false;
+	state.heap = heap;
 	state.call = call;
 	state.key = call->cache_key ? call->cache_key : call->script;
 	state.key_len = strlen(state.key);
@@ -911,25 +1010,37 @@ sandbox_run(SandboxCall *call)
 	if (sigsetjmp(boundary, 0) != 0)
 	{
 		/* duktape failed fatally: the heap is in an unknown state */
-		fatal_boundary = NULL;
-		xprov_js_clear_deadline();
-		abandon_heap();
+		heap->fatal_boundary = NULL;
+		abandon_heap(heap);
 		call->status = SANDBOX_FATAL;
-		call->error = psprintf("JavaScript engine failed: %s", fatal_message);
+		call->error = call_message(call, "JavaScript engine failed: %s", heap->fatal_message);
 		return;
 	}
-	fatal_boundary = &boundary;
-	heap_error = ensure_heap();
+	heap->fatal_boundary = &boundary;
+	heap_error = ensure_heap(heap);
 	if (heap_error == NULL)
-		run_in_heap(&state, heap.refused);
-	fatal_boundary = NULL;
+		run_in_heap(&state, heap->refused);
+	heap->fatal_boundary = NULL;
 
 	if (heap_error != NULL)
 	{
-		call->status = setup_cancelled ? SANDBOX_CANCELLED : SANDBOX_FATAL;
-		call->error = psprintf("JavaScript engine could not start: %s", heap_error);
+		call->status = heap->setup_cancelled ? SANDBOX_CANCELLED : SANDBOX_FATAL;
+		call->error = call_message(call, "JavaScript engine could not start: %s", heap_error);
 	}
 	describe_status(call);
+}
+
+void
+sandbox_run(SandboxCall *call)
+{
+	Assert(!call->detached);
+	sandbox_run_on(&own_heap, call);
+}
+
+SandboxHeap *
+sandbox_heap_create(void)
+{
+	return calloc(1, sizeof(SandboxHeap));
 }
 
 static duk_ret_t
@@ -951,20 +1062,20 @@ sandbox_force_fatal(SandboxCall *call)
 	call->error = NULL;
 	if (sigsetjmp(boundary, 0) != 0)
 	{
-		fatal_boundary = NULL;
-		abandon_heap();
+		own_heap.fatal_boundary = NULL;
+		abandon_heap(&own_heap);
 		call->status = SANDBOX_FATAL;
-		call->error = psprintf("JavaScript engine failed: %s", fatal_message);
+		call->error = psprintf("JavaScript engine failed: %s", own_heap.fatal_message);
 		return;
 	}
-	fatal_boundary = &boundary;
-	if (ensure_heap() == NULL)
-		duk_safe_call(heap.ctx, fatal_body, NULL, 0, 1);
-	fatal_boundary = NULL;
+	own_heap.fatal_boundary = &boundary;
+	if (ensure_heap(&own_heap) == NULL)
+		duk_safe_call(own_heap.ctx, fatal_body, NULL, 0, 1);
+	own_heap.fatal_boundary = NULL;
 }
 
 size_t
 sandbox_heap_bytes(void)
 {
-	return heap.used;
+	return own_heap.used;
 }

@@ -3,7 +3,7 @@
  * sandbox.h
  *	  Running tenants' JavaScript hooks in a duktape sandbox.
  *
- * One duktape heap per process, built on first use: strict mode, frozen
+ * One duktape heap per thread, built on first use: strict mode, frozen
  * built-ins and global object, no Duktape/Buffer/CBOR/Proxy/Reflect/
  * performance globals, eval and Function refusing strings.  Each call runs
  * under a deadline (checked by the interpreter and the regexp engine, sticky
@@ -20,6 +20,11 @@
  * everything in SandboxCall.  Its results are palloc'd in the caller's
  * memory context once duktape has returned (which may throw out of memory,
  * as any palloc).
+ *
+ * A thread other than the process's main one may run calls on a heap of
+ * its own (sandbox_heap_create(), sandbox_run_on()).  Such a call is
+ * detached: it touches no PostgreSQL state at all, and its results are
+ * malloc'd, to be freed by sandbox_call_release().
  *
  *-------------------------------------------------------------------------
  */
@@ -77,6 +82,9 @@ typedef struct SandboxValue
 /* Members of a returned object reported in SandboxCall.members, at most. */
 #define SANDBOX_MAX_MEMBERS 8
 
+/* A heap and its realm, used by one thread at a time. */
+typedef struct SandboxHeap SandboxHeap;
+
 typedef struct SandboxCall
 {
 	/* in */
@@ -92,6 +100,10 @@ typedef struct SandboxCall
 								 * (members) rather than as one JSON text */
 	int			timeout_ms;
 	int			memory_kb;
+	bool		detached;		/* off the main thread: see sandbox_run_on() */
+	char	   *buffer;			/* detached: room for small results (the
+								 * caller's), or NULL */
+	size_t		buffer_size;
 
 	/* out */
 	SandboxStatus status;
@@ -103,9 +115,28 @@ typedef struct SandboxCall
 												 * as text */
 	int			nmembers;
 	bool		more_members;	/* the object had more than these */
+	size_t		buffer_used;
+	void	   *owned;			/* detached: results that did not fit in
+								 * buffer, malloc'd */
 } SandboxCall;
 
+/* A call on this process's own heap, from the main thread. */
 extern void sandbox_run(SandboxCall *call);
+
+/*
+ * A heap for another thread: malloc'd, NULL when memory is short; the
+ * realm is built on its first call.
+ */
+extern SandboxHeap *sandbox_heap_create(void);
+
+/*
+ * A call on that heap, from the one thread that uses it.  With
+ * call->detached it neither allocates with palloc nor raises errors.
+ */
+extern void sandbox_run_on(SandboxHeap *heap, SandboxCall *call);
+
+/* Free a detached call's results. */
+extern void sandbox_call_release(SandboxCall *call);
 
 /* Tests: bytes the heap holds; the fatal-error path taken on purpose. */
 extern size_t sandbox_heap_bytes(void);
