@@ -78,6 +78,7 @@ read_hook(uint64 row, Hook *hook)
 		memcpy(&hook->connector_id, DatumGetUUIDP(value), UUID_LEN);
 	object_class = SPI_getvalue(tuple, desc, 5);
 	hook->object_class = object_class ? MemoryContextStrdup(hooks_cxt, object_class) : NULL;
+	hook->object_class_len = object_class ? strlen(object_class) : 0;
 	hook->phase = phase_from_text(SPI_getvalue(tuple, desc, 6));
 	hook->script = MemoryContextStrdup(hooks_cxt, SPI_getvalue(tuple, desc, 7));
 	hook->timeout_ms = spi_get_int32(row, 8);
@@ -124,12 +125,13 @@ hook_cache_forget(void)
 
 static bool
 applies(const Hook *hook, const pg_uuid_t *tenant_id, const pg_uuid_t *connector_id,
-		const char *object_class)
+		const char *object_class, int len)
 {
 	return memcmp(&hook->tenant_id, tenant_id, UUID_LEN) == 0 &&
 		(hook->any_connector || memcmp(&hook->connector_id, connector_id, UUID_LEN) == 0) &&
 		(hook->object_class == NULL ||
-		 (object_class != NULL && strcmp(hook->object_class, object_class) == 0));
+		 (object_class != NULL && hook->object_class_len == len &&
+		  memcmp(hook->object_class, object_class, len) == 0));
 }
 
 bool
@@ -140,10 +142,10 @@ hook_cache_empty(void)
 
 bool
 hook_cache_any(const pg_uuid_t *tenant_id, const pg_uuid_t *connector_id,
-			   const char *object_class)
+			   const char *object_class, int len)
 {
 	for (int i = 0; i < nhooks; i++)
-		if (applies(&hooks[i], tenant_id, connector_id, object_class))
+		if (applies(&hooks[i], tenant_id, connector_id, object_class, len))
 			return true;
 	return false;
 }
@@ -154,7 +156,9 @@ hook_cache_lookup(const pg_uuid_t *tenant_id, const pg_uuid_t *connector_id,
 {
 	*count = 0;
 	for (int i = 0; i < nhooks; i++)
-		if (hooks[i].phase == phase && applies(&hooks[i], tenant_id, connector_id, object_class))
+		if (hooks[i].phase == phase &&
+			applies(&hooks[i], tenant_id, connector_id, object_class,
+					object_class ? strlen(object_class) : 0))
 			matches[(*count)++] = &hooks[i];
 	return matches;
 }

@@ -32,6 +32,7 @@ typedef struct Hook
 	bool		any_connector;
 	pg_uuid_t	connector_id;
 	char	   *object_class;	/* NULL: any */
+	int			object_class_len;
 	HookPhase	phase;
 	char	   *script;
 	int			timeout_ms;
@@ -49,9 +50,13 @@ extern void hook_cache_forget(void);
 /* Whether there are no hooks at all (the common case: nothing to match). */
 extern bool hook_cache_empty(void);
 
-/* Whether any hook (of any phase) applies to operations of this kind. */
+/*
+ * Whether any hook (of any phase) applies to operations of this kind.  The
+ * object class is len bytes, not necessarily NUL-terminated (a text
+ * datum's): the worker asks this for every operation it claims.
+ */
 extern bool hook_cache_any(const pg_uuid_t *tenant_id, const pg_uuid_t *connector_id,
-						   const char *object_class);
+						   const char *object_class, int len);
 
 /*
  * The hooks of a phase for operations of this kind, in run order; *count

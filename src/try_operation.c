@@ -306,7 +306,8 @@ load_hooks(WorkOp *op)
 	hook_cache_forget();
 	hook_cache_refresh();
 	SPI_finish();
-	return hook_cache_any(&op->tenant_id, &op->connector_id, op->object_class);
+	return hook_cache_any(&op->tenant_id, &op->connector_id, op->object_class,
+						  op->object_class ? strlen(op->object_class) : 0);
 }
 
 static void

@@ -403,11 +403,49 @@ read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
 	lease->idempotency_key = SPI_getvalue(tuple, desc, QOP_IDEMPOTENCY_KEY);
 }
 
-/* A claimed row as a WorkOp in a context of its own. */
-static WorkOp *
-make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
+/*
+ * A column's text, NULL for NULL.  The types a claim returns are converted
+ * directly: SPI_getvalue() looks the type's output function up in the
+ * catalog cache for every value.
+ */
+static char *
+column_text(HeapTuple tuple, TupleDesc desc, int column)
 {
-	MemoryContext cxt = AllocSetContextCreate(ops_cxt, "xprov operation", ALLOCSET_SMALL_SIZES);
+	bool		isnull;
+	Datum		value = SPI_getbinval(tuple, desc, column, &isnull);
+	Jsonb	   *jsonb;
+	char	   *uuid;
+
+	if (isnull)
+		return NULL;
+	switch (TupleDescAttr(desc, column - 1)->atttypid)
+	{
+		case TEXTOID:
+			return text_to_cstring(DatumGetTextPP(value));
+		case UUIDOID:
+			uuid = palloc(UUID_TEXT_LEN);
+			uuid_to_text(uuid, DatumGetUUIDP(value));
+			return uuid;
+		case JSONBOID:
+			jsonb = DatumGetJsonbP(value);
+			return JsonbToCString(NULL, &jsonb->root, VARSIZE(jsonb));
+		default:
+			return SPI_getvalue(tuple, desc, column);
+	}
+}
+
+/*
+ * A claimed row as a WorkOp in a context of its own.  An operation with
+ * hooks gets a larger one: its hook runs, their answers and their history
+ * would otherwise take a malloc each (recycled contexts keep their first
+ * block).
+ */
+static WorkOp *
+make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt, bool has_hooks)
+{
+	MemoryContext cxt = has_hooks ?
+		AllocSetContextCreate(ops_cxt, "xprov operation", ALLOCSET_DEFAULT_SIZES) :
+		AllocSetContextCreate(ops_cxt, "xprov operation", ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	HeapTuple	tuple = rows->vals[row];
 	TupleDesc	desc = rows->tupdesc;
@@ -415,7 +453,7 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	bool		isnull;
 	Datum		value;
 
-	/* SPI_getvalue's text is allocated here, in the op's context */
+	/* the columns' texts are allocated here, in the op's context */
 	op->cxt = cxt;
 	read_lease(rows, row, &op->lease);
 	op->id = op->lease.id;
@@ -423,11 +461,11 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt)
 	op->connector_id = op->lease.connector_id;
 	op->tenant_id = op->lease.tenant_id;
 	op->lane_id = op->lease.lane_id;
-	op->identity_id = SPI_getvalue(tuple, desc, QOP_IDENTITY_ID);
-	op->target_uid = SPI_getvalue(tuple, desc, QOP_TARGET_UID);
-	op->type = op_type_from_text(SPI_getvalue(tuple, desc, QOP_OPERATION_TYPE));
-	op->object_class = SPI_getvalue(tuple, desc, QOP_OBJECT_CLASS);
-	op->attributes = SPI_getvalue(tuple, desc, QOP_ATTRIBUTES);
+	op->identity_id = column_text(tuple, desc, QOP_IDENTITY_ID);
+	op->target_uid = column_text(tuple, desc, QOP_TARGET_UID);
+	op->type = op_type_from_text(column_text(tuple, desc, QOP_OPERATION_TYPE));
+	op->object_class = column_text(tuple, desc, QOP_OBJECT_CLASS);
+	op->attributes = column_text(tuple, desc, QOP_ATTRIBUTES);
 	value = SPI_getbinval(tuple, desc, QOP_RETRY_COUNT, &isnull);
 	op->attempt = (isnull ? 0 : DatumGetInt32(value)) + 1;
 	MemoryContextSwitchTo(old);
@@ -525,14 +563,19 @@ row_has_hooks(SPITupleTable *rows, uint64 row, const pg_uuid_t *connector_id)
 {
 	bool		isnull;
 	pg_uuid_t	tenant_id;
-	char	   *object_class;
+	Datum		object_class;
+	text	   *class_text;
 
 	if (hook_cache_empty())
 		return false;
 	memcpy(&tenant_id, DatumGetUUIDP(SPI_getbinval(rows->vals[row], rows->tupdesc, QOP_TENANT_ID, &isnull)),
 		   UUID_LEN);
-	object_class = SPI_getvalue(rows->vals[row], rows->tupdesc, QOP_OBJECT_CLASS);
-	return hook_cache_any(&tenant_id, connector_id, object_class);
+	object_class = SPI_getbinval(rows->vals[row], rows->tupdesc, QOP_OBJECT_CLASS, &isnull);
+	if (isnull)
+		return hook_cache_any(&tenant_id, connector_id, NULL, 0);
+	class_text = DatumGetTextPP(object_class);
+	return hook_cache_any(&tenant_id, connector_id, VARDATA_ANY(class_text),
+						  VARSIZE_ANY_EXHDR(class_text));
 }
 
 void
@@ -583,7 +626,7 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 		}
 		else
 		{
-			WorkOp	   *op = make_work_op(rows, row, ops_cxt);
+			WorkOp	   *op = make_work_op(rows, row, ops_cxt, has_hooks);
 
 			op->noop = noop;
 			op->has_hooks = has_hooks;
