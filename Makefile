@@ -35,7 +35,7 @@ PG_CPPFLAGS = -I$(DUK_BUILD_DIR) -Isrc
 # Our own code must be warning-free.  Applies to every object; the duktape
 # rule below filters it out again.
 PG_CFLAGS   = -Werror
-SHLIB_LINK  = -lcurl -lcjson
+SHLIB_LINK  = -lcurl -lcjson -pthread
 
 # pg_regress tests: sql/NAME.sql + expected/NAME.out, minus the extension
 # script(s).  The tests CREATE EXTENSION themselves.

@@ -40,6 +40,22 @@ typedef struct HookContext
 	int			nfields;
 } HookContext;
 
+/*
+ * Room for a typical answer of a before hook (new attributes) in the
+ * operation's own memory: malloc and a free on another thread cost more
+ * than the hook itself.
+ */
+#define AHEAD_BUFFER 768
+
+/* The first before hook of an operation, run ahead on the hook thread. */
+typedef struct HookAhead
+{
+	SandboxCall call;
+	HookContext context;
+	char		cache_key[sizeof(((Hook *) NULL)->cache_key)];
+	char		buffer[AHEAD_BUFFER];
+} HookAhead;
+
 /* The sandbox's UTF-8 (no copy when the server's encoding is UTF-8). */
 static const char *
 to_utf8(const char *text)
@@ -312,30 +328,44 @@ hook_failed(WorkOp *op, const Hook *hook, const SandboxCall *call, HookVerdict *
 	op->hook_verdict = true;
 }
 
+static void
+prepare_call(SandboxCall *call, const Hook *hook, const HookContext *context)
+{
+	call->cache_key = hook->cache_key;
+	call->script = hook->script;
+	call->fields = context->fields;
+	call->nfields = context->nfields;
+	call->split_result = true;
+	call->timeout_ms = hook->timeout_ms;
+	call->memory_kb = hook->memory_kb;
+}
+
 /*
- * Run one hook.  Returns false when the operation's fate is sealed (a skip,
- * a failure, a shutdown) and later hooks of the phase must not run.
+ * Run one hook, or take the answer the hook thread found for it (ahead,
+ * made for this very version of the hook).  Returns false when the
+ * operation's fate is sealed (a skip, a failure, a shutdown) and later
+ * hooks of the phase must not run.
  */
 static bool
-run_hook(WorkOp *op, const Hook *hook)
+run_hook(WorkOp *op, const Hook *hook, const HookAhead *ahead)
 {
-	SandboxCall call = {0};
+	SandboxCall local = {0};
+	const SandboxCall *call = &local;
 	HookVerdict verdict = {"unchanged", NULL};
 	OutcomeKind before = op->outcome.kind;
 
-	HookContext context;
+	if (ahead != NULL && strcmp(ahead->cache_key, hook->cache_key) == 0)
+		call = &ahead->call;
+	else
+	{
+		HookContext context;
 
-	build_context(&context, op, hook->phase);
-	call.cache_key = hook->cache_key;
-	call.script = hook->script;
-	call.fields = context.fields;
-	call.nfields = context.nfields;
-	call.split_result = true;
-	call.timeout_ms = hook->timeout_ms;
-	call.memory_kb = hook->memory_kb;
-	sandbox_run(&call);
+		build_context(&context, op, hook->phase);
+		prepare_call(&local, hook, &context);
+		sandbox_run(&local);
+	}
 
-	if (call.status == SANDBOX_CANCELLED)
+	if (call->status == SANDBOX_CANCELLED)
 	{
 		/* the worker is stopping: the operation goes back untouched */
 		op->outcome.kind = OUTCOME_RELEASE;
@@ -343,9 +373,9 @@ run_hook(WorkOp *op, const Hook *hook)
 		op->hook_verdict = true;
 		return false;
 	}
-	if (call.status != SANDBOX_OK || !apply_answer(op, hook->phase, &call, &verdict))
-		hook_failed(op, hook, &call, &verdict);
-	log_run(op, hook, &call, &verdict);
+	if (call->status != SANDBOX_OK || !apply_answer(op, hook->phase, call, &verdict))
+		hook_failed(op, hook, call, &verdict);
+	log_run(op, hook, call, &verdict);
 	return op->outcome.kind == before || op->outcome.kind == OUTCOME_NONE;
 }
 
@@ -355,12 +385,14 @@ run_phase(WorkOp *op, HookPhase phase)
 	MemoryContext old = CurrentMemoryContext;
 	const Hook **hooks;
 	int			count;
+	HookAhead  *ahead = phase == HOOK_BEFORE ? op->hook_ahead : NULL;
 
+	op->hook_ahead = NULL;
 	hooks = hook_cache_lookup(&op->tenant_id, &op->connector_id, op->object_class, phase, &count);
 	PG_TRY();
 	{
 		for (int i = 0; i < count; i++)
-			if (!run_hook(op, hooks[i]))
+			if (!run_hook(op, hooks[i], i == 0 ? ahead : NULL))
 				break;
 	}
 	PG_CATCH();
@@ -391,6 +423,59 @@ hook_run_outcome(WorkOp *op)
 		run_phase(op, HOOK_AFTER);
 	else if (op->outcome.kind == OUTCOME_RETRY || op->outcome.kind == OUTCOME_DEAD)
 		run_phase(op, HOOK_ON_ERROR);
+}
+
+static void
+release_ahead(void *arg)
+{
+	sandbox_call_release(&((HookAhead *) arg)->call);
+}
+
+SandboxCall *
+hook_run_prepare_ahead(WorkOp *op)
+{
+	const Hook **hooks;
+	int			count;
+	HookAhead  *ahead;
+	MemoryContextCallback *release;
+	MemoryContext old;
+
+	if (!op->has_hooks)
+		return NULL;
+	hooks = hook_cache_lookup(&op->tenant_id, &op->connector_id, op->object_class, HOOK_BEFORE, &count);
+	if (count == 0)
+		return NULL;
+
+	/*
+	 * Everything the call points to lives in op->cxt, untouched until the
+	 * thread is done: the hook cache may be reloaded meanwhile.
+	 */
+	old = MemoryContextSwitchTo(op->cxt);
+	ahead = palloc(sizeof(HookAhead));
+	memset(ahead, 0, offsetof(HookAhead, buffer));
+	build_context(&ahead->context, op, HOOK_BEFORE);
+	prepare_call(&ahead->call, hooks[0], &ahead->context);
+	strlcpy(ahead->cache_key, hooks[0]->cache_key, sizeof(ahead->cache_key));
+	ahead->call.cache_key = ahead->cache_key;
+	ahead->call.script = pstrdup(hooks[0]->script);
+	ahead->call.detached = true;
+	ahead->call.buffer = ahead->buffer;
+	ahead->call.buffer_size = sizeof(ahead->buffer);
+	release = palloc(sizeof(MemoryContextCallback));
+	release->func = release_ahead;
+	release->arg = ahead;
+	MemoryContextRegisterResetCallback(op->cxt, release);
+	MemoryContextSwitchTo(old);
+
+	op->hook_ahead = ahead;
+	return &ahead->call;
+}
+
+SandboxCall *
+hook_run_ahead_call(WorkOp *op)
+{
+	Assert(op->hook_ahead != NULL);
+	return &op->hook_ahead->call;
 }
 
 char *

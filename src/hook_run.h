@@ -31,6 +31,17 @@ extern bool hook_run_before(WorkOp *op);
  */
 extern void hook_run_outcome(WorkOp *op);
 
+/*
+ * The first before hook's call, to run on the hook thread before the
+ * operation starts (hook_thread.h), or NULL when it has no before hook.
+ * hook_run_before() takes its answer if the hook is still the same then.
+ * The call lives in op->cxt.
+ */
+extern struct SandboxCall *hook_run_prepare_ahead(WorkOp *op);
+
+/* That call, once prepared. */
+extern struct SandboxCall *hook_run_ahead_call(WorkOp *op);
+
 /* What the hooks did in this attempt, as JSON text for the history; or NULL. */
 extern char *hook_log_json(const WorkOp *op);
 

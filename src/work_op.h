@@ -150,6 +150,8 @@ typedef struct WorkOp
 	char	   *shadow_attributes;	/* JSON from an after hook, or NULL */
 	bool		hook_verdict;	/* the outcome is a hook's doing: no on_error */
 	struct StringInfoData *hook_log;	/* JSON array items, or NULL */
+	struct HookAhead *hook_ahead;	/* the first before hook, run ahead on the
+									 * hook thread, or NULL */
 
 	/* correlation before a create (worker_store.c) */
 	AwaitDb		awaiting;		/* waits for the database, not for HTTP */

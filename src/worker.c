@@ -42,6 +42,7 @@
 #include "dispatch.h"
 #include "hook_cache.h"
 #include "hook_run.h"
+#include "hook_thread.h"
 #include "http.h"
 #include "protocol.h"
 #include "worker.h"
@@ -72,6 +73,13 @@ typedef struct Worker
 	int			nfinished;		/* HTTP operations in finished.ops */
 	TimestampTz finished_since; /* when the first of them finished */
 	WorkOp	   *claimed;		/* HTTP operations claimed, not yet started */
+	WorkOp	   *queued;			/* claimed operations whose first before hook
+								 * waits for the hook thread */
+	WorkOp	   *queued_tail;
+	int			nqueued;
+	WorkOp	   *ahead;			/* those the hook thread has (not in held) */
+	int			nahead;
+	MemoryContext ahead_cxt;	/* the calls handed to the hook thread */
 	WorkOp	   *awaiting;		/* operations waiting for the database's
 								 * answer (op->awaiting), asked in the next
 								 * transaction */
@@ -428,10 +436,15 @@ transaction_step(bool claim)
  * Signals
  */
 
+static void take_back_from_hooks(void);
+
 static void
 give_back_everything(void)
 {
-	WorkOp	   *waiting = dispatch_take_all_waiting();
+	WorkOp	   *waiting;
+
+	take_back_from_hooks();
+	waiting = dispatch_take_all_waiting();
 
 	http_engine_abandon_all();
 	for (WorkOp *op = waiting, *next; op; op = next)
@@ -582,6 +595,106 @@ resume_answered(void)
 	}
 }
 
+/*
+ * Claimed operations with a before hook wait for the hook thread to run it
+ * (the first one; the others run when the operation starts).  Meanwhile the
+ * worker records and claims.
+ */
+static void
+queue_for_hooks(void)
+{
+	WorkOp	  **link = &w.claimed;
+
+	while (*link)
+	{
+		WorkOp	   *op = *link;
+
+		if (!op->has_hooks || op->hook_ahead != NULL || hook_run_prepare_ahead(op) == NULL)
+		{
+			link = &op->next;
+			continue;
+		}
+		*link = op->next;
+		op->next = NULL;
+		if (w.queued_tail)
+			w.queued_tail->next = op;
+		else
+			w.queued = op;
+		w.queued_tail = op;
+		w.nqueued++;
+	}
+}
+
+/*
+ * Hand what is queued to the hook thread, if it is idle.  The operations it
+ * holds are not counted as held, so that the next batch can be claimed
+ * while they wait.
+ */
+static void
+send_ahead(void)
+{
+	SandboxCall **calls;
+	int			n = 0;
+
+	if (w.ahead != NULL || w.queued == NULL)
+		return;
+	MemoryContextReset(w.ahead_cxt);
+	calls = MemoryContextAlloc(w.ahead_cxt, sizeof(SandboxCall *) * w.nqueued);
+	for (WorkOp *op = w.queued; op; op = op->next)
+		calls[n++] = hook_run_ahead_call(op);
+	w.ahead = w.queued;
+	w.nahead = w.nqueued;
+	w.queued = w.queued_tail = NULL;
+	w.nqueued = 0;
+	w.held -= w.nahead;
+	hook_thread_start_batch(calls, w.nahead);
+}
+
+/*
+ * Once the hook thread is done with its batch (or after waiting for it),
+ * its operations can start.
+ */
+static void
+collect_ahead(bool wait)
+{
+	WorkOp	   *last = w.ahead;
+
+	if (w.ahead == NULL || !hook_thread_done(wait))
+		return;
+	while (last->next)
+		last = last->next;
+	last->next = w.claimed;
+	w.claimed = w.ahead;
+	w.held += w.nahead;
+	w.ahead = NULL;
+	w.nahead = 0;
+}
+
+/* The hook thread's part of a turn. */
+static void
+run_hooks_ahead(void)
+{
+	if (!hook_thread_available())
+		return;
+	collect_ahead(false);
+	queue_for_hooks();
+	send_ahead();
+}
+
+/* On the way out: whatever waits for the hook thread or is on it. */
+static void
+take_back_from_hooks(void)
+{
+	collect_ahead(true);
+	if (w.queued != NULL)
+	{
+		w.queued_tail->next = w.claimed;
+		w.claimed = w.queued;
+		w.queued = w.queued_tail = NULL;
+		w.nqueued = 0;
+	}
+}
+
 static void
 start_claimed(void)
 {
@@ -683,6 +796,7 @@ worker_loop(void)
 			worker_slot_set_state("claiming");
 			transaction_step(w.want_claim);
 		}
+		run_hooks_ahead();
 		start_claimed();
 
 		now = GetCurrentTimestamp();
@@ -756,6 +870,8 @@ xprov_worker_main(Datum arg)
 										ALLOCSET_DEFAULT_SIZES);
 	w.ops_cxt = AllocSetContextCreate(TopMemoryContext, "xprov operations",
 									  ALLOCSET_DEFAULT_SIZES);
+	w.ahead_cxt = AllocSetContextCreate(TopMemoryContext, "xprov hooks ahead",
+										ALLOCSET_SMALL_SIZES);
 	http_engine_init();
 	dispatch_init();
 	w.want_claim = true;

@@ -12,6 +12,10 @@
 #     ({retry: false}, and nothing); nothing survives from one call to the next;
 #   - update_hook: new operations run the new version;
 #   - noop connectors with hooks (transform and skip);
+#   - the hook thread: the worker runs before hooks on a thread of its own;
+#     300 operations claimed in full batches each get their own hook's answer
+#     (skip, veto, transform by their own attributes); an operation whose hook
+#     changed while it waited for the thread runs the new version;
 #   - hostile hooks (endless loops, a loop in finally, a catch that tries to
 #     resume, a memory bomb, catastrophic regex backtracking, deep recursion,
 #     the Function constructor, Object.prototype pollution, an enormous result):
@@ -19,7 +23,10 @@
 #     pid and the postmaster's children stay as they were, and the next ordinary
 #     operation completes (and sees no pollution and no removed global);
 #   - kill -9 of the worker while a slow hook runs: the launcher restarts it and
-#     the operation ends exactly once, by the rules.
+#     the operation ends exactly once, by the rules;
+#   - SIGTERM while the hook thread runs endless hooks: the worker stops within
+#     a second or two (the hooks are cancelled), gives the operations back
+#     unattempted, and its successor runs them.
 # Exit 0 = pass.
 #
 # Environment: XPROV_PORT (cluster port, default 55465), XPROV_HOOKS_SCIM_PORT
@@ -133,7 +140,8 @@ SELECT xprov.add_connector(:'tm', name, 'scim2', :'scim', '{"timeout_ms": 2000}'
   FROM unnest(ARRAY['scim_transform', 'scim_order', 'scim_skip', 'scim_veto', 'scim_veto_ignore',
 					'scim_after', 'scim_noretry', 'scim_retry', 'scim_ok', 'scim_state']) name;
 SELECT xprov.add_connector(:'tm', name, 'noop', NULL)
-  FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe',
+  FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe', 'noop_batch', 'noop_term',
+					'noop_slow2', 'noop_ver', 'noop_plain',
 					'h_loop', 'h_finally', 'h_catch', 'h_memory', 'h_regex', 'h_recursion',
 					'h_escape', 'h_pollute', 'h_big']) name;
 SELECT xprov.add_connector(:'tm', 'shape_' || n, 'noop', NULL) FROM generate_series(1, 15) n;
@@ -326,9 +334,29 @@ SELECT named_hook('h_getter', :'tm', 'h_getter', 'user', 'before',
 SELECT named_hook('slow', :'tm', 'noop_kill', 'user', 'before',
 	'function hook(ctx) { while (true) {} }', '{"timeout_ms": 3000}');
 
+-- the hook thread: each operation's answer depends on its own ctx
+SELECT named_hook('batch', :'tm', 'noop_batch', 'user', 'before', $js$
+function hook(ctx) {
+	var n = ctx.attributes.n;
+	if (n % 3 === 0) return { skip: true, reason: 'skip ' + n + ' ' + ctx.operation_id };
+	if (n % 3 === 1) throw new Error('veto ' + n);
+	return { attributes: { n: n, doubled: n * 2 } };
+}
+$js$);
+
+-- a hook that changes while its operation waits for the hook thread
+SELECT named_hook('slow2', :'tm', 'noop_slow2', 'user', 'before',
+	'function hook(ctx) { var t = Date.now(); while (Date.now() - t < 3000) {} }', '{"timeout_ms": 5000}');
+SELECT named_hook('ver', :'tm', 'noop_ver', 'user', 'before',
+	'function hook(ctx) { return { skip: true, reason: "version 1" }; }');
+
+-- endless when asked, for the SIGTERM
+SELECT named_hook('endless', :'tm', 'noop_term', 'user', 'before',
+	'function hook(ctx) { if (ctx.attributes.slow) { while (true) {} } }', '{"timeout_ms": 5000}');
+
 SELECT named_hook('probe', :'tm', 'noop_probe', 'user', 'before', 'function hook(ctx) { }');
 SQL
-check "45 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 45
+check "49 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 49
 
 # Hooks defined last are in force once a probe operation shows the probe hook.
 probe=""
@@ -486,6 +514,40 @@ check "noop with a before hook: a skip" "$(wait_status "$n2" skipped 10)" skippe
 check "noop: the skip's reason is recorded" \
 	"$(q "SELECT last_error LIKE '%contractor (noop)%' FROM xprov.operations WHERE id = '$n2'")" t
 
+# --- the hook thread: many operations, each its own answer -------------------------
+check "the worker runs its hooks on a thread of its own" \
+	"$(grep -lx 'xprov hooks' /proc/"$(worker_pid)"/task/*/comm 2>/dev/null | wc -l)" 1
+# disabled while 300 are enqueued, so that the worker claims them in full batches
+q "SELECT xprov.set_connector_enabled('$(conn noop_batch)', false)" >/dev/null
+q "SELECT count(*) FROM xprov.enqueue_batch((SELECT jsonb_agg(jsonb_build_object(
+	'tenant_id', '$TM', 'connector_id', '$(conn noop_batch)', 'identity_id', md5('batch' || n)::uuid,
+	'operation_type', 'update', 'object_class', 'user', 'attributes', jsonb_build_object('n', n)))
+	FROM generate_series(1, 300) n))" >/dev/null
+q "SELECT xprov.set_connector_enabled('$(conn noop_batch)', true)" >/dev/null
+check "hook thread: all 300 operations end" \
+	"$(wait_for "SELECT count(*) FROM xprov.operations WHERE connector_id = '$(conn noop_batch)'
+		AND status IN ('completed', 'skipped', 'dead_letter')" 60 300)" 300
+check "hook thread: each ended by its own hook's answer (skipped naming its own id, vetoed naming its own n, transformed)" \
+	"$(q "SELECT count(*) FILTER (WHERE n % 3 = 0 AND status = 'skipped' AND last_error = 'skip ' || n || ' ' || id)
+		|| ' ' || count(*) FILTER (WHERE n % 3 = 1 AND status = 'dead_letter' AND last_error ~ ('Error: veto ' || n || '\\y'))
+		|| ' ' || count(*) FILTER (WHERE n % 3 = 2 AND status = 'completed' AND hook_history(id) = 'batch/before/v1/attributes')
+		FROM (SELECT *, (attributes->>'n')::int AS n FROM xprov.operations
+			  WHERE connector_id = '$(conn noop_batch)') o")" "100 100 100"
+
+# A's slow hook keeps the thread busy; B, claimed meanwhile, waits with its hook's call
+# made for version 1; the hook changes; C's claim loads the change; then B starts.
+a=$(enq "$TM" noop_slow2 create user '{}' slow2)
+check "hook thread: a slow hook runs" "$(wait_status "$a" in_progress 10)" in_progress
+b=$(enq "$TM" noop_ver create user '{}' ver)
+check "hook thread: an operation waits for it" "$(wait_status "$b" in_progress 10)" in_progress
+q "SELECT xprov.update_hook('$(hook ver)', 'function hook(ctx) { return { skip: true, reason: \"version 2\" }; }')" >/dev/null
+c=$(enq "$TM" noop_plain create user '{}' plain)
+check "hook thread: another operation completes meanwhile" "$(wait_status "$c" completed 10)" completed
+check "hook thread: the slow hook still runs" "$(status "$a")" in_progress
+check "hook thread: the waiting operation ran the hook's new version" \
+	"$(wait_status "$b" skipped 15) $(q "SELECT last_error LIKE '%version 2%' FROM xprov.operations WHERE id = '$b'") $(hooks_of "$b")" \
+	"skipped t ver/before/v2/skip"
+
 # --- answers a before hook may and may not give --------------------------------
 # shape OP_NUMBER WANT_STATUS [ERROR_REGEX]
 shape()
@@ -590,9 +652,11 @@ k=$(enq "$TM" noop_kill create user '{}' kill1)
 check "kill: the slow hook's operation is in progress" "$(wait_status "$k" in_progress 10)" in_progress
 sleep 0.5
 check "kill: still in progress (the hook runs)" "$(status "$k")" in_progress
-check "kill: the worker holds no transaction or snapshot while the hook runs" \
-	"$(q "SELECT coalesce(xact_start::text, 'none') || ' ' || coalesce(backend_xmin::text, 'none')
-		FROM pg_stat_activity WHERE pid = $pid0")" "none none"
+# the hook runs on the hook thread; the main thread may look for work meanwhile,
+# in transactions of a few ms, but none lasts while the hook runs
+check "kill: the worker holds no transaction open while the hook runs" \
+	"$(q "SELECT coalesce(clock_timestamp() - xact_start < interval '200 ms', true)
+		FROM pg_stat_activity WHERE pid = $pid0")" t
 kill -9 "$pid0"
 sleep 2
 check "kill: the launcher starts a new worker" \
@@ -609,6 +673,34 @@ check "kill: not lost, not duplicated (one operation, no result)" \
 		FROM xprov.operations WHERE connector_id = '$(conn noop_kill)'")" "1 0"
 ok=$(enq "$TM" scim_ok create user '{"userName": "ok.after.kill"}' ok-kill)
 check "kill: an ordinary operation completes after the restart" "$(wait_status "$ok" completed 15)" completed
+
+# --- SIGTERM while the hook thread runs endless hooks ----------------------------
+pid1=$(worker_pid)
+terms=()
+for i in 1 2 3; do terms+=("$(enq "$TM" noop_term create user '{"slow": true}' "term$i")"); done
+check "term: the endless hooks' operations are in progress" \
+	"$(wait_for "SELECT count(*) FROM xprov.operations WHERE connector_id = '$(conn noop_term)'
+		AND status = 'in_progress'" 10 3)" 3
+sleep 0.3
+# the hook's time limit is 5 s: a worker gone within 2 s cancelled the hook
+kill -TERM "$pid1"
+gone=no
+for i in $(seq 1 20); do
+	if ! kill -0 "$pid1" 2>/dev/null; then gone=yes; break; fi
+	sleep 0.1
+done
+check "term: the worker exits within 2 s, its hooks cancelled" "$gone" yes
+check "term: the launcher starts a new worker" \
+	"$(wait_for "SELECT count(*) FROM xprov.worker_status() WHERE pid NOT IN ($pid0, $pid1)" 60 1)" 1
+check "term: the operations were given back, not attempted" \
+	"$(q "SELECT count(*) FROM xprov.operation_attempts a JOIN xprov.operations o ON o.id = a.operation_id
+		WHERE o.connector_id = '$(conn noop_term)' AND a.outcome NOT IN ('in_progress')")" 0
+# the successor runs them: the endless hooks hit their time limit
+check "term: the successor runs them to their time limit" \
+	"$(wait_for "SELECT count(*) FROM xprov.operations WHERE connector_id = '$(conn noop_term)'
+		AND status = 'dead_letter' AND last_error ~* 'time limit'" 60 3)" 3
+ok=$(enq "$TM" noop_term create user '{}' term-ok)
+check "term: an ordinary operation completes after the restart" "$(wait_status "$ok" completed 15)" completed
 
 check "no process crashed (signal 6/11, PANIC)" \
 	"$(grep -cE 'terminated by signal (6|11)|PANIC' "$XPROV_SERVER_LOG" || true)" 0
