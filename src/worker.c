@@ -670,11 +670,19 @@ collect_ahead(bool wait)
 	w.nahead = 0;
 }
 
-/* The hook thread's part of a turn. */
+/*
+ * The hook thread's part of a turn.  The thread starts with the first
+ * operation that has a hook: a worker that never runs one stays a
+ * single-threaded process.
+ */
 static void
 run_hooks_ahead(void)
 {
-	if (!hook_thread_available())
+	bool		hooked = w.ahead != NULL || w.queued != NULL;
+
+	for (WorkOp *op = w.claimed; op && !hooked; op = op->next)
+		hooked = op->has_hooks;
+	if (!hooked || !hook_thread_available())
 		return;
 	collect_ahead(false);
 	queue_for_hooks();

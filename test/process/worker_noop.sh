@@ -52,6 +52,8 @@ check "one attempt each" "$(q "SELECT count(*) FROM xprov.operations WHERE attem
 check "worker_status counts them" "$(q "SELECT operations_done >= 2000 FROM xprov.worker_status()")" t
 check "the worker shows in pg_stat_activity" \
 	"$(qp "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'xprov worker' AND datname = '$DB'")" 1
+check "a worker that ran no hook has no hook thread (one thread)" \
+	"$(ls /proc/"$(worker_pids)"/task | wc -l)" 1
 
 id=$(q "SELECT xprov.enqueue('$tenant', '$noop', NULL, 'update', 'user', '{}', 'single')")
 check "a single enqueue is picked up at commit, not after the 10 min nap" \
