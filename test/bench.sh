@@ -659,8 +659,15 @@ wait_done() {
 # workers' counters reach OPS + 1. Time = from that statement to the last op_result row of
 # CONN (server clock), so the polling interval does not count. Sets W_RATE W_DONE W_SECS and,
 # for the pinned drain, W_OP / W_LANE (table counters while the pin is still held).
+# cpu_ticks PID [TID]: utime + stime of a process (all its threads) or of one thread, in ticks
+cpu_ticks() {
+    local f=/proc/$1/stat
+    [ -n "${2:-}" ] && f=/proc/$1/task/$2/stat
+    awk '{ print $14 + $15 }' "$f" 2>/dev/null || echo 0
+}
+
 worker_drain() {
-    local n=$1 pinned=$2 conn=$3 tpl=$4 ops=$5 label=$6 t0 done0 st ok=1 perf_pid=''
+    local n=$1 pinned=$2 conn=$3 tpl=$4 ops=$5 label=$6 t0 done0 st ok=1 perf_pid='' wpid1='' cpu0 cpu_main0
     fresh_worker_db "$tpl"
     DB=$WORKER_DB
     settle
@@ -676,11 +683,24 @@ worker_drain() {
         perf_pid=$!
         sleep 0.5
     fi
+    # one worker: its CPU time per operation, steadier than wall time on a busy machine
+    if [ "$n" = 1 ]; then
+        wpid1=$(q "SELECT pid FROM xprov.worker_status() LIMIT 1")
+        cpu0=$(cpu_ticks "$wpid1"); cpu_main0=$(cpu_ticks "$wpid1" "$wpid1")
+    fi
     poll_q "SELECT clock_timestamp(), xprov.set_connector_enabled('$conn', true),
                    xprov.enqueue('$TENANT', '$W_WAKER', gen_random_uuid(), 'update', 'User', '{}')"
     t0=${POLL_OUT%%|*}
     [[ $t0 =~ ^[0-9] ]] || die "starting the drain failed: $POLL_OUT"
     wait_done $(( done0 + ops + 1 )) "$DRAIN_CAP" || ok=0
+    W_CPU=''
+    if [ -n "$wpid1" ]; then
+        local hz cpu1 cpu_main1
+        hz=$(getconf CLK_TCK)
+        cpu1=$(cpu_ticks "$wpid1"); cpu_main1=$(cpu_ticks "$wpid1" "$wpid1")
+        W_CPU=$(awk -v a="$cpu0" -v b="$cpu1" -v ma="$cpu_main0" -v mb="$cpu_main1" -v hz="$hz" -v n="$ops" \
+            'BEGIN { printf "worker CPU %.1f us/op, main thread %.1f", (b - a) * 1e6 / hz / n, (mb - ma) * 1e6 / hz / n }')
+    fi
     worker_table_stats
     [ "$pinned" = 1 ] && stop_pin
     poll_close
@@ -705,7 +725,7 @@ worker_drain() {
     local extra=''
     [ "$W_DONE" != "$ops" ] && extra="  INCOMPLETE"
     say "    $label: $W_DONE ops in ${W_SECS}s = $(fmt_rate "$W_RATE") ops/s$extra ($(awk -v c="$W_COMMITS" -v n="$W_DONE" \
-        'BEGIN { if (n > 0) printf "%.1f", n / c }') ops recorded per transaction)"
+        'BEGIN { if (n > 0) printf "%.1f", n / c }') ops recorded per transaction${W_CPU:+; $W_CPU})"
     DB=$MAIN_DB
 }
 
