@@ -13,6 +13,11 @@
  * commit, so new work is picked up at once; a timer covers retries coming
  * due and anything nobody announced.
  *
+ * Before hooks run on the hook thread (hook_thread.h) while the loop goes
+ * on: a claimed operation with one waits in a queue, goes to the thread
+ * with the others queued when it is idle, and starts once the thread is
+ * done with them.
+ *
  * Leases carry the worker's epoch: whatever a dead predecessor of this slot
  * held is returned when the slot starts again.  On SIGTERM the worker gives
  * back what it holds and exits.  Errors in a transaction are logged and
