@@ -23,8 +23,9 @@
  *
  * A thread other than the process's main one may run calls on a heap of
  * its own (sandbox_heap_create(), sandbox_run_on()).  Such a call is
- * detached: it touches no PostgreSQL state at all, and its results are
- * malloc'd, to be freed by sandbox_call_release().
+ * detached: it touches no PostgreSQL state at all, and its results go to
+ * the buffer the caller gives, or else to malloc'd blocks that
+ * sandbox_call_release() frees.
  *
  *-------------------------------------------------------------------------
  */
@@ -115,7 +116,7 @@ typedef struct SandboxCall
 												 * as text */
 	int			nmembers;
 	bool		more_members;	/* the object had more than these */
-	size_t		buffer_used;
+	size_t		buffer_used;	/* detached: bytes of buffer taken */
 	void	   *owned;			/* detached: results that did not fit in
 								 * buffer, malloc'd */
 } SandboxCall;
