@@ -65,6 +65,9 @@ typedef enum SandboxValueKind
 	SANDBOX_VALUE_NUMBER,		/* number */
 	SANDBOX_VALUE_BOOLEAN,		/* boolean */
 	SANDBOX_VALUE_JSON,			/* text: JSON (an object, an array) */
+	SANDBOX_VALUE_JSONB,		/* binary: a jsonb container in UTF-8 (in
+								 * only), turned into JSON text by the
+								 * thread that runs the call */
 	SANDBOX_VALUE_FIELDS,		/* fields/nfields: a nested object (in only) */
 	SANDBOX_VALUE_OTHER			/* a member that is none of these (out only) */
 } SandboxValueKind;
@@ -76,6 +79,7 @@ typedef struct SandboxValue
 	const char *text;
 	double		number;
 	bool		boolean;
+	const void *binary;			/* a JsonbContainer */
 	const struct SandboxValue *fields;
 	int			nfields;
 } SandboxValue;
@@ -95,6 +99,7 @@ typedef struct SandboxCall
 	const char *context;		/* JSON text passed as ctx; NULL (and no
 								 * fields): only check that the script
 								 * defines hook() */
+	const void *context_jsonb;	/* or ctx as a JsonbContainer, in UTF-8 */
 	const SandboxValue *fields; /* instead of context: ctx's members */
 	int			nfields;
 	bool		split_result;	/* report a returned object member by member

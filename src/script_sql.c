@@ -168,9 +168,14 @@ prepare_call(FunctionCallInfo fcinfo, SandboxCall *call)
 				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				errmsg("context must not be null"),
 				errhint("Pass '{}' for an empty context."));
-	call->context = JsonbToCString(NULL, &PG_GETARG_JSONB_P(1)->root, VARSIZE(PG_GETARG_JSONB_P(1)));
-	/* the sandbox speaks UTF-8 */
-	call->context = pg_server_to_any(call->context, strlen(call->context), PG_UTF8);
+	/* the sandbox speaks UTF-8: other encodings are converted as text */
+	if (GetDatabaseEncoding() == PG_UTF8)
+		call->context_jsonb = &PG_GETARG_JSONB_P(1)->root;
+	else
+	{
+		call->context = JsonbToCString(NULL, &PG_GETARG_JSONB_P(1)->root, VARSIZE(PG_GETARG_JSONB_P(1)));
+		call->context = pg_server_to_any(call->context, strlen(call->context), PG_UTF8);
+	}
 	call->timeout_ms = PG_ARGISNULL(2) ? 100 : PG_GETARG_INT32(2);
 	call->memory_kb = PG_ARGISNULL(3) ? 16384 : PG_GETARG_INT32(3);
 	script_check_limits(call->timeout_ms, call->memory_kb);
@@ -244,6 +249,12 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 				field->boolean = value.val.boolean;
 				break;
 			case jbvBinary:
+				if (GetDatabaseEncoding() == PG_UTF8)
+				{
+					field->kind = SANDBOX_VALUE_JSONB;
+					field->binary = value.val.binary.data;
+					break;
+				}
 				field->kind = SANDBOX_VALUE_JSON;
 				field->text = JsonbToCString(NULL, value.val.binary.data, value.val.binary.len);
 				field->text = pg_server_to_any(field->text, strlen(field->text), PG_UTF8);
@@ -278,6 +289,7 @@ xprov_sandbox_bench(PG_FUNCTION_ARGS)
 	prepare_call(fcinfo, &call);
 	fields_from_jsonb(PG_GETARG_JSONB_P(1), &call);
 	call.context = NULL;
+	call.context_jsonb = NULL;
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "xprov sandbox bench",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
