@@ -98,7 +98,15 @@ build_context(HookContext *hc, const WorkOp *op, HookPhase phase)
 	set_text(&f[n++], "connector_id", SANDBOX_VALUE_STRING, hc->connector_id);
 	set_text(&f[n++], "operation_type", SANDBOX_VALUE_STRING, op_type_name(op->type));
 	set_text(&f[n++], "object_class", SANDBOX_VALUE_STRING, op->object_class);
-	set_text(&f[n++], "attributes", SANDBOX_VALUE_JSON, op->attributes ? op->attributes : "{}");
+	if (op->attributes == NULL && op->attributes_jsonb != NULL)
+	{
+		/* a UTF-8 jsonb: whichever thread runs the hook renders it */
+		f[n].name = "attributes";
+		f[n].kind = SANDBOX_VALUE_JSONB;
+		f[n++].binary = op->attributes_jsonb;
+	}
+	else
+		set_text(&f[n++], "attributes", SANDBOX_VALUE_JSON, op->attributes ? op->attributes : "{}");
 	set_text(&f[n++], "identity_id", SANDBOX_VALUE_STRING, op->identity_id);
 	set_text(&f[n++], "target_uid", SANDBOX_VALUE_STRING, target_uid);
 	set_number(&f[n++], "attempt", op->attempt, true);
@@ -133,21 +141,32 @@ log_run(WorkOp *op, const Hook *hook, const SandboxCall *call, const HookVerdict
 {
 	MemoryContext old = MemoryContextSwitchTo(op->cxt);
 
+	StringInfo	log;
+	char		number[MAXINT8LEN + 1];
+
 	if (op->hook_log == NULL)
 		op->hook_log = makeStringInfo();
 	else
 		appendStringInfoChar(op->hook_log, ',');
-	appendStringInfo(op->hook_log,
-					 "{\"hook_id\":\"%s\",\"version\":%d,\"phase\":\"%s\",\"duration_us\":" INT64_FORMAT
-					 ",\"outcome\":\"%s\"",
-					 hook->id_text, hook->version, hook_phase_name(hook->phase),
-					 call->duration_us, verdict->outcome);
+	/* piece by piece: a format string costs more than the rest of the entry */
+	log = op->hook_log;
+	appendStringInfoString(log, "{\"hook_id\":\"");
+	appendStringInfoString(log, hook->id_text);
+	appendStringInfoString(log, "\",\"version\":");
+	appendBinaryStringInfo(log, number, pg_ltoa(hook->version, number));
+	appendStringInfoString(log, ",\"phase\":\"");
+	appendStringInfoString(log, hook_phase_name(hook->phase));
+	appendStringInfoString(log, "\",\"duration_us\":");
+	appendBinaryStringInfo(log, number, pg_lltoa(call->duration_us, number));
+	appendStringInfoString(log, ",\"outcome\":\"");
+	appendStringInfoString(log, verdict->outcome);
+	appendStringInfoChar(log, '"');
 	if (verdict->error)
 	{
-		appendStringInfoString(op->hook_log, ",\"error\":");
-		escape_json(op->hook_log, verdict->error);
+		appendStringInfoString(log, ",\"error\":");
+		escape_json(log, verdict->error);
 	}
-	appendStringInfoChar(op->hook_log, '}');
+	appendStringInfoChar(log, '}');
 	MemoryContextSwitchTo(old);
 }
 
@@ -186,15 +205,16 @@ is_object(const SandboxValue *value)
 
 /* A member's text in op->cxt, in the server's encoding. */
 static char *
-member_text(WorkOp *op, const SandboxValue *value)
+member_text(WorkOp *op, const SandboxCall *call, const SandboxValue *value)
 {
 	MemoryContext old = MemoryContextSwitchTo(op->cxt);
-	char	   *copy = pg_any_to_server(value->text, strlen(value->text), PG_UTF8);
+	char	   *text = pg_any_to_server(value->text, strlen(value->text), PG_UTF8);
 
-	if (copy == value->text)
-		copy = pstrdup(copy);
+	/* a detached call's answer lives in op->cxt already (HookAhead) */
+	if (text == value->text && !call->detached)
+		text = pstrdup(text);
 	MemoryContextSwitchTo(old);
-	return copy;
+	return text;
 }
 
 /*
@@ -220,7 +240,7 @@ apply_before(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 
 		op->outcome.kind = OUTCOME_SKIPPED;
 		op->outcome.error = reason && reason->kind == SANDBOX_VALUE_STRING && reason->text[0] != '\0' ?
-			member_text(op, reason) :
+			member_text(op, call, reason) :
 			MemoryContextStrdup(op->cxt, "skipped by a before hook");
 		op->hook_verdict = true;
 		verdict->outcome = "skip";
@@ -228,7 +248,7 @@ apply_before(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 	}
 	if (attributes)
 	{
-		op->attributes = member_text(op, attributes);
+		op->attributes = member_text(op, call, attributes);
 		op->attributes_replaced = true;
 		verdict->outcome = "attributes";
 	}
@@ -248,7 +268,7 @@ apply_after(WorkOp *op, const SandboxCall *call, HookVerdict *verdict)
 	}
 	if (attributes)
 	{
-		op->shadow_attributes = member_text(op, attributes);
+		op->shadow_attributes = member_text(op, call, attributes);
 		verdict->outcome = "shadow_attributes";
 	}
 	return true;
@@ -411,6 +431,9 @@ hook_run_before(WorkOp *op)
 	if (!op->has_hooks)
 		return true;
 	run_phase(op, HOOK_BEFORE);
+	/* the protocols read the attributes as text */
+	if (!op->noop)
+		work_op_attributes(op);
 	return op->outcome.kind == OUTCOME_NONE;
 }
 
@@ -481,7 +504,15 @@ hook_run_ahead_call(WorkOp *op)
 char *
 hook_log_json(const WorkOp *op)
 {
-	if (op->hook_log == NULL)
+	const StringInfo log = op->hook_log;
+	char	   *json;
+
+	if (log == NULL)
 		return NULL;
-	return psprintf("[%s]", op->hook_log->data);
+	json = palloc(log->len + 3);
+	json[0] = '[';
+	memcpy(json + 1, log->data, log->len);
+	json[log->len + 1] = ']';
+	json[log->len + 2] = '\0';
+	return json;
 }

@@ -20,6 +20,8 @@
 
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
 
 #include "connector.h"
 #include "protocol.h"
@@ -169,6 +171,19 @@ protocol_classify(WorkOp *op, const HttpResponse *response, const char *what)
 	if (outcome->kind != OUTCOME_COMPLETED)
 		outcome->error = describe_response(response, what);
 	MemoryContextSwitchTo(old);
+}
+
+char *
+work_op_attributes(WorkOp *op)
+{
+	if (op->attributes == NULL && op->attributes_jsonb != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(op->cxt);
+
+		op->attributes = JsonbToCString(NULL, op->attributes_jsonb, op->attributes_jsonb_size);
+		MemoryContextSwitchTo(old);
+	}
+	return op->attributes;
 }
 
 void

@@ -136,7 +136,14 @@ typedef struct WorkOp
 	char	   *identity_id;	/* text form, or NULL */
 	char	   *target_uid;		/* the operation's, else the account last
 								 * linked to the subject, else NULL */
-	char	   *attributes;		/* JSON object, as text */
+	char	   *attributes;		/* JSON object, as text: read it with
+								 * work_op_attributes() */
+	struct JsonbContainer *attributes_jsonb;	/* or, until that is first
+												 * called, the claimed jsonb
+												 * (hooked operations in a
+												 * UTF-8 database: the hook
+												 * thread reads it as it is) */
+	int			attributes_jsonb_size;
 	int			attempt;		/* 1 for the first attempt */
 	int64		lane_id;		/* the subject's lane */
 	LeaseRef	lease;			/* how to find the lease again */
@@ -172,6 +179,9 @@ typedef struct WorkOp
 } WorkOp;
 
 extern const char *op_type_name(OpType type);
+
+/* op->attributes, its text made in op->cxt if still jsonb; NULL if none. */
+extern char *work_op_attributes(WorkOp *op);
 
 /*
  * In a PG_CATCH block: the error (out of memory, most likely) becomes a

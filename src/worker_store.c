@@ -465,7 +465,15 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt, bool has_ho
 	op->target_uid = column_text(tuple, desc, QOP_TARGET_UID);
 	op->type = op_type_from_text(column_text(tuple, desc, QOP_OPERATION_TYPE));
 	op->object_class = column_text(tuple, desc, QOP_OBJECT_CLASS);
-	op->attributes = column_text(tuple, desc, QOP_ATTRIBUTES);
+	if (has_hooks && GetDatabaseEncoding() == PG_UTF8)
+	{
+		Jsonb	   *attributes = DatumGetJsonbPCopy(SPI_getbinval(tuple, desc, QOP_ATTRIBUTES, &isnull));
+
+		op->attributes_jsonb = &attributes->root;
+		op->attributes_jsonb_size = VARSIZE(attributes);
+	}
+	else
+		op->attributes = column_text(tuple, desc, QOP_ATTRIBUTES);
 	value = SPI_getbinval(tuple, desc, QOP_RETRY_COUNT, &isnull);
 	op->attempt = (isnull ? 0 : DatumGetInt32(value)) + 1;
 	MemoryContextSwitchTo(old);
@@ -652,7 +660,7 @@ ask_correlation(WorkOp *op)
 	char	   *text;
 
 	args[0] = UUIDPGetDatum(&op->id);
-	args[1] = CStringGetTextDatum(op->attributes);
+	args[1] = CStringGetTextDatum(work_op_attributes(op));
 	nulls[2] = nulls[3] = 'n';
 	if (checking)
 	{

@@ -15,7 +15,8 @@
 #   - the hook thread: the worker runs before hooks on a thread of its own;
 #     300 operations claimed in full batches each get their own hook's answer
 #     (skip, veto, transform by their own attributes); an operation whose hook
-#     changed while it waited for the thread runs the new version;
+#     changed while it waited for the thread runs the new version; attributes
+#     of every JSON shape reach the thread's hook exactly as enqueued;
 #   - hostile hooks (endless loops, a loop in finally, a catch that tries to
 #     resume, a memory bomb, catastrophic regex backtracking, deep recursion,
 #     the Function constructor, Object.prototype pollution, an enormous result):
@@ -141,7 +142,7 @@ SELECT xprov.add_connector(:'tm', name, 'scim2', :'scim', '{"timeout_ms": 2000}'
 					'scim_after', 'scim_noretry', 'scim_retry', 'scim_ok', 'scim_state']) name;
 SELECT xprov.add_connector(:'tm', name, 'noop', NULL)
   FROM unnest(ARRAY['noop_hooked', 'noop_update', 'noop_kill', 'noop_probe', 'noop_batch', 'noop_term',
-					'noop_slow2', 'noop_ver', 'noop_plain',
+					'noop_slow2', 'noop_ver', 'noop_plain', 'noop_echo',
 					'h_loop', 'h_finally', 'h_catch', 'h_memory', 'h_regex', 'h_recursion',
 					'h_escape', 'h_pollute', 'h_big']) name;
 SELECT xprov.add_connector(:'tm', 'shape_' || n, 'noop', NULL) FROM generate_series(1, 15) n;
@@ -344,6 +345,10 @@ function hook(ctx) {
 }
 $js$);
 
+-- the hook thread reads the attributes' jsonb itself: what it saw, as JSON
+SELECT named_hook('echo', :'tm', 'noop_echo', 'user', 'before',
+	'function hook(ctx) { return { skip: true, reason: JSON.stringify(ctx.attributes) }; }');
+
 -- a hook that changes while its operation waits for the hook thread
 SELECT named_hook('slow2', :'tm', 'noop_slow2', 'user', 'before',
 	'function hook(ctx) { var t = Date.now(); while (Date.now() - t < 3000) {} }', '{"timeout_ms": 5000}');
@@ -356,7 +361,7 @@ SELECT named_hook('endless', :'tm', 'noop_term', 'user', 'before',
 
 SELECT named_hook('probe', :'tm', 'noop_probe', 'user', 'before', 'function hook(ctx) { }');
 SQL
-check "49 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 49
+check "50 hooks defined" "$(q "SELECT count(*) FROM hook_names")" 50
 
 # Hooks defined last are in force once a probe operation shows the probe hook.
 probe=""
@@ -533,6 +538,30 @@ check "hook thread: each ended by its own hook's answer (skipped naming its own 
 		|| ' ' || count(*) FILTER (WHERE n % 3 = 2 AND status = 'completed' AND hook_history(id) = 'batch/before/v1/attributes')
 		FROM (SELECT *, (attributes->>'n')::int AS n FROM xprov.operations
 			  WHERE connector_id = '$(conn noop_batch)') o")" "100 100 100"
+
+# Attributes of every JSON shape, as the hook thread renders them from jsonb: escapes
+# and control characters, non-ASCII, numbers in numeric's short and long forms, nested
+# containers, more members than jsonb stores without offsets (32), long strings.
+q "SELECT xprov.set_connector_enabled('$(conn noop_echo)', false)" >/dev/null
+q "CREATE TABLE echo_in AS SELECT n, CASE n % 4
+	WHEN 0 THEN jsonb_build_object('s', E'q\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u001f é 😀 ' || n, 'e', '', 'nul', NULL,
+	                               't', true, 'f', false, 'o', '{}'::jsonb, 'a', '[]'::jsonb)
+	WHEN 1 THEN jsonb_build_object('i', n, 'neg', -n, 'frac', n / 8.0, 'tiny', 0.00001 * n, 'big', 1e60 * n,
+	                               'small', 1e-70 * n, 'scale', 1.500, 'zero', 0, 'nzero', -0.0)
+	WHEN 2 THEN (SELECT jsonb_object_agg('key' || k, jsonb_build_array(k, 'v' || k, jsonb_build_object('d', k)))
+	             FROM generate_series(1, 40 + n % 7) k)
+	ELSE jsonb_build_object('long', repeat('x', 3000 + n), 'deep', '{\"a\": [[{\"b\": [1, {\"c\": null}]}]]}'::jsonb)
+	END AS attributes FROM generate_series(1, 40) n" >/dev/null
+q "SELECT count(*) FROM xprov.enqueue_batch((SELECT jsonb_agg(jsonb_build_object(
+	'tenant_id', '$TM', 'connector_id', '$(conn noop_echo)', 'identity_id', md5('echo' || n)::uuid,
+	'operation_type', 'update', 'object_class', 'user', 'attributes', attributes)) FROM echo_in))" >/dev/null
+q "SELECT xprov.set_connector_enabled('$(conn noop_echo)', true)" >/dev/null
+check "hook thread: 40 operations with attributes of every shape end" \
+	"$(wait_for "SELECT count(*) FROM xprov.operations WHERE connector_id = '$(conn noop_echo)'
+		AND status = 'skipped'" 30 40)" 40
+check "hook thread: each hook saw its attributes exactly (as JSON, equal to the enqueued jsonb)" \
+	"$(q "SELECT count(*) FROM xprov.operations o JOIN echo_in e ON o.identity_id = md5('echo' || e.n)::uuid
+		WHERE o.connector_id = '$(conn noop_echo)' AND o.last_error::jsonb = e.attributes")" 40
 
 # A's slow hook keeps the thread busy; B, claimed meanwhile, waits with its hook's call
 # made for version 1; the hook changes; C's claim loads the change; then B starts.
