@@ -1388,3 +1388,35 @@ GRANT EXECUTE ON FUNCTION xprov.add_webhook(uuid, text, text[], text), xprov.set
 GRANT SELECT (id, tenant_id, url, events, enabled, created_at, updated_at) ON xprov.webhook TO xprov_operator;
 GRANT SELECT ON xprov.webhook_delivery, xprov.webhooks, xprov.webhook_deliveries TO xprov_operator;
 
+
+-- Hook histories ---------------------------------------------------------------
+
+-- A hooked operation stores what its hooks did in the statement that records
+-- its outcome, so the history is kept compact (src/hook_history.h: about a
+-- quarter of its JSON); the attempt history shows it as JSON, as before.
+-- Histories written as JSON (by 0.1.0, or with an error message) read as
+-- they are.
+CREATE FUNCTION xprov._hook_history(history text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'xprov_hook_history'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+REVOKE ALL ON FUNCTION xprov._hook_history(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION xprov._hook_history(text) TO xprov_app;
+
+CREATE OR REPLACE VIEW xprov.operation_attempts WITH (security_invoker = true) AS
+	SELECT f.op_id AS operation_id, o.tenant_id, o.connector_id, f.attempt, f.started_at,
+		   f.finished_at,
+		   CASE f.outcome WHEN 'f' THEN 'failed' WHEN 'd' THEN 'dead_letter'
+						  WHEN 'e' THEN 'lease_expired' WHEN 'p' THEN 'connector_unavailable'
+						  WHEN 'r' THEN 'worker_restarted' WHEN 'c' THEN 'parked' END AS outcome,
+		   f.http_status, f.error, f.finished_at - f.started_at AS duration,
+		   xprov._hook_history(f.hooks) AS hooks
+	  FROM xprov.op_failure f
+	  JOIN xprov.op o ON o.id = f.op_id
+	UNION ALL
+	SELECT r.op_id, r.tenant_id, r.connector_id, r.attempts, r.started_at, r.finished_at,
+		   CASE r.status WHEN 'c' THEN 'completed' ELSE 'skipped' END, NULL::integer,
+		   CASE r.status WHEN 's' THEN r.reason END, r.finished_at - r.started_at,
+		   xprov._hook_history(r.hooks)
+	  FROM xprov.op_result r
+	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;

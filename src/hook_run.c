@@ -16,6 +16,7 @@
 #include "utils/memutils.h"
 
 #include "hook_cache.h"
+#include "hook_history.h"
 #include "hook_run.h"
 #include "sandbox.h"
 
@@ -134,40 +135,6 @@ build_context(HookContext *hc, const WorkOp *op, HookPhase phase)
 	}
 	Assert(n <= CONTEXT_FIELDS);
 	hc->nfields = n;
-}
-
-static void
-log_run(WorkOp *op, const Hook *hook, const SandboxCall *call, const HookVerdict *verdict)
-{
-	MemoryContext old = MemoryContextSwitchTo(op->cxt);
-
-	StringInfo	log;
-	char		number[MAXINT8LEN + 1];
-
-	if (op->hook_log == NULL)
-		op->hook_log = makeStringInfo();
-	else
-		appendStringInfoChar(op->hook_log, ',');
-	/* piece by piece: a format string costs more than the rest of the entry */
-	log = op->hook_log;
-	appendStringInfoString(log, "{\"hook_id\":\"");
-	appendStringInfoString(log, hook->id_text);
-	appendStringInfoString(log, "\",\"version\":");
-	appendBinaryStringInfo(log, number, pg_ltoa(hook->version, number));
-	appendStringInfoString(log, ",\"phase\":\"");
-	appendStringInfoString(log, hook_phase_name(hook->phase));
-	appendStringInfoString(log, "\",\"duration_us\":");
-	appendBinaryStringInfo(log, number, pg_lltoa(call->duration_us, number));
-	appendStringInfoString(log, ",\"outcome\":\"");
-	appendStringInfoString(log, verdict->outcome);
-	appendStringInfoChar(log, '"');
-	if (verdict->error)
-	{
-		appendStringInfoString(log, ",\"error\":");
-		escape_json(log, verdict->error);
-	}
-	appendStringInfoChar(log, '}');
-	MemoryContextSwitchTo(old);
 }
 
 /* A member a hook returned, or NULL. */
@@ -395,7 +362,7 @@ run_hook(WorkOp *op, const Hook *hook, const HookAhead *ahead)
 	}
 	if (call->status != SANDBOX_OK || !apply_answer(op, hook->phase, call, &verdict))
 		hook_failed(op, hook, call, &verdict);
-	log_run(op, hook, call, &verdict);
+	hook_history_add(op, hook, call->duration_us, verdict.outcome, verdict.error);
 	return op->outcome.kind == before || op->outcome.kind == OUTCOME_NONE;
 }
 
@@ -499,20 +466,4 @@ hook_run_ahead_call(WorkOp *op)
 {
 	Assert(op->hook_ahead != NULL);
 	return &op->hook_ahead->call;
-}
-
-char *
-hook_log_json(const WorkOp *op)
-{
-	const StringInfo log = op->hook_log;
-	char	   *json;
-
-	if (log == NULL)
-		return NULL;
-	json = palloc(log->len + 3);
-	json[0] = '[';
-	memcpy(json + 1, log->data, log->len);
-	json[log->len + 1] = ']';
-	json[log->len + 2] = '\0';
-	return json;
 }

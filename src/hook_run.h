@@ -7,7 +7,7 @@
  * the WorkOp, runs in the worker's sandbox under its own limits, and its
  * answer is applied to the WorkOp: replaced attributes, a skip, a veto,
  * shadow attributes, a dead letter instead of a retry.  Every run is
- * appended to op->hook_log for the attempt history.
+ * noted for the attempt history (hook_history.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -41,8 +41,5 @@ extern struct SandboxCall *hook_run_prepare_ahead(WorkOp *op);
 
 /* That call, once prepared. */
 extern struct SandboxCall *hook_run_ahead_call(WorkOp *op);
-
-/* What the hooks did in this attempt, as JSON text for the history; or NULL. */
-extern char *hook_log_json(const WorkOp *op);
 
 #endif							/* HOOK_RUN_H */

@@ -5,8 +5,8 @@
  *
  * The SQL functions xprov.complete/fail/retry/skip/cancel live in
  * outcome.c too.  These entry points take the worker's lease tag and skip
- * (with a log line) operations it no longer holds.  hooks arguments are the
- * JSON text of what the attempt's hooks did (hook_log_json), or NULL.  The
+ * (with a log line) operations it no longer holds.  hooks arguments are
+ * what the attempt's hooks did, as stored (hook_history_stored), or NULL.  The
  * caller is connected to SPI inside a transaction.
  *
  *-------------------------------------------------------------------------

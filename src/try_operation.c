@@ -31,6 +31,7 @@
 
 #include "connector.h"
 #include "hook_cache.h"
+#include "hook_history.h"
 #include "hook_run.h"
 #include "http.h"
 #include "op_input.h"
@@ -260,7 +261,7 @@ static Datum
 outcome_jsonb(const WorkOp *op, const StringInfo exchanges)
 {
 	const OpOutcome *outcome = &op->outcome;
-	char	   *hooks = hook_log_json(op);
+	char	   *hooks = hook_history_json(op);
 	StringInfoData buf;
 
 	initStringInfo(&buf);

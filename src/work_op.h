@@ -156,7 +156,8 @@ typedef struct WorkOp
 	bool		attributes_replaced;	/* a before hook changed attributes */
 	char	   *shadow_attributes;	/* JSON from an after hook, or NULL */
 	bool		hook_verdict;	/* the outcome is a hook's doing: no on_error */
-	struct StringInfoData *hook_log;	/* JSON array items, or NULL */
+	struct HookRun *hook_runs;	/* what each hook run did (hook_history.h) */
+	int			nhook_runs;
 	struct HookAhead *hook_ahead;	/* the first before hook, run ahead on the
 									 * hook thread, or NULL */
 

@@ -25,6 +25,7 @@
 #include "dequeue.h"
 #include "dispatch.h"
 #include "hook_cache.h"
+#include "hook_history.h"
 #include "hook_run.h"
 #include "outcome.h"
 #include "spi_util.h"
@@ -916,7 +917,7 @@ record_completions(FinishedWork *work, int64 tag, int64 *done)
 		leases[count] = op->lease;
 		uids[count] = op->outcome.target_uid ? op->outcome.target_uid : op->target_uid;
 		results[count] = result_jsonb(op->outcome.result);
-		hooks[count] = hook_log_json(op);
+		hooks[count] = hook_history_stored(op);
 		count++;
 	}
 	if (count == 0)
@@ -953,7 +954,7 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 		case OUTCOME_RETRY:
 		case OUTCOME_DEAD:
 			if (outcome_fail(&op->lease, error, outcome->kind == OUTCOME_DEAD,
-							 outcome->retry_after_ms, outcome->http_status, hook_log_json(op), tag))
+							 outcome->retry_after_ms, outcome->http_status, hook_history_stored(op), tag))
 			{
 				(*failed)++;
 				if (outcome->kind == OUTCOME_DEAD && !op->noop)
@@ -963,10 +964,10 @@ record_failure(WorkOp *op, int64 tag, int64 *failed)
 		case OUTCOME_PARKED:
 			outcome_park(&op->lease, outcome->park_details ? outcome->park_details :
 						 "{\"situation\": \"disputed\", \"reason\": \"correlation is uncertain\", \"candidates\": []}",
-						 hook_log_json(op), tag);
+						 hook_history_stored(op), tag);
 			break;
 		case OUTCOME_SKIPPED:
-			if (outcome_skip(&op->lease, error, hook_log_json(op), tag) && !op->noop)
+			if (outcome_skip(&op->lease, error, hook_history_stored(op), tag) && !op->noop)
 				record_dead_shadow(op);
 			break;
 		case OUTCOME_CONNECTOR:

@@ -6,7 +6,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(86);
+SELECT plan(93);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -83,6 +83,33 @@ SELECT col_type_is('xprov', 'hook_versions', 'created_at', 'timestamp with time 
                    'hook_versions.created_at is timestamptz');
 SELECT has_column('xprov', 'operation_attempts', 'hooks', 'xprov.operation_attempts has a hooks column');
 SELECT col_type_is('xprov', 'operation_attempts', 'hooks', 'jsonb', 'operation_attempts.hooks is jsonb');
+
+-- ---------------------------------------------------------------- stored histories (hook_history.h)
+SELECT is(xprov._hook_history('ba:3:12:3b5dx2ghTiuScBru5xugdQ'),
+          '[{"hook_id": "ddbe5dc7-6821-4e2b-9270-1aeee71ba075", "version": 3, "phase": "before",
+             "duration_us": 12, "outcome": "attributes"}]'::jsonb,
+          'a stored run reads back as the history''s JSON');
+SELECT is(jsonb_path_query_array(xprov._hook_history(
+              'bu:1:0:AAAAAAAAAAAAAAAAAAAAAA as:2:7:3b5dx2ghTiuScBru5xugdQ eh:2147483647:9223372036854775807://///////////////////w'),
+              '$[*].phase') || jsonb_path_query_array(xprov._hook_history(
+              'bu:1:0:AAAAAAAAAAAAAAAAAAAAAA as:2:7:3b5dx2ghTiuScBru5xugdQ en:2147483647:9223372036854775807://///////////////////w'),
+              '$[*].outcome'),
+          '["before", "after", "on_error", "unchanged", "skip", "no_retry"]'::jsonb,
+          'several runs keep their order, phases and outcomes');
+SELECT is(xprov._hook_history('bu:1:0://///////////////////w') -> 0 ->> 'hook_id', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+          'hook ids use the whole base64 alphabet');
+SELECT is(xprov._hook_history('[{"hook_id": "x", "error": "boom"}]'), '[{"hook_id": "x", "error": "boom"}]'::jsonb,
+          'a history stored as JSON (0.1.0, or with an error) reads as it is');
+SELECT is(xprov._hook_history(NULL), NULL, 'no history: NULL');
+SELECT throws_ok($$SELECT xprov._hook_history('bx:1:1:3b5dx2ghTiuScBru5xugdQ')$$,
+                 'XX001', NULL, 'an unknown outcome letter: XX001');
+SELECT is((SELECT count(*) FROM unnest(ARRAY['ba:1:1:3b5dx2ghTiuScBru5xugd', 'ba:-1:1:3b5dx2ghTiuScBru5xugdQ', 'b',
+                                             'ba:1:1:3b5dx2ghTiuScBru5xugdQ ',
+                                             'ba:1:1:3b5dx2ghTiuScBru5xugdQ  ba:1:1:3b5dx2ghTiuScBru5xugdQ',
+                                             'ba:99999999999:1:3b5dx2ghTiuScBru5xugdQ', 'ba:1:1:3b5dx2ghTiuScBru5xug!Q',
+                                             'ba:1:3b5dx2ghTiuScBru5xugdQ', 'ba1:1:3b5dx2ghTiuScBru5xugdQ']) h
+            WHERE pg_temp.outcome(format('SELECT xprov._hook_history(%L)', h)) LIKE 'XX001: invalid hook history%'),
+          9::bigint, 'every malformed stored history (short id, negative or oversized version, stray spaces, ...): XX001');
 
 -- ---------------------------------------------------------------- add_hook
 SELECT isnt(pg_temp.put('h1', xprov.add_hook(pg_temp.id('t1'), pg_temp.id('c1'), 'user', 'before', pg_temp.js('s1'))),

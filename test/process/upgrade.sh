@@ -26,7 +26,9 @@
 #     flight completes once; the operations waiting at the update all finish (a
 #     connector re-enabled, the parked one's case resolved, the external ones
 #     completed on their old lease, retried, skipped, cancelled); new
-#     operations run through the hooks; a reconciliation still runs;
+#     operations run through the hooks; hook histories are JSON as stored by
+#     the new library while 0.1.0 is installed, compact after the update, and
+#     both read back as JSON; a reconciliation still runs;
 #   - database "fresh": CREATE EXTENSION xprov (the default version: the base
 #     script and the update scripts) after the update above, so with the
 #     roles it made already in the cluster;
@@ -422,6 +424,22 @@ check "new operations complete, and nothing is left unfinished" \
 check "a new create ran through the hooks (version 2)" \
 	"$(rest_accounts | jq -r '[.[] | select(.attributes.userName == "new1@example.com") | .attributes.title] | join(" ")')" hooked-v2
 check "... and is linked" "$(q "SELECT count(*) FROM xprov.accounts WHERE identity_id = md5('new1')::uuid AND target_uid IS NOT NULL")" 1
+# hook histories: JSON while 0.1.0 was installed, compact after the update; both read as JSON
+hook_history_of() {
+	q "SELECT string_agg(h->>'phase' || '/v' || (h->>'version') || '/' || (h->>'outcome')
+	                     || CASE WHEN h->>'hook_id' = '$H1' THEN '/H1' ELSE '' END, ' ' ORDER BY x.n)
+	     FROM xprov.operations o JOIN xprov.operation_attempts a ON a.operation_id = o.id,
+	          jsonb_array_elements(a.hooks) WITH ORDINALITY x(h, n)
+	    WHERE o.identity_id = md5('$1')::uuid AND o.operation_type = 'create'"
+}
+check "a history written at $OLD is stored as JSON and reads as it did" \
+	"$(q "SELECT r.hooks LIKE '[%' FROM xprov.op_result r JOIN xprov.op o ON o.id = r.op_id
+		WHERE o.identity_id = md5('ada')::uuid AND o.operation_type = 'create'") $(hook_history_of ada)" \
+	"t before/v2/attributes/H1 after/v1/unchanged"
+check "a history written at $NEW is stored compactly and reads as JSON" \
+	"$(q "SELECT r.hooks ~ '^ba:2:[0-9]+:[A-Za-z0-9+/]{22} au:1:[0-9]+:[A-Za-z0-9+/]{22}$' FROM xprov.op_result r
+		JOIN xprov.op o ON o.id = r.op_id WHERE o.identity_id = md5('new1')::uuid AND o.operation_type = 'create'") $(hook_history_of new1)" \
+	"t before/v2/attributes/H1 after/v1/unchanged"
 run=$(q "SET xprov.tenant_id = '$T1'; SELECT xprov.reconcile_preview('$HR')")
 check "a reconciliation preview runs at $NEW" "$(q "SET xprov.tenant_id = '$T1'; SELECT xprov.wait_run('$run', '60 seconds')")" completed
 check "no process crashed" "$(grep -cE 'terminated by signal|PANIC' "$XPROV_SERVER_LOG" || true)" 0
