@@ -27,6 +27,8 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
+
 #include "access/xact.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -64,6 +66,9 @@
  * while the worker is in a transaction).  They wait at most this long.
  */
 #define RECORD_DELAY_MS 20
+
+/* Free memory glibc keeps at the top of the heap rather than trimming it. */
+#define WORKER_MALLOC_TRIM_THRESHOLD (32 * 1024 * 1024)
 
 typedef struct Worker
 {
@@ -845,6 +850,13 @@ xprov_worker_main(Datum arg)
 {
 	memset(&w, 0, sizeof(w));
 	w.slot = DatumGetInt32(arg);
+
+	/*
+	 * Each batch's operations get memory contexts that are freed together
+	 * when the batch is recorded; glibc would hand that memory back to the
+	 * kernel every time and fault it in again for the next batch.
+	 */
+	mallopt(M_TRIM_THRESHOLD, WORKER_MALLOC_TRIM_THRESHOLD);
 
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
