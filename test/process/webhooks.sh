@@ -63,7 +63,8 @@ R=c3000000-0000-4000-8000-00000000000c		# retries, dead letters, enable/disable
 O=d4000000-0000-4000-8000-00000000000d		# order
 S=e5000000-0000-4000-8000-00000000000e		# the slow subscriber
 K=f6000000-0000-4000-8000-00000000000f		# kill -9
-RUN=$RANDOM$RANDOM							# in every secret: whsec-<name>-$RUN
+# in every secret: whsec-<name>-$RUN, always 10 digits (secrets need 16 characters)
+RUN=$(printf '%05d%05d' "$RANDOM" "$RANDOM")
 ALL_TYPES='{operation.completed,operation.failed,operation.dead_lettered,operation.skipped,reconciliation.completed,reconciliation.paused,correlation.case_opened}'
 started=$(date +%s)
 # the interpreter itself: a version manager's python3 shim can take a second to start
