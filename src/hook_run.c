@@ -398,9 +398,6 @@ hook_run_before(WorkOp *op)
 	if (!op->has_hooks)
 		return true;
 	run_phase(op, HOOK_BEFORE);
-	/* the protocols read the attributes as text */
-	if (!op->noop)
-		work_op_attributes(op);
 	return op->outcome.kind == OUTCOME_NONE;
 }
 

@@ -539,13 +539,18 @@ start_op(WorkOp *op)
 		op->outcome.kind = OUTCOME_COMPLETED;
 		finish_op(op);
 	}
-	else if (op->type == OP_CREATE)
-	{
-		op->awaiting = AWAIT_CORRELATION;
-		await_database(op);
-	}
 	else
-		step_op(op, NULL);
+	{
+		/* correlation and the protocols read the attributes as text */
+		work_op_attributes(op);
+		if (op->type == OP_CREATE)
+		{
+			op->awaiting = AWAIT_CORRELATION;
+			await_database(op);
+		}
+		else
+			step_op(op, NULL);
+	}
 }
 
 /* Whether the operation's protocol converges a linked account itself (scim2). */
