@@ -1039,6 +1039,12 @@ describe_status(SandboxCall *call)
 	}
 }
 
+bool
+sandbox_takes_jsonb(void)
+{
+	return GetDatabaseEncoding() == PG_UTF8;
+}
+
 void
 sandbox_run_on(SandboxHeap *heap, SandboxCall *call)
 {

@@ -126,6 +126,12 @@ typedef struct SandboxCall
 								 * buffer, malloc'd */
 } SandboxCall;
 
+/*
+ * Whether calls may pass jsonb (SANDBOX_VALUE_JSONB, context_jsonb): only
+ * when the database's text is UTF-8 already, the sandbox's encoding.
+ */
+extern bool sandbox_takes_jsonb(void);
+
 /* A call on this process's own heap, from the main thread. */
 extern void sandbox_run(SandboxCall *call);
 

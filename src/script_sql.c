@@ -169,7 +169,7 @@ prepare_call(FunctionCallInfo fcinfo, SandboxCall *call)
 				errmsg("context must not be null"),
 				errhint("Pass '{}' for an empty context."));
 	/* the sandbox speaks UTF-8: other encodings are converted as text */
-	if (GetDatabaseEncoding() == PG_UTF8)
+	if (sandbox_takes_jsonb())
 		call->context_jsonb = &PG_GETARG_JSONB_P(1)->root;
 	else
 	{
@@ -249,7 +249,7 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 				field->boolean = value.val.boolean;
 				break;
 			case jbvBinary:
-				if (GetDatabaseEncoding() == PG_UTF8)
+				if (sandbox_takes_jsonb())
 				{
 					field->kind = SANDBOX_VALUE_JSONB;
 					field->binary = value.val.binary.data;

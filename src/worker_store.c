@@ -28,6 +28,7 @@
 #include "hook_history.h"
 #include "hook_run.h"
 #include "outcome.h"
+#include "sandbox.h"
 #include "spi_util.h"
 #include "worker_store.h"
 #include "xprov.h"
@@ -466,7 +467,7 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt, bool has_ho
 	op->target_uid = column_text(tuple, desc, QOP_TARGET_UID);
 	op->type = op_type_from_text(column_text(tuple, desc, QOP_OPERATION_TYPE));
 	op->object_class = column_text(tuple, desc, QOP_OBJECT_CLASS);
-	if (has_hooks && GetDatabaseEncoding() == PG_UTF8)
+	if (has_hooks && sandbox_takes_jsonb())
 	{
 		Jsonb	   *attributes = DatumGetJsonbPCopy(SPI_getbinval(tuple, desc, QOP_ATTRIBUTES, &isnull));
 
