@@ -22,9 +22,9 @@
 #include "utils/memutils.h"
 
 #include "js_deadline.h"
-#include "jsonb_render.h"
 #include "mem_util.h"
 #include "sandbox.h"
+#include "sandbox_jsonb.h"
 
 /* Compiled programs kept per heap before the cache is emptied. */
 #define SANDBOX_CACHE_MAX 512
@@ -80,12 +80,7 @@ struct SandboxHeap
 	sigjmp_buf *fatal_boundary; /* where heap_fatal() jumps */
 	bool		setup_cancelled;	/* building the realm was cancelled */
 	char		fatal_message[256];
-	char	   *jsonb_text;		/* malloc'd: jsonb values rendered as JSON */
-	size_t		jsonb_text_size;
 };
-
-/* A rendering buffer larger than this is freed after the call. */
-#define JSONB_TEXT_KEEP (64 * 1024)
 
 /* The heap of this process's own thread (sandbox_run()). */
 static SandboxHeap own_heap;
@@ -259,7 +254,6 @@ abandon_heap(SandboxHeap *heap)
 		dlist_delete(&block->node);
 		free(block);
 	}
-	free(heap->jsonb_text);
 	memcpy(message, heap->fatal_message, sizeof(message));
 	memset(heap, 0, sizeof(SandboxHeap));
 	memcpy(heap->fatal_message, message, sizeof(message));
@@ -556,48 +550,9 @@ push_program(duk_context *ctx, CallState *state)
 	duk_pop(ctx);
 }
 
-/*
- * A jsonb value, as JSON.parse makes it of the value's JSON text.  The text
- * goes through a buffer of the heap's own, outside the hook's memory cap:
- * the hook did not ask for it.
- */
-static void
-push_jsonb(duk_context *ctx, SandboxHeap *heap, const void *container)
-{
-	size_t		len = jsonb_render(container, heap->jsonb_text, heap->jsonb_text_size);
-
-	if (len >= heap->jsonb_text_size)
-	{
-		size_t		size = Max(len + 1, 1024);
-		char	   *grown = malloc(size);
-
-		if (grown == NULL)
-		{
-			heap->refused++;
-			(void) duk_error(ctx, DUK_ERR_RANGE_ERROR, "out of memory");
-		}
-		free(heap->jsonb_text);
-		heap->jsonb_text = grown;
-		heap->jsonb_text_size = size;
-		(void) jsonb_render(container, heap->jsonb_text, heap->jsonb_text_size);
-	}
-	duk_push_lstring(ctx, heap->jsonb_text, len);
-	duk_json_decode(ctx, -1);
-}
-
-static void
-drop_large_jsonb_text(SandboxHeap *heap)
-{
-	if (heap->jsonb_text_size <= JSONB_TEXT_KEEP)
-		return;
-	free(heap->jsonb_text);
-	heap->jsonb_text = NULL;
-	heap->jsonb_text_size = 0;
-}
-
 /* ctx from SandboxCall.fields: an object, JSON-valued members parsed. */
 static void
-push_fields(duk_context *ctx, SandboxHeap *heap, const SandboxValue *fields, int nfields)
+push_fields(duk_context *ctx, const SandboxValue *fields, int nfields)
 {
 	duk_push_object(ctx);
 	for (int i = 0; i < nfields; i++)
@@ -620,10 +575,10 @@ push_fields(duk_context *ctx, SandboxHeap *heap, const SandboxValue *fields, int
 				duk_json_decode(ctx, -1);
 				break;
 			case SANDBOX_VALUE_JSONB:
-				push_jsonb(ctx, heap, field->binary);
+				sandbox_push_jsonb(ctx, field->binary);
 				break;
 			case SANDBOX_VALUE_FIELDS:
-				push_fields(ctx, heap, field->fields, field->nfields);
+				push_fields(ctx, field->fields, field->nfields);
 				break;
 			default:
 				duk_push_null(ctx);
@@ -749,9 +704,9 @@ call_body(duk_context *ctx, void *udata)
 	}
 	state->stage = STAGE_CONTEXT;
 	if (call->fields != NULL)
-		push_fields(ctx, state->heap, call->fields, call->nfields);
+		push_fields(ctx, call->fields, call->nfields);
 	else if (call->context_jsonb != NULL)
-		push_jsonb(ctx, state->heap, call->context_jsonb);
+		sandbox_push_jsonb(ctx, call->context_jsonb);
 	else
 	{
 		duk_push_string(ctx, call->context);
@@ -1010,7 +965,6 @@ run_in_heap(CallState *state, uint64 refused_before)
 
 	heap->limit = 0;
 	duk_set_top(ctx, 0);
-	drop_large_jsonb_text(heap);
 	if (heap->used > heap->base + SANDBOX_GC_SLACK)
 		duk_gc(ctx, 0);
 }

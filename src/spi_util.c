@@ -11,6 +11,7 @@
 #include "catalog/namespace.h"
 #include "nodes/parsenodes.h"
 #include "storage/bufmgr.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/plancache.h"
@@ -25,11 +26,11 @@
 /*
  * Pages of the tables that grow from nothing under load.  The planner takes
  * a vacuumed empty table at its word (0 pages), so a generic plan made then
- * scans it whole for every key it looks up; its size is read on each call
- * (an lseek per table), not from statistics.
+ * scans it whole for every key it looks up; its size is read (an lseek per
+ * table), not taken from statistics.
  */
 static void
-growing_tables_blocks(BlockNumber *blocks)
+read_growing_tables_blocks(BlockNumber *blocks)
 {
 	static const char *const names[GROWING_TABLES] = {"op", "shadow"};
 	Oid			namespace = get_namespace_oid("xprov", true);
@@ -45,6 +46,30 @@ growing_tables_blocks(BlockNumber *blocks)
 		blocks[i] = RelationGetNumberOfBlocks(rel);
 		relation_close(rel, AccessShareLock);
 	}
+}
+
+/*
+ * The sizes are read again in each transaction and every 64 statements
+ * within one: a plan only needs replacing once a table has doubled, and
+ * reading them costs more than a short statement (two relation opens, two
+ * system calls).
+ */
+#define STATEMENTS_PER_SIZE_READ 64
+
+static void
+growing_tables_blocks(BlockNumber *blocks)
+{
+	static BlockNumber known[GROWING_TABLES];
+	static LocalTransactionId read_in = InvalidLocalTransactionId;
+	static int	statements_since_read = 0;
+
+	if (MyProc->lxid != read_in || ++statements_since_read >= STATEMENTS_PER_SIZE_READ)
+	{
+		read_growing_tables_blocks(known);
+		read_in = MyProc->lxid;
+		statements_since_read = 0;
+	}
+	memcpy(blocks, known, sizeof(known));
 }
 
 /* One table grown to more than twice its size at planning, and by 64 kB. */

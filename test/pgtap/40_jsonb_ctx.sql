@@ -1,8 +1,9 @@
--- How a jsonb ctx reaches a hook (src/jsonb_render.c).  In a UTF-8 database
--- the sandbox writes jsonb values as JSON itself, without PostgreSQL's
--- allocator, so that the worker's hook thread can: execute_script's context,
--- and each JSON-valued member of the worker's ctx, go that way.  A hook must
--- see exactly what JSON.parse makes of the value's text: every JSON type,
+-- How a jsonb ctx reaches a hook (src/sandbox_jsonb.c, src/jsonb_walk.c).  In
+-- a UTF-8 database the sandbox builds JavaScript values from jsonb itself,
+-- without PostgreSQL's allocator and without JSON text, so that the worker's
+-- hook thread can: execute_script's context, and each JSON-valued member of
+-- the worker's ctx, go that way.  A hook must see exactly what JSON.parse
+-- makes of the value's text: every JSON type,
 -- every escape, numbers in numeric's short and long on-disk forms, containers
 -- with and without stored offsets (more than 32 members), nesting, long
 -- strings, scalar roots.  A LATIN1 database still converts the text first.
@@ -11,7 +12,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(26);
+SELECT plan(30);
 \ir common.psql
 SET LOCAL statement_timeout = '120s';
 
@@ -97,7 +98,8 @@ SELECT is(pg_temp.seen(n), v, 'the number ' || n || ' is ' || v)
 SELECT is((SELECT count(*) FROM (VALUES (0::numeric), (-1), (9999), (10000), (10001), (99999999), (100000000),
                                         (0.1), (0.01), (0.001), (0.0001), (0.00001), (1e-8), (1e-9), (1.000),
                                         (-0.5), (123456789.123456789), (12345678901234567890123456789),
-                                        (1e100), (1e-100), (1e300), (-1e-300), (1.7976931348623157e308),
+                                        (1e100), (1e-100), (999999999999), (-999999999999), (1000000000000), (-1000000000000),
+                                        (4294967296), (9007199254740993), (0.30000000000000004), (1e300), (-1e-300), (1.7976931348623157e308),
                                         (3.14159265358979323846264338327950288)) v(n)
             WHERE pg_temp.seen(n) IS DISTINCT FROM pg_temp.parsed(n)), 0::bigint,
           'numbers at the edges of numeric''s forms: as JavaScript reads their text');
@@ -119,6 +121,34 @@ SELECT is(xprov.execute_script('function hook(ctx) { return [ctx]; }', 'null'), 
 SELECT is((SELECT count(*) FROM (SELECT pg_temp.doc(3) AS j FROM generate_series(1, 150)) d
             WHERE pg_temp.echo(j) IS DISTINCT FROM j), 0::bigint,
           '150 random documents, up to 3 levels of 45 members: each hook sees its document exactly');
+
+SELECT is((SELECT count(*) FROM (SELECT pg_temp.doc(3) AS j FROM generate_series(1, 100)) d
+            WHERE xprov.execute_script(
+                    'function hook(ctx) { return JSON.stringify(ctx.v) === JSON.stringify(JSON.parse(ctx.t)); }',
+                    jsonb_build_object('v', j, 't', j::text)) <> 'true'), 0::bigint,
+          '100 random documents: each as JSON.parse makes it of the document''s text');
+
+-- ---------------------------------------------------------------- members are defined, as JSON.parse defines them
+SELECT is(xprov.execute_script($js$function hook(ctx) {
+    var a = ctx.a, p = JSON.parse(ctx.t);
+    return [Object.getPrototypeOf(a) === Object.prototype, Object.getPrototypeOf(p) === Object.prototype,
+            Object.getOwnPropertyNames(a), Object.getOwnPropertyNames(p),
+            Object.getOwnPropertyDescriptor(a, '__proto__').value, a.toString, typeof {}.toString,
+            Object.getOwnPropertyDescriptor(a, 'valueOf').writable];
+  }$js$, jsonb_build_object('a', j, 't', j::text)),
+          '[true, true, ["valueOf", "toString", "__proto__", "constructor"], ["valueOf", "toString", "__proto__", "constructor"],
+            {"x": 1}, 5, "function", true]'::jsonb,
+          'keys named like Object.prototype''s members, and "__proto__", become own data members; no prototype changes')
+  FROM (SELECT '{"__proto__": {"x": 1}, "toString": 5, "valueOf": [], "constructor": null}'::jsonb AS j) t;
+
+-- ---------------------------------------------------------------- nesting: JSON.parse's limit
+SELECT is(xprov.execute_script('function hook(ctx) { var d = 0; for (var v = ctx; Array.isArray(v); v = v[0]) d++; return d; }',
+                               (repeat('[', 1000) || repeat(']', 1000))::jsonb),
+          '1000'::jsonb, 'arrays nested 1,000 deep (JSON.parse''s limit) arrive whole');
+SELECT throws_ok($$SELECT xprov.execute_script('function hook(ctx) { return 1; }',
+                                               ('{"a": ' || repeat('[', 1000) || repeat(']', 1000) || '}')::jsonb)$$,
+                 '38000', 'hook failed: RangeError: value nested deeper than 1000 levels',
+                 'a value nested 1,001 deep is refused with a RangeError, as JSON.parse refuses its text');
 
 -- ---------------------------------------------------------------- the worker's ctx, member by member
 SELECT is(xprov._sandbox_bench('function hook(ctx) { if (ctx.attributes.s !== "é\n" || ctx.attributes.n[1] !== 0.25) throw new Error("wrong"); }',

@@ -1,21 +1,21 @@
 /*-------------------------------------------------------------------------
  *
- * jsonb_render.c
- *	  JSON text of a jsonb value, written without palloc or ereport.
+ * jsonb_walk.c
+ *	  Reading a jsonb value without palloc or ereport (see jsonb_walk.h).
  *
  * Reads the on-disk jsonb layout that utils/jsonb.h documents (a header,
  * an array of JEntry, then the data they point to) and, for numbers, the
  * on-disk numeric layout.  numeric.c keeps the latter's macros to itself,
  * so the few needed are repeated here; being on disk, that layout cannot
  * change without breaking pg_upgrade.  Numbers are written as numeric_out
- * writes them (every digit of the display scale), so that a reader sees
- * exactly what JsonbToCString() would have shown it.
+ * writes them (every digit of the display scale), so that a hook sees
+ * exactly what JSON.parse would make of JsonbToCString()'s text.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "jsonb_render.h"
+#include "jsonb_walk.h"
 
 /* numeric's header word (numeric.c) */
 #define NUM_SIGN_MASK			0xC000
@@ -37,8 +37,6 @@ typedef struct Writer
 	size_t		len;			/* of the whole text, written or not */
 } Writer;
 
-static void render_container(Writer *w, const JsonbContainer *container);
-
 static void
 put_bytes(Writer *w, const char *bytes, size_t n)
 {
@@ -53,58 +51,6 @@ put_char(Writer *w, char c)
 	if (w->len + 1 < w->size)
 		w->out[w->len] = c;
 	w->len++;
-}
-
-/* The escapes escape_json() writes; runs of plain bytes are copied whole. */
-static void
-render_string(Writer *w, const char *s, size_t n)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t		plain = 0;
-
-	put_char(w, '"');
-	for (size_t i = 0; i < n; i++)
-	{
-		unsigned char c = (unsigned char) s[i];
-		char		escape[6] = {'\\', 0, 0, 0, 0, 0};
-		size_t		escape_len = 2;
-
-		if (c >= 0x20 && c != '"' && c != '\\')
-			continue;
-		put_bytes(w, s + plain, i - plain);
-		plain = i + 1;
-		switch (c)
-		{
-			case '\b':
-				escape[1] = 'b';
-				break;
-			case '\f':
-				escape[1] = 'f';
-				break;
-			case '\n':
-				escape[1] = 'n';
-				break;
-			case '\r':
-				escape[1] = 'r';
-				break;
-			case '\t':
-				escape[1] = 't';
-				break;
-			case '"':
-			case '\\':
-				escape[1] = (char) c;
-				break;
-			default:
-				memcpy(escape + 1, "u00", 3);
-				escape[4] = hex[c >> 4];
-				escape[5] = hex[c & 0x0F];
-				escape_len = 6;
-				break;
-		}
-		put_bytes(w, escape, escape_len);
-	}
-	put_bytes(w, s + plain, n - plain);
-	put_char(w, '"');
 }
 
 /* One base-10000 digit, four decimal digits, leading zeros kept or not. */
@@ -137,89 +83,130 @@ digit_at(const char *digit_bytes, int ndigits, int i)
 	return digit;
 }
 
-/* As numeric_out() writes it: all digits of the display scale. */
+/* A numeric datum's fields (numeric.c's NUMERIC_* macros). */
+typedef struct NumericFields
+{
+	bool		special;		/* NaN or an infinity: jsonb never stores one */
+	bool		negative;
+	int			weight;			/* of the first base-10000 digit */
+	int			dscale;			/* decimal digits after the point */
+	const char *digit_bytes;	/* int16 digits, unaligned */
+	int			ndigits;
+} NumericFields;
+
 static void
-render_numeric(Writer *w, const void *numeric)
+numeric_fields(const void *numeric, NumericFields *f)
 {
 	const char *body = VARDATA_ANY(numeric);
 	size_t		body_len = VARSIZE_ANY_EXHDR(numeric);
 	uint16		header;
-	int16		weight;
-	int			dscale;
-	bool		negative;
-	const char *digit_bytes;
-	int			ndigits;
-	int			d;
 
 	memcpy(&header, body, sizeof(header));
+	memset(f, 0, sizeof(*f));
 	if ((header & NUM_SIGN_MASK) == NUM_SPECIAL)
 	{
-		/* NaN and infinities are not JSON, and jsonb never stores them */
-		put_bytes(w, "null", 4);
+		f->special = true;
 		return;
 	}
 	if ((header & NUM_SIGN_MASK) == NUM_SHORT)
 	{
-		negative = (header & NUM_SHORT_SIGN_MASK) != 0;
-		dscale = (header & NUM_SHORT_DSCALE_MASK) >> NUM_SHORT_DSCALE_SHIFT;
-		weight = (int16) (((header & NUM_SHORT_WEIGHT_SIGN) ? ~NUM_SHORT_WEIGHT_MASK : 0) |
-						  (header & NUM_SHORT_WEIGHT_MASK));
-		digit_bytes = body + sizeof(uint16);
+		f->negative = (header & NUM_SHORT_SIGN_MASK) != 0;
+		f->dscale = (header & NUM_SHORT_DSCALE_MASK) >> NUM_SHORT_DSCALE_SHIFT;
+		f->weight = (int16) (((header & NUM_SHORT_WEIGHT_SIGN) ? ~NUM_SHORT_WEIGHT_MASK : 0) |
+							 (header & NUM_SHORT_WEIGHT_MASK));
+		f->digit_bytes = body + sizeof(uint16);
 	}
 	else
 	{
-		negative = (header & NUM_SIGN_MASK) == NUM_NEG;
-		dscale = header & NUM_DSCALE_MASK;
+		int16		weight;
+
+		f->negative = (header & NUM_SIGN_MASK) == NUM_NEG;
+		f->dscale = header & NUM_DSCALE_MASK;
 		memcpy(&weight, body + sizeof(uint16), sizeof(int16));
-		digit_bytes = body + sizeof(uint16) + sizeof(int16);
+		f->weight = weight;
+		f->digit_bytes = body + sizeof(uint16) + sizeof(int16);
 	}
-	ndigits = (int) ((body_len - (digit_bytes - body)) / sizeof(int16));
-
-	if (negative)
-		put_char(w, '-');
-	if (weight < 0)
-	{
-		put_char(w, '0');
-		d = weight + 1;
-	}
-	else
-		for (d = 0; d <= weight; d++)
-			render_digit_group(w, digit_at(digit_bytes, ndigits, d), d > 0);
-	if (dscale > 0)
-	{
-		size_t		point;
-
-		put_char(w, '.');
-		point = w->len;
-		for (int written = 0; written < dscale; d++, written += NUM_DEC_DIGITS)
-			render_digit_group(w, digit_at(digit_bytes, ndigits, d), true);
-		/* the last group may carry digits beyond the display scale */
-		w->len = point + dscale;
-	}
+	f->ndigits = (int) ((body_len - (f->digit_bytes - body)) / sizeof(int16));
 }
+
+size_t
+jsonb_numeric_text(const void *numeric, char *out, size_t size)
+{
+	Writer		w = {out, size, 0};
+	NumericFields f;
+	int			d;
+
+	numeric_fields(numeric, &f);
+	if (f.special)
+		put_bytes(&w, "null", 4);
+	else
+	{
+		if (f.negative)
+			put_char(&w, '-');
+		if (f.weight < 0)
+		{
+			put_char(&w, '0');
+			d = f.weight + 1;
+		}
+		else
+			for (d = 0; d <= f.weight; d++)
+				render_digit_group(&w, digit_at(f.digit_bytes, f.ndigits, d), d > 0);
+		if (f.dscale > 0)
+		{
+			size_t		point;
+
+			put_char(&w, '.');
+			point = w.len;
+			for (int written = 0; written < f.dscale; d++, written += NUM_DEC_DIGITS)
+				render_digit_group(&w, digit_at(f.digit_bytes, f.ndigits, d), true);
+			/* the last group may carry digits beyond the display scale */
+			w.len = point + f.dscale;
+		}
+	}
+	if (size > 0)
+		out[Min(w.len, size - 1)] = '\0';
+	return w.len;
+}
+
+bool
+jsonb_numeric_small_integer(const void *numeric, double *value)
+{
+	NumericFields f;
+	int64		integer = 0;
+
+	numeric_fields(numeric, &f);
+	if (f.special || f.dscale != 0 || f.weight > 2)
+		return false;
+	for (int d = 0; d <= f.weight; d++)
+		integer = integer * 10000 + digit_at(f.digit_bytes, f.ndigits, d);
+	*value = (double) (f.negative ? -integer : integer);
+	return true;
+}
+
+static void walk_container(const JsonbContainer *container, const JsonbVisitor *v, void *arg);
 
 /*
  * Entry index of container, whose data starts at offset start of the
  * container's data area and ends at end.
  */
 static void
-render_entry(Writer *w, const JsonbContainer *container, const char *data, int index,
-			 uint32 start, uint32 end)
+walk_entry(const JsonbContainer *container, const char *data, int index,
+		   uint32 start, uint32 end, const JsonbVisitor *v, void *arg)
 {
 	JEntry		entry = container->children[index];
 
 	if (JBE_ISSTRING(entry))
-		render_string(w, data + start, end - start);
+		v->string(arg, data + start, (int) (end - start));
 	else if (JBE_ISNUMERIC(entry))
-		render_numeric(w, data + INTALIGN(start));
+		v->number(arg, data + INTALIGN(start));
 	else if (JBE_ISBOOL_TRUE(entry))
-		put_bytes(w, "true", 4);
+		v->literal(arg, 't');
 	else if (JBE_ISBOOL_FALSE(entry))
-		put_bytes(w, "false", 5);
+		v->literal(arg, 'f');
 	else if (JBE_ISNULL(entry))
-		put_bytes(w, "null", 4);
+		v->literal(arg, 'n');
 	else
-		render_container(w, (const JsonbContainer *) (data + INTALIGN(start)));
+		walk_container((const JsonbContainer *) (data + INTALIGN(start)), v, arg);
 }
 
 /* Where entry index's data ends, given where it starts. */
@@ -247,7 +234,7 @@ entry_start(const JsonbContainer *container, int index)
 }
 
 static void
-render_container(Writer *w, const JsonbContainer *container)
+walk_container(const JsonbContainer *container, const JsonbVisitor *v, void *arg)
 {
 	int			count = (int) JsonContainerSize(container);
 	bool		object = JsonContainerIsObject(container);
@@ -256,10 +243,10 @@ render_container(Writer *w, const JsonbContainer *container)
 
 	if (JsonContainerIsScalar(container))
 	{
-		render_entry(w, container, data, 0, 0, entry_end(container, 0, 0));
+		walk_entry(container, data, 0, 0, entry_end(container, 0, 0), v, arg);
 		return;
 	}
-	put_char(w, object ? '{' : '[');
+	v->open(arg, object, count);
 	if (object)
 	{
 		/* keys are entries 0 .. count - 1, their values count .. 2 * count - 1 */
@@ -270,11 +257,9 @@ render_container(Writer *w, const JsonbContainer *container)
 			uint32		end = entry_end(container, i, start);
 			uint32		value_end = entry_end(container, count + i, value_start);
 
-			if (i > 0)
-				put_char(w, ',');
-			render_entry(w, container, data, i, start, end);
-			put_char(w, ':');
-			render_entry(w, container, data, count + i, value_start, value_end);
+			v->key(arg, data + start, (int) (end - start));
+			walk_entry(container, data, count + i, value_start, value_end, v, arg);
+			v->placed(arg, true, i);
 			start = end;
 			value_start = value_end;
 		}
@@ -284,21 +269,15 @@ render_container(Writer *w, const JsonbContainer *container)
 		{
 			uint32		end = entry_end(container, i, start);
 
-			if (i > 0)
-				put_char(w, ',');
-			render_entry(w, container, data, i, start, end);
+			walk_entry(container, data, i, start, end, v, arg);
+			v->placed(arg, false, i);
 			start = end;
 		}
-	put_char(w, object ? '}' : ']');
+	v->close(arg);
 }
 
-size_t
-jsonb_render(const JsonbContainer *container, char *out, size_t size)
+void
+jsonb_walk(const JsonbContainer *container, const JsonbVisitor *visitor, void *arg)
 {
-	Writer		w = {out, size, 0};
-
-	render_container(&w, container);
-	if (size > 0)
-		out[Min(w.len, size - 1)] = '\0';
-	return w.len;
+	walk_container(container, visitor, arg);
 }
