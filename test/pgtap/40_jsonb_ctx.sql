@@ -12,7 +12,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(30);
+SELECT plan(31);
 \ir common.psql
 SET LOCAL statement_timeout = '120s';
 
@@ -127,6 +127,16 @@ SELECT is((SELECT count(*) FROM (SELECT pg_temp.doc(3) AS j FROM generate_series
                     'function hook(ctx) { return JSON.stringify(ctx.v) === JSON.stringify(JSON.parse(ctx.t)); }',
                     jsonb_build_object('v', j, 't', j::text)) <> 'true'), 0::bigint,
           '100 random documents: each as JSON.parse makes it of the document''s text');
+
+SELECT is(xprov.execute_script($js$function hook(ctx) {
+    var p = JSON.parse(ctx.t), k = Object.keys(ctx.v), out = [];
+    for (var i = 0; i < k.length; i++)
+      out.push(k[i] === Object.keys(p)[i] && ctx.v[k[i]] === p[k[i]] && ctx.v[k[i]].length === p[k[i]].length);
+    return out;
+  }$js$, jsonb_build_object('v', j, 't', j::text)),
+          '[true, true, true, true]'::jsonb,
+          'strings and keys outside the BMP, non-ASCII and control characters: as JSON.parse makes them')
+  FROM (SELECT jsonb_build_object('a😀b', E'x😀y\u00e9', 'é', E'\t\n\u0001"\\', '€', repeat('😀', 300), 'z', '') AS j) t;
 
 -- ---------------------------------------------------------------- members are defined, as JSON.parse defines them
 SELECT is(xprov.execute_script($js$function hook(ctx) {
