@@ -26,13 +26,18 @@
 #define HOOK_THREAD_STACK (8 * 1024 * 1024)
 
 /*
- * While batches keep coming, the thread looks for the next one every
- * POLL_US instead of sleeping until woken: waking a sleeping thread costs
- * the worker's main thread a system call and an interprocessor interrupt
- * (tens of microseconds on a virtual machine), once per batch.  It goes to
- * sleep POLL_WINDOW_US after the last batch.
+ * While batches keep coming, the thread looks for the next one on its own
+ * instead of sleeping until woken: waking a sleeping thread costs the
+ * worker's main thread a system call and an interprocessor interrupt (tens
+ * of microseconds on a virtual machine), once per batch.  Each look costs
+ * the thread a timed sleep, which is about as dear, so the looks thin out:
+ * the first comes POLL_FIRST_US after the last batch, each later one twice
+ * as late as the one before, up to POLL_MAX_US apart.  A batch waits at
+ * most that long, while the worker records and claims the next one.  The
+ * thread goes to sleep POLL_WINDOW_US after the last batch.
  */
-#define POLL_US 100
+#define POLL_FIRST_US 50
+#define POLL_MAX_US 800
 #define POLL_WINDOW_US 20000
 
 typedef enum ThreadState
@@ -57,15 +62,18 @@ static bool sleeping;			/* in pthread_cond_wait(): needs a signal */
 static void
 wait_for_batch(int64 last_batch_us)
 {
-	struct timespec poll = {0, POLL_US * 1000};
+	long		poll_us = POLL_FIRST_US;
 
 	while (batch == NULL)
 	{
 		if (xprov_js_now_us() - last_batch_us < POLL_WINDOW_US)
 		{
+			struct timespec poll = {0, poll_us * 1000};
+
 			pthread_mutex_unlock(&lock);
 			nanosleep(&poll, NULL);
 			pthread_mutex_lock(&lock);
+			poll_us = Min(poll_us * 2, POLL_MAX_US);
 			continue;
 		}
 		sleeping = true;
