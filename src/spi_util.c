@@ -11,7 +11,6 @@
 #include "catalog/namespace.h"
 #include "nodes/parsenodes.h"
 #include "storage/bufmgr.h"
-#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/plancache.h"
@@ -49,24 +48,22 @@ read_growing_tables_blocks(BlockNumber *blocks)
 }
 
 /*
- * The sizes are read again in each transaction and every 64 statements
- * within one: a plan only needs replacing once a table has doubled, and
- * reading them costs more than a short statement (two relation opens, two
- * system calls).
+ * Sizes read at most STATEMENTS_PER_SIZE_READ statements ago, or now when
+ * fresh: a plan only needs replacing once a table has doubled, and reading
+ * them costs more than a short statement (two relation opens, two system
+ * calls).  A plan is always made at the sizes read then.
  */
 #define STATEMENTS_PER_SIZE_READ 64
 
 static void
-growing_tables_blocks(BlockNumber *blocks)
+growing_tables_blocks(BlockNumber *blocks, bool fresh)
 {
 	static BlockNumber known[GROWING_TABLES];
-	static LocalTransactionId read_in = InvalidLocalTransactionId;
-	static int	statements_since_read = 0;
+	static int	statements_since_read = STATEMENTS_PER_SIZE_READ;
 
-	if (MyProc->lxid != read_in || ++statements_since_read >= STATEMENTS_PER_SIZE_READ)
+	if (fresh || ++statements_since_read >= STATEMENTS_PER_SIZE_READ)
 	{
 		read_growing_tables_blocks(known);
-		read_in = MyProc->lxid;
 		statements_since_read = 0;
 	}
 	memcpy(blocks, known, sizeof(known));
@@ -102,7 +99,7 @@ saved_plan_ready(SavedPlan *plan)
 {
 	BlockNumber blocks[GROWING_TABLES];
 
-	growing_tables_blocks(blocks);
+	growing_tables_blocks(blocks, false);
 	if (plan->plan != NULL && (outgrown(plan, blocks) || rebuilt_unseen(plan)))
 	{
 		SPI_freeplan(plan->plan);
@@ -115,8 +112,11 @@ saved_plan_ready(SavedPlan *plan)
 		 * paths that do not depend on the values, and re-planning them per
 		 * call costs more than running them.
 		 */
-		SPIPlanPtr	prepared = SPI_prepare_cursor(plan->sql, plan->nargs, plan->argtypes,
-												  CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	prepared;
+
+		growing_tables_blocks(blocks, true);
+		prepared = SPI_prepare_cursor(plan->sql, plan->nargs, plan->argtypes,
+									  CURSOR_OPT_GENERIC_PLAN);
 
 		if (prepared == NULL)
 			elog(ERROR, "xprov: could not prepare statement: %s",
