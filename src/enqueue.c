@@ -132,15 +132,15 @@ static SavedPlan enqueue_one = {
  * A batch first registers its new subjects in a statement of its own: it
  * waits for any transaction creating the same subject, so the next
  * statement's snapshot sees every subject (and lane) it names.  A subject
- * without a lane is one this transaction has just registered.
+ * without a lane is one this transaction has just registered.  The
+ * subjects come distinct and in one order (BatchSubjects), so that two
+ * batches inserting the same new subjects wait for each other in the same
+ * order.
  */
 static SavedPlan register_subjects = {
 	.sql =
 	"INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
-	"SELECT DISTINCT ON (connector_id, object_class, subject) * "
-	"  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::\"char\"[]) "
-	"    AS u(tenant_id, connector_id, object_class, subject, claimant) "
-	" ORDER BY connector_id, object_class, subject "
+	"SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::\"char\"[]) "
 	"ON CONFLICT (connector_id, object_class, subject) DO NOTHING",
 	.nargs = 5,
 	.argtypes = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
@@ -158,7 +158,7 @@ static SavedPlan register_subjects = {
 static SavedPlan lock_lanes = {
 	.sql =
 	"SELECT l.lane_id "
-	"  FROM (SELECT DISTINCT sj.lane_id "
+	"  FROM (SELECT sj.lane_id "
 	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(connector_id, object_class, subject) "
 	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
 	"                              WHERE sj.connector_id = u.connector_id "
@@ -171,17 +171,17 @@ static SavedPlan lock_lanes = {
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
 };
 
+/*
+ * $1-$8: the batch's subjects (BatchSubjects), each with its first
+ * operation's number, priority and not_before; $9-$18: the operations, each
+ * with the ordinal of its subject.
+ */
 static SavedPlan enqueue_many = {
 	.sql =
-	"WITH input AS MATERIALIZED ("
-	"  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], "
-	"                       $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::int[], "
-	"                       $11::timestamptz[], $12::text[], $13::text[], $14::\"char\"[]) "
-	"    AS u(seq, id, tenant_id, connector_id, identity_id, target_uid, operation_type, "
-	"         object_class, attributes, priority, not_before, idempotency_key, subject, claimant)"
-	"), heads AS MATERIALIZED ("
-	"  SELECT DISTINCT ON (connector_id, object_class, subject) * FROM input "
-	"   ORDER BY connector_id, object_class, subject, seq"
+	"WITH heads AS MATERIALIZED ("
+	"  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], "
+	"                       $6::\"char\"[], $7::int[], $8::timestamptz[]) WITH ORDINALITY "
+	"    AS h(seq, tenant_id, connector_id, object_class, subject, claimant, priority, not_before, head)"
 	/*
 	 * Lookups are LATERAL ... LIMIT 1 so that they stay index probes driven
 	 * by the batch, whatever the (generic) plan thinks of the tables' sizes.
@@ -196,8 +196,7 @@ static SavedPlan enqueue_many = {
 	"                          AND sj.object_class = h.object_class "
 	"                          AND sj.subject = h.subject LIMIT 1) sj "
 	"    LEFT JOIN LATERAL (SELECT l.ctid AS lane_ctid FROM xprov.lane l "
-	"                        WHERE l.lane_id = sj.lane_id LIMIT 1) l ON true "
-	"   ORDER BY h.connector_id, h.object_class, h.subject"
+	"                        WHERE l.lane_id = sj.lane_id LIMIT 1) l ON true"
 	"), new_lane AS ("
 	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
 	"                               priority, run_at) "
@@ -217,17 +216,22 @@ static SavedPlan enqueue_many = {
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
 	"                        operation_type, object_class, attributes, priority, not_before, "
 	"                        idempotency_key) "
-	"  SELECT i.id, i.seq, h.lane_id, i.tenant_id, i.connector_id, i.identity_id, i.target_uid, "
-	"         i.operation_type, i.object_class, i.attributes, i.priority, i.not_before, "
-	"         i.idempotency_key "
-	"    FROM input i JOIN found h USING (connector_id, object_class, subject)"
+	"  SELECT o.id, o.seq, f.lane_id, f.tenant_id, f.connector_id, o.identity_id, o.target_uid, "
+	"         o.operation_type, f.object_class, o.attributes, o.priority, o.not_before, "
+	"         o.idempotency_key "
+	"    FROM unnest($9::bigint[], $10::uuid[], $11::bigint[], $12::uuid[], $13::text[], $14::text[], "
+	"                $15::jsonb[], $16::int[], $17::timestamptz[], $18::text[]) "
+	"      AS o(seq, id, head, identity_id, target_uid, operation_type, attributes, priority, "
+	"           not_before, idempotency_key) "
+	"    JOIN found f ON f.head = o.head"
 	") "
 	"SELECT state, claimant, rank, run_at, lane_id FROM new_lane "
 	"UNION ALL SELECT state, claimant, rank, run_at, lane_id FROM old_lane",
-	.nargs = 14,
-	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
-		TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
+	.nargs = 18,
+	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		CHARARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+		INT8ARRAYOID, UUIDARRAYOID, INT8ARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
 };
 
 static SavedPlan next_seqs = {
@@ -438,65 +442,152 @@ parse_batch(Jsonb *ops, int *count)
 	return inputs;
 }
 
-static void
-insert_batch(OpInput *ops, int count, const bool *insert)
+/*
+ * The batch's distinct subjects, in one order (connector, object class,
+ * subject, bytewise), each with the first of its operations in the batch:
+ * the head its lane gets when the lane is new or idle.
+ */
+typedef struct BatchSubjects
 {
-	int			n = 0;
-	Datum	   *cols[14];
-	bool	   *nulls[14];
-	Datum		args[14];
-	int64	   *seqs;
-	static const Oid types[14] = {INT8OID, UUIDOID, UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID,
-	TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, CHAROID};
+	int			count;
+	OpInput   **first;			/* per subject: its first operation */
+	int64	   *ordinal;		/* per operation to insert: its subject, from 1 */
+} BatchSubjects;
 
-	for (int i = 0; i < count; i++)
-		n += insert[i] ? 1 : 0;
-	if (n == 0)
-		return;
+static int
+compare_subjects(const OpInput *a, const OpInput *b)
+{
+	int			c = memcmp(&a->connector_id, &b->connector_id, UUID_LEN);
 
-	for (int c = 0; c < 14; c++)
+	if (c == 0)
+		c = strcmp(a->object_class, b->object_class);
+	if (c == 0)
+		c = strcmp(a->subject, b->subject);
+	return c;
+}
+
+/* Positions in ops; one subject's keep batch order, the first first. */
+static int
+compare_positions(const void *a, const void *b, void *arg)
+{
+	OpInput   **ops = arg;
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+	int			c = compare_subjects(ops[x], ops[y]);
+
+	return c != 0 ? c : (x > y) - (x < y);
+}
+
+static void
+group_subjects(OpInput **ops, int n, BatchSubjects *subjects)
+{
+	int		   *order = palloc(sizeof(int) * n);
+
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	qsort_arg(order, n, sizeof(int), compare_positions, ops);
+	subjects->first = palloc(sizeof(OpInput *) * n);
+	subjects->ordinal = palloc(sizeof(int64) * n);
+	subjects->count = 0;
+	for (int i = 0; i < n; i++)
+	{
+		OpInput    *op = ops[order[i]];
+
+		if (i == 0 || compare_subjects(ops[order[i - 1]], op) != 0)
+			subjects->first[subjects->count++] = op;
+		subjects->ordinal[order[i]] = subjects->count;
+	}
+	pfree(order);
+}
+
+/* enqueue_many's $2-$8 (args[1..7]) for the subjects; $1 comes later. */
+static void
+subject_columns(const BatchSubjects *subjects, Datum *args)
+{
+	int			n = subjects->count;
+	Datum	   *cols[8];
+	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
+	static const Oid types[8] = {InvalidOid, UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID,
+	TIMESTAMPTZOID};
+
+	for (int c = 1; c < 8; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int k = 0; k < n; k++)
+	{
+		OpInput    *op = subjects->first[k];
+
+		cols[1][k] = UUIDPGetDatum(&op->tenant_id);
+		cols[2][k] = UUIDPGetDatum(&op->connector_id);
+		cols[3][k] = CStringGetTextDatum(op->object_class);
+		cols[4][k] = CStringGetTextDatum(op->subject);
+		cols[5][k] = CharGetDatum(op->claimant);
+		cols[6][k] = Int32GetDatum(op->priority);
+		cols[7][k] = TimestampTzGetDatum(op->not_before);
+		not_before_nulls[k] = !op->has_not_before;
+	}
+	for (int c = 1; c < 8; c++)
+		args[c] = spi_array_arg(cols[c], c == 7 ? not_before_nulls : NULL, n, types[c]);
+}
+
+/* enqueue_many's $1: each subject's first operation's number. */
+static Datum
+subject_first_seqs(const BatchSubjects *subjects, const int64 *seqs, int n)
+{
+	Datum	   *first_seq = palloc(sizeof(Datum) * subjects->count);
+
+	/* from the last operation back: the first one's number is written last */
+	for (int k = n - 1; k >= 0; k--)
+		first_seq[subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
+	return spi_array_arg(first_seq, NULL, subjects->count, INT8OID);
+}
+
+/* enqueue_many's $9-$18 for the operations to insert, numbered by seqs. */
+static void
+operation_columns(OpInput **ops, int n, const int64 *seqs, const int64 *ordinal, Datum *args)
+{
+	Datum	   *cols[10];
+	bool	   *nulls[10];
+	static const Oid types[10] = {INT8OID, UUIDOID, INT8OID, UUIDOID, TEXTOID, TEXTOID, JSONBOID,
+	INT4OID, TIMESTAMPTZOID, TEXTOID};
+
+	for (int c = 0; c < 10; c++)
 	{
 		cols[c] = palloc0(sizeof(Datum) * n);
 		nulls[c] = palloc0(sizeof(bool) * n);
 	}
-	for (int i = 0, k = 0; i < count; i++)
+	for (int k = 0; k < n; k++)
 	{
-		OpInput    *op = &ops[i];
+		OpInput    *op = ops[k];
 
-		if (!insert[i])
-			continue;
+		cols[0][k] = Int64GetDatum(seqs[k]);
 		cols[1][k] = UUIDPGetDatum(&op->id);
-		cols[2][k] = UUIDPGetDatum(&op->tenant_id);
-		cols[3][k] = UUIDPGetDatum(&op->connector_id);
-		cols[4][k] = UUIDPGetDatum(&op->identity_id);
-		nulls[4][k] = !op->has_identity;
-		cols[5][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
-		nulls[5][k] = op->target_uid == NULL;
-		cols[6][k] = CStringGetTextDatum(op->operation_type);
-		cols[7][k] = CStringGetTextDatum(op->object_class);
-		cols[8][k] = JsonbPGetDatum(op->attributes);
-		cols[9][k] = Int32GetDatum(op->priority);
-		cols[10][k] = TimestampTzGetDatum(op->not_before);
-		nulls[10][k] = !op->has_not_before;
-		cols[11][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
-		nulls[11][k] = op->idempotency_key == NULL;
-		cols[12][k] = CStringGetTextDatum(op->subject);
-		cols[13][k] = CharGetDatum(op->claimant);
-		k++;
+		cols[2][k] = Int64GetDatum(ordinal[k]);
+		cols[3][k] = UUIDPGetDatum(&op->identity_id);
+		nulls[3][k] = !op->has_identity;
+		cols[4][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
+		nulls[4][k] = op->target_uid == NULL;
+		cols[5][k] = CStringGetTextDatum(op->operation_type);
+		cols[6][k] = JsonbPGetDatum(op->attributes);
+		cols[7][k] = Int32GetDatum(op->priority);
+		cols[8][k] = TimestampTzGetDatum(op->not_before);
+		nulls[8][k] = !op->has_not_before;
+		cols[9][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
+		nulls[9][k] = op->idempotency_key == NULL;
 	}
-
-	for (int c = 1; c < 14; c++)
+	for (int c = 0; c < 10; c++)
 		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
-	saved_plan_execute(&register_subjects, (Datum[]) {args[2], args[3], args[7], args[12], args[13]},
-					   NULL, false, 0);
-	saved_plan_execute(&lock_lanes, (Datum[]) {args[3], args[7], args[12]}, NULL, false, 0);
+}
 
-	/*
-	 * One sequence value per operation, in batch order (FIFO per subject),
-	 * taken once the lanes are locked (see lock_subject_lane).
-	 */
+/*
+ * One sequence value per operation, in batch order (FIFO per subject),
+ * taken once the lanes are locked (see lock_subject_lane).
+ */
+static int64 *
+take_seqs(int n)
+{
+	int64	   *seqs = palloc(sizeof(int64) * n);
+
 	saved_plan_execute(&next_seqs, (Datum[]) {Int32GetDatum(n)}, NULL, false, 0);
-	seqs = palloc(sizeof(int64) * n);
 	for (int i = 0; i < n; i++)
 		seqs[i] = spi_get_int64(i, 1);
 	for (int i = 1; i < n; i++)
@@ -507,9 +598,33 @@ insert_batch(OpInput *ops, int count, const bool *insert)
 			seqs[j] = seqs[j - 1];
 			seqs[j - 1] = tmp;
 		}
-	for (int k = 0; k < n; k++)
-		cols[0][k] = Int64GetDatum(seqs[k]);
-	args[0] = spi_array_arg(cols[0], nulls[0], n, types[0]);
+	return seqs;
+}
+
+static void
+insert_batch(OpInput *inputs, int count, const bool *insert)
+{
+	OpInput   **ops = palloc(sizeof(OpInput *) * count);
+	int			n = 0;
+	BatchSubjects subjects;
+	Datum		args[18];
+	int64	   *seqs;
+
+	for (int i = 0; i < count; i++)
+		if (insert[i])
+			ops[n++] = &inputs[i];
+	if (n == 0)
+		return;
+
+	group_subjects(ops, n, &subjects);
+	subject_columns(&subjects, args);
+	saved_plan_execute(&register_subjects, (Datum[]) {args[1], args[2], args[3], args[4], args[5]},
+					   NULL, false, 0);
+	saved_plan_execute(&lock_lanes, (Datum[]) {args[2], args[3], args[4]}, NULL, false, 0);
+
+	seqs = take_seqs(n);
+	args[0] = subject_first_seqs(&subjects, seqs, n);
+	operation_columns(ops, n, seqs, subjects.ordinal, args + 8);
 	saved_plan_execute(&enqueue_many, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
