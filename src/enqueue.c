@@ -129,74 +129,67 @@ static SavedPlan enqueue_one = {
 };
 
 /*
- * A batch first registers its new subjects in a statement of its own: it
- * waits for any transaction creating the same subject, so the next
- * statement's snapshot sees every subject (and lane) it names.  A subject
- * without a lane is one this transaction has just registered.  The
- * subjects come distinct and in one order (BatchSubjects), so that two
- * batches inserting the same new subjects wait for each other in the same
- * order.
- */
-static SavedPlan register_subjects = {
-	.sql =
-	"INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
-	"SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::\"char\"[]) "
-	"ON CONFLICT (connector_id, object_class, subject) DO NOTHING",
-	.nargs = 5,
-	.argtypes = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
-};
-
-/*
- * Lock the batch's existing lanes in lane order (the order completions lock
- * them in too, so the two cannot deadlock), in a statement of its own.  enqueue_many then runs in a
- * snapshot taken after every lock was granted.  Locking inside
- * enqueue_many itself would leave its UPDATE with the snapshot from before
- * a wait: a lane changed by the transaction waited for (a completion, a
- * claim) is invisible to that snapshot at its new ctid, and the update
- * would silently miss it, leaving an idle lane with work behind it.
+ * A batch locates its subjects' lanes before it numbers its operations.
+ * First it locks the lanes of the subjects that exist, in lane order (the
+ * order completions lock them in too, so the two cannot deadlock), in a
+ * statement of its own: enqueue_located then runs in a snapshot taken after
+ * every lock was granted.  Locking inside that statement would leave its
+ * UPDATE with the snapshot from before a wait: a lane changed by the
+ * transaction waited for (a completion, a claim) is invisible to that
+ * snapshot at its new ctid, and the update would silently miss it, leaving
+ * an idle lane with work behind it.  The locked version's ctid is the
+ * latest, and stays so while the lock is held.
+ *
+ * $1-$3 are subjects; returns the ordinal of each one found.
  */
 static SavedPlan lock_lanes = {
 	.sql =
-	"SELECT l.lane_id "
-	"  FROM (SELECT sj.lane_id "
-	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(connector_id, object_class, subject) "
+	"SELECT s.ord, l.lane_id, l.ctid "
+	"  FROM (SELECT u.ord, sj.lane_id "
+	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY "
+	"               AS u(connector_id, object_class, subject, ord) "
 	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
 	"                              WHERE sj.connector_id = u.connector_id "
 	"                                AND sj.object_class = u.object_class "
 	"                                AND sj.subject = u.subject LIMIT 1) sj "
-	"         ORDER BY 1) h "
-	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
-	"                      WHERE l.lane_id = h.lane_id LIMIT 1 FOR NO KEY UPDATE) l",
+	"         ORDER BY sj.lane_id) s "
+	" CROSS JOIN LATERAL (SELECT l.lane_id, l.ctid FROM xprov.lane l "
+	"                      WHERE l.lane_id = s.lane_id LIMIT 1 FOR NO KEY UPDATE) l",
 	.nargs = 3,
 	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
 };
 
 /*
- * $1-$8: the batch's subjects (BatchSubjects), each with its first
- * operation's number, priority and not_before; $9-$18: the operations, each
- * with the ordinal of its subject.
+ * Then it registers the subjects not found.  A subject that a concurrent
+ * transaction is creating makes this wait for that transaction; if it
+ * commits, the subject is skipped here and its lane locked by lock_lanes
+ * in the next statement, which sees it.  The subjects come in one order
+ * (BatchSubjects), so that two batches registering the same new subjects
+ * wait for each other in the same order.
  */
-static SavedPlan enqueue_many = {
+static SavedPlan register_subjects = {
 	.sql =
-	"WITH heads AS MATERIALIZED ("
-	"  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], "
-	"                       $6::\"char\"[], $7::int[], $8::timestamptz[]) WITH ORDINALITY "
-	"    AS h(seq, tenant_id, connector_id, object_class, subject, claimant, priority, not_before, head)"
-	/*
-	 * Lookups are LATERAL ... LIMIT 1 so that they stay index probes driven
-	 * by the batch, whatever the (generic) plan thinks of the tables' sizes.
-	 * lock_lanes has locked the lanes already, so the versions this
-	 * statement's snapshot sees are the latest, and stay so.
-	 */
-	"), found AS MATERIALIZED ("
-	"  SELECT h.*, sj.lane_id, l.lane_ctid "
-	"    FROM heads h "
-	"   CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
-	"                        WHERE sj.connector_id = h.connector_id "
-	"                          AND sj.object_class = h.object_class "
-	"                          AND sj.subject = h.subject LIMIT 1) sj "
-	"    LEFT JOIN LATERAL (SELECT l.ctid AS lane_ctid FROM xprov.lane l "
-	"                        WHERE l.lane_id = sj.lane_id LIMIT 1) l ON true"
+	"INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
+	"SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::\"char\"[]) "
+	"ON CONFLICT (connector_id, object_class, subject) DO NOTHING "
+	"RETURNING lane_id, connector_id, object_class, subject",
+	.nargs = 5,
+	.argtypes = {UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, CHARARRAYOID},
+};
+
+/*
+ * $1-$9: the batch's subjects (BatchSubjects), each with its lane (and the
+ * locked lane version's ctid, NULL for a lane to create) and its first
+ * operation's number, priority and not_before; $10-$19: the operations,
+ * each with the ordinal of its subject.
+ */
+static SavedPlan enqueue_located = {
+	.sql =
+	"WITH found AS MATERIALIZED ("
+	"  SELECT * FROM unnest($1::bigint[], $2::tid[], $3::bigint[], $4::uuid[], $5::uuid[], "
+	"                       $6::text[], $7::\"char\"[], $8::int[], $9::timestamptz[]) WITH ORDINALITY "
+	"    AS h(lane_id, lane_ctid, seq, tenant_id, connector_id, object_class, claimant, priority, "
+	"         not_before, head)"
 	"), new_lane AS ("
 	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
 	"                               priority, run_at) "
@@ -219,17 +212,17 @@ static SavedPlan enqueue_many = {
 	"  SELECT o.id, o.seq, f.lane_id, f.tenant_id, f.connector_id, o.identity_id, o.target_uid, "
 	"         o.operation_type, f.object_class, o.attributes, o.priority, o.not_before, "
 	"         o.idempotency_key "
-	"    FROM unnest($9::bigint[], $10::uuid[], $11::bigint[], $12::uuid[], $13::text[], $14::text[], "
-	"                $15::jsonb[], $16::int[], $17::timestamptz[], $18::text[]) "
+	"    FROM unnest($10::bigint[], $11::uuid[], $12::bigint[], $13::uuid[], $14::text[], $15::text[], "
+	"                $16::jsonb[], $17::int[], $18::timestamptz[], $19::text[]) "
 	"      AS o(seq, id, head, identity_id, target_uid, operation_type, attributes, priority, "
 	"           not_before, idempotency_key) "
 	"    JOIN found f ON f.head = o.head"
 	") "
 	"SELECT state, claimant, rank, run_at, lane_id FROM new_lane "
 	"UNION ALL SELECT state, claimant, rank, run_at, lane_id FROM old_lane",
-	.nargs = 18,
-	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		CHARARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+	.nargs = 19,
+	.argtypes = {INT8ARRAYOID, TIDARRAYOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
+		TEXTARRAYOID, CHARARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, UUIDARRAYOID, INT8ARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
 };
@@ -444,14 +437,19 @@ parse_batch(Jsonb *ops, int *count)
 
 /*
  * The batch's distinct subjects, in one order (connector, object class,
- * subject, bytewise), each with the first of its operations in the batch:
- * the head its lane gets when the lane is new or idle.
+ * subject, bytewise), each with the first of its operations in the batch
+ * (the head its lane gets when the lane is new or idle) and, once located,
+ * its lane.
  */
 typedef struct BatchSubjects
 {
 	int			count;
 	OpInput   **first;			/* per subject: its first operation */
 	int64	   *ordinal;		/* per operation to insert: its subject, from 1 */
+	Datum	   *lane_id;		/* per subject, once located */
+	ItemPointerData *lane_ctid; /* per subject: the locked lane version */
+	bool	   *located;
+	bool	   *new_lane;		/* registered here: the lane is to be created */
 } BatchSubjects;
 
 static int
@@ -497,51 +495,184 @@ group_subjects(OpInput **ops, int n, BatchSubjects *subjects)
 			subjects->first[subjects->count++] = op;
 		subjects->ordinal[order[i]] = subjects->count;
 	}
+	subjects->lane_id = palloc0(sizeof(Datum) * subjects->count);
+	subjects->lane_ctid = palloc0(sizeof(ItemPointerData) * subjects->count);
+	subjects->located = palloc0(sizeof(bool) * subjects->count);
+	subjects->new_lane = palloc0(sizeof(bool) * subjects->count);
 	pfree(order);
 }
 
-/* enqueue_many's $2-$8 (args[1..7]) for the subjects; $1 comes later. */
+/* Subject k of the batch whose key is that of op, or -1. */
+static int
+find_subject(const BatchSubjects *subjects, const OpInput *key)
+{
+	int			low = 0;
+	int			high = subjects->count - 1;
+
+	while (low <= high)
+	{
+		int			mid = low + (high - low) / 2;
+		int			c = compare_subjects(subjects->first[mid], key);
+
+		if (c == 0)
+			return mid;
+		if (c < 0)
+			low = mid + 1;
+		else
+			high = mid - 1;
+	}
+	return -1;
+}
+
+/*
+ * Columns of the subjects listed in which (indexes into subjects):
+ * args[0..4] are tenant, connector, object class, subject, claimant.
+ */
 static void
-subject_columns(const BatchSubjects *subjects, Datum *args)
+subject_key_columns(const BatchSubjects *subjects, const int *which, int n, Datum *args)
+{
+	Datum	   *cols[5];
+	static const Oid types[5] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID};
+
+	for (int c = 0; c < 5; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		OpInput    *op = subjects->first[which[i]];
+
+		cols[0][i] = UUIDPGetDatum(&op->tenant_id);
+		cols[1][i] = UUIDPGetDatum(&op->connector_id);
+		cols[2][i] = CStringGetTextDatum(op->object_class);
+		cols[3][i] = CStringGetTextDatum(op->subject);
+		cols[4][i] = CharGetDatum(op->claimant);
+	}
+	for (int c = 0; c < 5; c++)
+		args[c] = spi_array_arg(cols[c], NULL, n, types[c]);
+}
+
+/* The subjects not located yet (indexes), and how many. */
+static int
+unlocated_subjects(const BatchSubjects *subjects, int *which)
+{
+	int			n = 0;
+
+	for (int k = 0; k < subjects->count; k++)
+		if (!subjects->located[k])
+			which[n++] = k;
+	return n;
+}
+
+/* lock_lanes for the subjects listed in which; marks those found. */
+static void
+lock_existing_lanes(BatchSubjects *subjects, const int *which, int n)
+{
+	Datum		args[5];
+
+	subject_key_columns(subjects, which, n, args);
+	saved_plan_execute(&lock_lanes, (Datum[]) {args[1], args[2], args[3]}, NULL, false, 0);
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		int			k = which[spi_get_int64(row, 1) - 1];
+		Datum		ctid;
+
+		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 2));
+		if (!spi_get_datum(row, 3, &ctid))
+			elog(ERROR, "xprov: a locked lane has no ctid");
+		subjects->lane_ctid[k] = *(ItemPointer) DatumGetPointer(ctid);
+		subjects->located[k] = true;
+	}
+}
+
+/* register_subjects for the subjects listed in which; marks those it made. */
+static void
+register_new_subjects(BatchSubjects *subjects, const int *which, int n)
+{
+	Datum		args[5];
+
+	subject_key_columns(subjects, which, n, args);
+	saved_plan_execute(&register_subjects, args, NULL, false, 0);
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		OpInput		key;
+		Datum		value;
+		int			k;
+
+		spi_get_datum(row, 2, &value);
+		memcpy(&key.connector_id, DatumGetUUIDP(value), UUID_LEN);
+		spi_get_datum(row, 3, &value);
+		key.object_class = TextDatumGetCString(value);
+		spi_get_datum(row, 4, &value);
+		key.subject = TextDatumGetCString(value);
+		k = find_subject(subjects, &key);
+		if (k < 0)
+			elog(ERROR, "xprov: a registered subject is not in the batch");
+		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 1));
+		subjects->located[k] = true;
+		subjects->new_lane[k] = true;
+	}
+}
+
+/*
+ * Every subject's lane: those that exist locked, the others registered.  A
+ * subject that a concurrent transaction created meanwhile is locked in a
+ * second round.
+ */
+static void
+locate_subjects(BatchSubjects *subjects)
+{
+	int		   *which = palloc(sizeof(int) * subjects->count);
+	int			n;
+
+	for (int k = 0; k < subjects->count; k++)
+		which[k] = k;
+	lock_existing_lanes(subjects, which, subjects->count);
+	if ((n = unlocated_subjects(subjects, which)) == 0)
+		return;
+	register_new_subjects(subjects, which, n);
+	if ((n = unlocated_subjects(subjects, which)) == 0)
+		return;
+	lock_existing_lanes(subjects, which, n);
+	if (unlocated_subjects(subjects, which) > 0)
+		raise_concurrent_subjects();
+}
+
+/* enqueue_located's $1-$9 (args[0..8]) for the located subjects. */
+static void
+subject_columns(const BatchSubjects *subjects, const int64 *seqs, int nops, Datum *args)
 {
 	int			n = subjects->count;
-	Datum	   *cols[8];
+	Datum	   *cols[9];
+	bool	   *ctid_nulls = palloc(sizeof(bool) * n);
 	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
-	static const Oid types[8] = {InvalidOid, UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID,
-	TIMESTAMPTZOID};
+	static const Oid types[9] = {INT8OID, TIDOID, INT8OID, UUIDOID, UUIDOID, TEXTOID, CHAROID,
+	INT4OID, TIMESTAMPTZOID};
 
-	for (int c = 1; c < 8; c++)
+	for (int c = 0; c < 9; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
+	/* from the last operation back: the first one's number is written last */
+	for (int k = nops - 1; k >= 0; k--)
+		cols[2][subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
 	for (int k = 0; k < n; k++)
 	{
 		OpInput    *op = subjects->first[k];
 
-		cols[1][k] = UUIDPGetDatum(&op->tenant_id);
-		cols[2][k] = UUIDPGetDatum(&op->connector_id);
-		cols[3][k] = CStringGetTextDatum(op->object_class);
-		cols[4][k] = CStringGetTextDatum(op->subject);
-		cols[5][k] = CharGetDatum(op->claimant);
-		cols[6][k] = Int32GetDatum(op->priority);
-		cols[7][k] = TimestampTzGetDatum(op->not_before);
+		cols[0][k] = subjects->lane_id[k];
+		cols[1][k] = PointerGetDatum(&subjects->lane_ctid[k]);
+		ctid_nulls[k] = subjects->new_lane[k];
+		cols[3][k] = UUIDPGetDatum(&op->tenant_id);
+		cols[4][k] = UUIDPGetDatum(&op->connector_id);
+		cols[5][k] = CStringGetTextDatum(op->object_class);
+		cols[6][k] = CharGetDatum(op->claimant);
+		cols[7][k] = Int32GetDatum(op->priority);
+		cols[8][k] = TimestampTzGetDatum(op->not_before);
 		not_before_nulls[k] = !op->has_not_before;
 	}
-	for (int c = 1; c < 8; c++)
-		args[c] = spi_array_arg(cols[c], c == 7 ? not_before_nulls : NULL, n, types[c]);
+	for (int c = 0; c < 9; c++)
+		args[c] = spi_array_arg(cols[c], c == 1 ? ctid_nulls : c == 8 ? not_before_nulls : NULL,
+								n, types[c]);
 }
 
-/* enqueue_many's $1: each subject's first operation's number. */
-static Datum
-subject_first_seqs(const BatchSubjects *subjects, const int64 *seqs, int n)
-{
-	Datum	   *first_seq = palloc(sizeof(Datum) * subjects->count);
-
-	/* from the last operation back: the first one's number is written last */
-	for (int k = n - 1; k >= 0; k--)
-		first_seq[subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
-	return spi_array_arg(first_seq, NULL, subjects->count, INT8OID);
-}
-
-/* enqueue_many's $9-$18 for the operations to insert, numbered by seqs. */
+/* enqueue_located's $10-$19 for the operations to insert, numbered by seqs. */
 static void
 operation_columns(OpInput **ops, int n, const int64 *seqs, const int64 *ordinal, Datum *args)
 {
@@ -607,7 +738,7 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 	OpInput   **ops = palloc(sizeof(OpInput *) * count);
 	int			n = 0;
 	BatchSubjects subjects;
-	Datum		args[18];
+	Datum		args[19];
 	int64	   *seqs;
 
 	for (int i = 0; i < count; i++)
@@ -617,15 +748,11 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 		return;
 
 	group_subjects(ops, n, &subjects);
-	subject_columns(&subjects, args);
-	saved_plan_execute(&register_subjects, (Datum[]) {args[1], args[2], args[3], args[4], args[5]},
-					   NULL, false, 0);
-	saved_plan_execute(&lock_lanes, (Datum[]) {args[2], args[3], args[4]}, NULL, false, 0);
-
+	locate_subjects(&subjects);
 	seqs = take_seqs(n);
-	args[0] = subject_first_seqs(&subjects, seqs, n);
-	operation_columns(ops, n, seqs, subjects.ordinal, args + 8);
-	saved_plan_execute(&enqueue_many, args, NULL, false, 0);
+	subject_columns(&subjects, seqs, n, args);
+	operation_columns(ops, n, seqs, subjects.ordinal, args + 9);
+	saved_plan_execute(&enqueue_located, args, NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
 
