@@ -132,7 +132,7 @@ static SavedPlan enqueue_one = {
  * A batch locates its subjects' lanes before it numbers its operations.
  * First it locks the lanes of the subjects that exist, in lane order (the
  * order completions lock them in too, so the two cannot deadlock), in a
- * statement of its own: enqueue_located then runs in a snapshot taken after
+ * statement of its own: the writes then run in snapshots taken after
  * every lock was granted.  Locking inside that statement would leave its
  * UPDATE with the snapshot from before a wait: a lane changed by the
  * transaction waited for (a completion, a claim) is invisible to that
@@ -178,53 +178,61 @@ static SavedPlan register_subjects = {
 };
 
 /*
- * $1-$9: the batch's subjects (BatchSubjects), each with its lane (and the
- * locked lane version's ctid, NULL for a lane to create) and its first
- * operation's number, priority and not_before; $10-$19: the operations,
- * each with the ordinal of its subject.
+ * Then the batch writes, in three statements that each skip what the batch
+ * does not need.  The arrays are read by set-returning functions in the
+ * select list, which stream (unnest() in FROM would copy every row, the
+ * operations' attributes too, into a tuplestore first).
+ *
+ * New lanes: lane id, tenant, connector, claimant, and the subject's first
+ * operation's number, priority and not_before.
  */
-static SavedPlan enqueue_located = {
+static SavedPlan insert_new_lanes = {
 	.sql =
-	"WITH found AS MATERIALIZED ("
-	"  SELECT * FROM unnest($1::bigint[], $2::tid[], $3::bigint[], $4::uuid[], $5::uuid[], "
-	"                       $6::text[], $7::\"char\"[], $8::int[], $9::timestamptz[]) WITH ORDINALITY "
-	"    AS h(lane_id, lane_ctid, seq, tenant_id, connector_id, object_class, claimant, priority, "
-	"         not_before, head)"
-	"), new_lane AS ("
-	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
-	"                               priority, run_at) "
-	"  SELECT f.lane_id, f.tenant_id, f.connector_id, f.claimant, 'r', f.seq, f.priority, "
-	"         greatest(now(), f.not_before) "
-	"    FROM found f WHERE f.lane_ctid IS NULL "
-	LANE_RETURNING
-	"), old_lane AS ("
-	"  UPDATE xprov.lane l SET "
+	"INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
+	"                             priority, run_at) "
+	"SELECT lane_id, tenant_id, connector_id, claimant, 'r', seq, priority, greatest(now(), not_before) "
+	"  FROM (SELECT unnest($1::bigint[]) AS lane_id, unnest($2::uuid[]) AS tenant_id, "
+	"               unnest($3::uuid[]) AS connector_id, unnest($4::\"char\"[]) AS claimant, "
+	"               unnest($5::bigint[]) AS seq, unnest($6::int[]) AS priority, "
+	"               unnest($7::timestamptz[]) AS not_before) h "
+	LANE_RETURNING,
+	.nargs = 7,
+	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, CHARARRAYOID, INT8ARRAYOID, INT4ARRAYOID,
+		TIMESTAMPTZARRAYOID},
+};
+
+/*
+ * Existing lanes, by the ctid of the version lock_lanes locked: an idle
+ * one gets the subject's first operation as its head.
+ */
+static SavedPlan update_old_lanes = {
+	.sql =
+	"UPDATE xprov.lane l SET "
 	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "f.seq") ", "
-	LANE_IF_IDLE("priority", "f.priority") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), f.not_before)") " "
-	"    FROM found f WHERE l.ctid = f.lane_ctid "
-	LANE_RETURNING
-	"), op AS ("
-	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
-	"                        operation_type, object_class, attributes, priority, not_before, "
-	"                        idempotency_key) "
-	"  SELECT o.id, o.seq, f.lane_id, f.tenant_id, f.connector_id, o.identity_id, o.target_uid, "
-	"         o.operation_type, f.object_class, o.attributes, o.priority, o.not_before, "
-	"         o.idempotency_key "
-	"    FROM unnest($10::bigint[], $11::uuid[], $12::bigint[], $13::uuid[], $14::text[], $15::text[], "
-	"                $16::jsonb[], $17::int[], $18::timestamptz[], $19::text[]) "
-	"      AS o(seq, id, head, identity_id, target_uid, operation_type, attributes, priority, "
-	"           not_before, idempotency_key) "
-	"    JOIN found f ON f.head = o.head"
-	") "
-	"SELECT state, claimant, rank, run_at, lane_id FROM new_lane "
-	"UNION ALL SELECT state, claimant, rank, run_at, lane_id FROM old_lane",
-	.nargs = 19,
-	.argtypes = {INT8ARRAYOID, TIDARRAYOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
-		TEXTARRAYOID, CHARARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
-		INT8ARRAYOID, UUIDARRAYOID, INT8ARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID},
+	LANE_IF_IDLE("next_seq", "h.seq") ", "
+	LANE_IF_IDLE("priority", "h.priority") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
+	"  FROM (SELECT unnest($1::tid[]) AS lane_ctid, unnest($2::bigint[]) AS seq, "
+	"               unnest($3::int[]) AS priority, unnest($4::timestamptz[]) AS not_before) h "
+	" WHERE l.ctid = h.lane_ctid "
+	LANE_RETURNING,
+	.nargs = 4,
+	.argtypes = {TIDARRAYOID, INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID},
+};
+
+static SavedPlan insert_ops = {
+	.sql =
+	"INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
+	"                      operation_type, object_class, attributes, priority, not_before, "
+	"                      idempotency_key) "
+	"SELECT unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::bigint[]), unnest($4::uuid[]), "
+	"       unnest($5::uuid[]), unnest($6::uuid[]), unnest($7::text[]), unnest($8::text[]), "
+	"       unnest($9::text[]), unnest($10::jsonb[]), unnest($11::int[]), unnest($12::timestamptz[]), "
+	"       unnest($13::text[])",
+	.nargs = 13,
+	.argtypes = {UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+		TEXTARRAYOID},
 };
 
 static SavedPlan next_seqs = {
@@ -636,52 +644,80 @@ locate_subjects(BatchSubjects *subjects)
 		raise_concurrent_subjects();
 }
 
-/* enqueue_located's $1-$9 (args[0..8]) for the located subjects. */
+/*
+ * The lanes' writes: insert_new_lanes for the subjects registered here,
+ * update_old_lanes for the others.  Each subject's head is its first
+ * operation, numbered seqs[] in batch order.
+ */
 static void
-subject_columns(const BatchSubjects *subjects, const int64 *seqs, int nops, Datum *args)
+write_lanes(const BatchSubjects *subjects, const int64 *seqs, int nops)
 {
 	int			n = subjects->count;
-	Datum	   *cols[9];
-	bool	   *ctid_nulls = palloc(sizeof(bool) * n);
+	Datum	   *first_seq = palloc(sizeof(Datum) * n);
+	Datum	   *cols[7];
 	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
-	static const Oid types[9] = {INT8OID, TIDOID, INT8OID, UUIDOID, UUIDOID, TEXTOID, CHAROID,
-	INT4OID, TIMESTAMPTZOID};
+	Datum	   *ctids = palloc(sizeof(Datum) * n);
+	int			nnew = 0;
+	int			nold = 0;
 
-	for (int c = 0; c < 9; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
 	/* from the last operation back: the first one's number is written last */
 	for (int k = nops - 1; k >= 0; k--)
-		cols[2][subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
+		first_seq[subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
+	for (int c = 0; c < 7; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+
+	/* new lanes first in the arrays, from the front; old ones from the back */
 	for (int k = 0; k < n; k++)
 	{
 		OpInput    *op = subjects->first[k];
+		int			i = subjects->new_lane[k] ? nnew++ : n - 1 - nold++;
 
-		cols[0][k] = subjects->lane_id[k];
-		cols[1][k] = PointerGetDatum(&subjects->lane_ctid[k]);
-		ctid_nulls[k] = subjects->new_lane[k];
-		cols[3][k] = UUIDPGetDatum(&op->tenant_id);
-		cols[4][k] = UUIDPGetDatum(&op->connector_id);
-		cols[5][k] = CStringGetTextDatum(op->object_class);
-		cols[6][k] = CharGetDatum(op->claimant);
-		cols[7][k] = Int32GetDatum(op->priority);
-		cols[8][k] = TimestampTzGetDatum(op->not_before);
-		not_before_nulls[k] = !op->has_not_before;
+		cols[0][i] = subjects->lane_id[k];
+		cols[1][i] = UUIDPGetDatum(&op->tenant_id);
+		cols[2][i] = UUIDPGetDatum(&op->connector_id);
+		cols[3][i] = CharGetDatum(op->claimant);
+		cols[4][i] = first_seq[k];
+		cols[5][i] = Int32GetDatum(op->priority);
+		cols[6][i] = TimestampTzGetDatum(op->not_before);
+		not_before_nulls[i] = !op->has_not_before;
+		ctids[i] = PointerGetDatum(&subjects->lane_ctid[k]);
 	}
-	for (int c = 0; c < 9; c++)
-		args[c] = spi_array_arg(cols[c], c == 1 ? ctid_nulls : c == 8 ? not_before_nulls : NULL,
-								n, types[c]);
+	if (nnew > 0)
+	{
+		Datum		args[7];
+		static const Oid types[7] = {INT8OID, UUIDOID, UUIDOID, CHAROID, INT8OID, INT4OID,
+		TIMESTAMPTZOID};
+
+		for (int c = 0; c < 7; c++)
+			args[c] = spi_array_arg(cols[c], c == 6 ? not_before_nulls : NULL, nnew, types[c]);
+		saved_plan_execute(&insert_new_lanes, args, NULL, false, 0);
+		spi_note_ready_lanes(1);
+	}
+	if (nold > 0)
+	{
+		int			from = n - nold;
+		Datum		args[4];
+
+		args[0] = spi_array_arg(ctids + from, NULL, nold, TIDOID);
+		args[1] = spi_array_arg(cols[4] + from, NULL, nold, INT8OID);
+		args[2] = spi_array_arg(cols[5] + from, NULL, nold, INT4OID);
+		args[3] = spi_array_arg(cols[6] + from, not_before_nulls + from, nold, TIMESTAMPTZOID);
+		saved_plan_execute(&update_old_lanes, args, NULL, false, 0);
+		spi_note_ready_lanes(1);
+	}
 }
 
-/* enqueue_located's $10-$19 for the operations to insert, numbered by seqs. */
+/* insert_ops for the operations to insert, numbered seqs[] in batch order. */
 static void
-operation_columns(OpInput **ops, int n, const int64 *seqs, const int64 *ordinal, Datum *args)
+insert_operations(OpInput **ops, int n, const int64 *seqs, const BatchSubjects *subjects)
 {
-	Datum	   *cols[10];
-	bool	   *nulls[10];
-	static const Oid types[10] = {INT8OID, UUIDOID, INT8OID, UUIDOID, TEXTOID, TEXTOID, JSONBOID,
-	INT4OID, TIMESTAMPTZOID, TEXTOID};
+	Datum	   *cols[13];
+	bool	   *nulls[13];
+	Datum		args[13];
+	static const Oid types[13] = {UUIDOID, INT8OID, INT8OID, UUIDOID, UUIDOID, UUIDOID, TEXTOID,
+	TEXTOID, TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
 
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 13; c++)
 	{
 		cols[c] = palloc0(sizeof(Datum) * n);
 		nulls[c] = palloc0(sizeof(bool) * n);
@@ -690,23 +726,27 @@ operation_columns(OpInput **ops, int n, const int64 *seqs, const int64 *ordinal,
 	{
 		OpInput    *op = ops[k];
 
-		cols[0][k] = Int64GetDatum(seqs[k]);
-		cols[1][k] = UUIDPGetDatum(&op->id);
-		cols[2][k] = Int64GetDatum(ordinal[k]);
-		cols[3][k] = UUIDPGetDatum(&op->identity_id);
-		nulls[3][k] = !op->has_identity;
-		cols[4][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
-		nulls[4][k] = op->target_uid == NULL;
-		cols[5][k] = CStringGetTextDatum(op->operation_type);
-		cols[6][k] = JsonbPGetDatum(op->attributes);
-		cols[7][k] = Int32GetDatum(op->priority);
-		cols[8][k] = TimestampTzGetDatum(op->not_before);
-		nulls[8][k] = !op->has_not_before;
-		cols[9][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
-		nulls[9][k] = op->idempotency_key == NULL;
+		cols[0][k] = UUIDPGetDatum(&op->id);
+		cols[1][k] = Int64GetDatum(seqs[k]);
+		cols[2][k] = subjects->lane_id[subjects->ordinal[k] - 1];
+		cols[3][k] = UUIDPGetDatum(&op->tenant_id);
+		cols[4][k] = UUIDPGetDatum(&op->connector_id);
+		cols[5][k] = UUIDPGetDatum(&op->identity_id);
+		nulls[5][k] = !op->has_identity;
+		cols[6][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
+		nulls[6][k] = op->target_uid == NULL;
+		cols[7][k] = CStringGetTextDatum(op->operation_type);
+		cols[8][k] = CStringGetTextDatum(op->object_class);
+		cols[9][k] = JsonbPGetDatum(op->attributes);
+		cols[10][k] = Int32GetDatum(op->priority);
+		cols[11][k] = TimestampTzGetDatum(op->not_before);
+		nulls[11][k] = !op->has_not_before;
+		cols[12][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
+		nulls[12][k] = op->idempotency_key == NULL;
 	}
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 13; c++)
 		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
+	saved_plan_execute(&insert_ops, args, NULL, false, 0);
 }
 
 /*
@@ -738,7 +778,6 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 	OpInput   **ops = palloc(sizeof(OpInput *) * count);
 	int			n = 0;
 	BatchSubjects subjects;
-	Datum		args[19];
 	int64	   *seqs;
 
 	for (int i = 0; i < count; i++)
@@ -750,10 +789,8 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 	group_subjects(ops, n, &subjects);
 	locate_subjects(&subjects);
 	seqs = take_seqs(n);
-	subject_columns(&subjects, seqs, n, args);
-	operation_columns(ops, n, seqs, subjects.ordinal, args + 9);
-	saved_plan_execute(&enqueue_located, args, NULL, false, 0);
-	spi_note_ready_lanes(1);
+	write_lanes(&subjects, seqs, n);
+	insert_operations(ops, n, seqs, &subjects);
 }
 
 Datum

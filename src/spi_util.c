@@ -20,8 +20,6 @@
 #include "claim_cursor.h"
 #include "spi_util.h"
 
-#define GROWING_TABLES 2
-
 /*
  * Pages of the tables that grow from nothing under load.  The planner takes
  * a vacuumed empty table at its word (0 pages), so a generic plan made then
@@ -31,10 +29,10 @@
 static void
 read_growing_tables_blocks(BlockNumber *blocks)
 {
-	static const char *const names[GROWING_TABLES] = {"op", "shadow"};
+	static const char *const names[SAVED_PLAN_GROWING_TABLES] = {"op", "shadow", "lane"};
 	Oid			namespace = get_namespace_oid("xprov", true);
 
-	for (int i = 0; i < GROWING_TABLES; i++)
+	for (int i = 0; i < SAVED_PLAN_GROWING_TABLES; i++)
 	{
 		Oid			relid = OidIsValid(namespace) ? get_relname_relid(names[i], namespace) : InvalidOid;
 		Relation	rel = OidIsValid(relid) ? try_relation_open(relid, AccessShareLock) : NULL;
@@ -58,7 +56,7 @@ read_growing_tables_blocks(BlockNumber *blocks)
 static void
 growing_tables_blocks(BlockNumber *blocks, bool fresh)
 {
-	static BlockNumber known[GROWING_TABLES];
+	static BlockNumber known[SAVED_PLAN_GROWING_TABLES];
 	static int	statements_since_read = STATEMENTS_PER_SIZE_READ;
 
 	if (fresh || ++statements_since_read >= STATEMENTS_PER_SIZE_READ)
@@ -73,7 +71,7 @@ growing_tables_blocks(BlockNumber *blocks, bool fresh)
 static bool
 outgrown(SavedPlan *plan, const BlockNumber *blocks)
 {
-	for (int i = 0; i < GROWING_TABLES; i++)
+	for (int i = 0; i < SAVED_PLAN_GROWING_TABLES; i++)
 		if (blocks[i] > 2 * plan->planned_blocks[i] + 8)
 			return true;
 	return false;
@@ -97,7 +95,7 @@ rebuilt_unseen(SavedPlan *plan)
 static SPIPlanPtr
 saved_plan_ready(SavedPlan *plan)
 {
-	BlockNumber blocks[GROWING_TABLES];
+	BlockNumber blocks[SAVED_PLAN_GROWING_TABLES];
 
 	growing_tables_blocks(blocks, false);
 	if (plan->plan != NULL && (outgrown(plan, blocks) || rebuilt_unseen(plan)))

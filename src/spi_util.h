@@ -17,13 +17,16 @@
 
 #define SAVED_PLAN_MAX_ARGS 20
 
+/* Tables that grow from nothing under load: xprov.op, shadow and lane. */
+#define SAVED_PLAN_GROWING_TABLES 3
+
 typedef struct SavedPlan
 {
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[SAVED_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
-	BlockNumber planned_blocks[2];	/* queue and shadow pages when prepared */
+	BlockNumber planned_blocks[SAVED_PLAN_GROWING_TABLES];	/* their pages when prepared */
 	struct CachedPlanSource *source;	/* the plan cache's entry for it */
 	int			plan_generation;	/* the plan cache's plan those sizes
 									 * belong to; 0: not built yet */
