@@ -43,7 +43,7 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 	col " = CASE WHEN l.state = 'i' THEN " value " ELSE l." col " END"
 
 #define LANE_RETURNING \
-	"RETURNING l.lane_id, l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at "
+	"RETURNING l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id "
 
 /*
  * Parameters of both single-operation statements: $1 tenant, $2 connector,

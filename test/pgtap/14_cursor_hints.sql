@@ -1,13 +1,14 @@
 -- The shared claim cursor must never strand a ready operation behind it until the
 -- (60 s) periodic reset: lanes that a claim skipped because an enqueue held them
 -- locked come back when that enqueue rolls back, and more retries coming due than
--- the cursor remembers individually are all handed out when due (dblink).
+-- the cursor remembers individually are all handed out when due, and lanes that an
+-- enqueue_batch makes ready ahead of the cursor, new or idle, are claimed first (dblink).
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(5);
+SELECT plan(7);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('T');
@@ -49,6 +50,24 @@ SELECT FROM generate_series(1, 3) g, LATERAL dblink('b', pg_temp.enq_sql('m' || 
 SELECT is(pg_temp.deq('b', 4), ARRAY['l3', 'm1', 'm2', 'm3'], 'lower-priority work is claimed while the retries wait');
 SELECT pg_sleep(1.3);
 SELECT is(cardinality(pg_temp.deq('b', 100)), 80, 'every retry is handed out once due, long before the periodic reset');
+
+-- enqueue_batch reports the lanes it makes ready: with the cursor past p1, a new subject (q)
+-- and an idle one (m1) of higher priority come next, not p2 and p3
+CREATE FUNCTION pg_temp.batch_sql(p_items jsonb) RETURNS text LANGUAGE sql AS $$
+    SELECT format($f$SELECT count(*)::text FROM xprov.enqueue_batch(%L)$f$,
+                  (SELECT jsonb_agg(jsonb_build_object('tenant_id', pg_temp.id('T'), 'connector_id', pg_temp.id('C'),
+                                                       'target_uid', e->>'uid', 'operation_type', 'update',
+                                                       'object_class', 'user', 'priority', (e->>'priority')::int))
+                     FROM jsonb_array_elements(p_items) e))
+$$;
+SELECT FROM dblink('b', format($$SELECT count(xprov.complete(id))::text FROM xprov.operations
+                                  WHERE connector_id = %L AND status = 'in_progress'$$, pg_temp.id('C'))) AS t(x text);
+SELECT FROM dblink('b', pg_temp.batch_sql('[{"uid": "p1", "priority": 0}, {"uid": "p2", "priority": 0},
+                                            {"uid": "p3", "priority": 0}]')) AS t(x text);
+SELECT is(pg_temp.deq('b', 1), ARRAY['p1'], 'a claim moves the cursor past p1');
+SELECT FROM dblink('b', pg_temp.batch_sql('[{"uid": "q", "priority": 7}, {"uid": "m1", "priority": 8}]')) AS t(x text);
+SELECT is(pg_temp.deq('b', 2), ARRAY['m1', 'q'],
+          'a batch''s new and idle lanes ahead of the cursor are claimed next, at once');
 
 -- resolve everything so later files see nothing of ours
 SELECT FROM dblink('b', format($$SELECT count(xprov.complete(id))::text FROM xprov.operations
