@@ -623,7 +623,10 @@ register_new_subjects(BatchSubjects *subjects, const int *which, int n)
 /*
  * Every subject's lane: those that exist locked, the others registered.  A
  * subject that a concurrent transaction created meanwhile is locked in a
- * second round.
+ * second round.  That round takes its locks after the first round's, so
+ * across the two the lane order is not kept: a completion locking lanes of
+ * both rounds at the same moment can deadlock with it (one of the two gets
+ * 40P01).  It takes a race for the same new subject to get there.
  */
 static void
 locate_subjects(BatchSubjects *subjects)
