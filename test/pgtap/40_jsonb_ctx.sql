@@ -12,7 +12,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(31);
+SELECT plan(33);
 \ir common.psql
 SET LOCAL statement_timeout = '120s';
 
@@ -159,6 +159,19 @@ SELECT throws_ok($$SELECT xprov.execute_script('function hook(ctx) { return 1; }
                                                ('{"a": ' || repeat('[', 1000) || repeat(']', 1000) || '}')::jsonb)$$,
                  '38000', 'hook failed: RangeError: value nested deeper than 1000 levels',
                  'a value nested 1,001 deep is refused with a RangeError, as JSON.parse refuses its text');
+
+-- ---------------------------------------------------------------- limits while ctx is built
+SELECT is(xprov.execute_script('function hook(ctx) { return [ctx.n === JSON.parse(ctx.t), ctx.n > 1e308, ctx.m === JSON.parse(ctx.u)]; }',
+                               jsonb_build_object('n', ('1' || repeat('7', 400))::numeric, 't', '1' || repeat('7', 400),
+                                                  'm', ('0.' || repeat('0', 400) || '123')::numeric,
+                                                  'u', '0.' || repeat('0', 400) || '123')),
+          '[true, true, true]'::jsonb,
+          'numbers of 400 digits, beyond a double''s range and below it: as JSON.parse reads them');
+SELECT throws_ok($$SELECT xprov.execute_script('function hook(ctx) { return 1; }',
+                                               jsonb_build_object('a', (SELECT jsonb_agg(repeat('x', 100) || g)
+                                                                          FROM generate_series(1, 20000) g)), 1000, 1024)$$,
+                 '38000', 'hook exceeded its memory limit of 1024 kB',
+                 'a ctx larger than the memory limit stops with the limit''s error while it is built');
 
 -- ---------------------------------------------------------------- the worker's ctx, member by member
 SELECT is(xprov._sandbox_bench('function hook(ctx) { if (ctx.attributes.s !== "é\n" || ctx.attributes.n[1] !== 0.25) throw new Error("wrong"); }',
