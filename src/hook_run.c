@@ -101,7 +101,7 @@ build_context(HookContext *hc, const WorkOp *op, HookPhase phase)
 	set_text(&f[n++], "object_class", SANDBOX_VALUE_STRING, op->object_class);
 	if (op->attributes == NULL && op->attributes_jsonb != NULL)
 	{
-		/* a UTF-8 jsonb: whichever thread runs the hook renders it */
+		/* a UTF-8 jsonb: whichever thread runs the hook builds it */
 		f[n].name = "attributes";
 		f[n].kind = SANDBOX_VALUE_JSONB;
 		f[n++].binary = op->attributes_jsonb;

@@ -66,8 +66,8 @@ typedef enum SandboxValueKind
 	SANDBOX_VALUE_BOOLEAN,		/* boolean */
 	SANDBOX_VALUE_JSON,			/* text: JSON (an object, an array) */
 	SANDBOX_VALUE_JSONB,		/* binary: a jsonb container in UTF-8 (in
-								 * only), turned into JSON text by the
-								 * thread that runs the call */
+								 * only), built into values by the thread
+								 * that runs the call (sandbox_jsonb.h) */
 	SANDBOX_VALUE_FIELDS,		/* fields/nfields: a nested object (in only) */
 	SANDBOX_VALUE_OTHER			/* a member that is none of these (out only) */
 } SandboxValueKind;

@@ -205,7 +205,8 @@ utf8_text(const JsonbValue *value)
 
 /*
  * ctx as the worker passes it: a top-level object member by member, nested
- * objects and arrays as JSON text.
+ * objects and arrays as jsonb (as JSON text in a database that is not
+ * UTF-8).
  */
 static void
 fields_from_jsonb(Jsonb *context, SandboxCall *call)
@@ -273,7 +274,8 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 /*
  * xprov._sandbox_bench(script, context, timeout_ms, memory_kb, calls):
  * microseconds per call of the sandbox alone, on the worker's path: a
- * cached program, ctx built member by member (JSON-valued members parsed),
+ * cached program, ctx built member by member (JSON-valued members built
+ * from jsonb),
  * a returned object split into members (see SandboxCall).
  */
 Datum
