@@ -42,6 +42,7 @@ PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 #define LANE_IF_IDLE(col, value) \
 	col " = CASE WHEN l.state = 'i' THEN " value " ELSE l." col " END"
 
+/* What a lane write reports, in the order spi_note_ready_lanes(1) reads. */
 #define LANE_RETURNING \
 	"RETURNING l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id "
 
