@@ -5,9 +5,8 @@
  *
  * An enqueue appends to the operation log and makes sure the subject and
  * its lane exist, and that the lane is ready when it was idle, in the
- * caller's transaction.  Writing the lane always locks its row until commit:
- * a completion that is about to mark the lane idle waits for us and then
- * sees our operation, so no wake-up is ever lost.
+ * caller's transaction.  A database still at xprov 0.1.0 is served by
+ * enqueue_legacy.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +21,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "enqueue_legacy.h"
 #include "op_input.h"
 #include "spi_util.h"
 
@@ -29,144 +29,115 @@ PG_FUNCTION_INFO_V1(xprov_enqueue);
 PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 
 /*
- * Both entry points make sure the subject exists, with a ready lane whose
- * head is the new operation when it was idle (an existing lane that is not
- * idle keeps its head), then append to the log.  The lane UPDATE locks an
- * existing lane until commit, even when it changes nothing.
+ * Each lane numbers its subject's operations: last_seq is the number of the
+ * last one.  An enqueue takes the next numbers in the UPDATE that writes the
+ * lane, and so from its latest version: an enqueue of the same subject that
+ * it waited for has counted its own, and an enqueue that waits for this one
+ * counts on from ours.  Numbers follow the order in which the enqueues
+ * commit, which is the order the lane walks its operations in.  Writing the
+ * lane also locks it until commit: a completion that is about to mark the
+ * lane idle waits for us and then sees our operation, so no wake-up is lost.
  *
- * A subject created concurrently by another transaction, after this
- * statement's snapshot, is found by neither new_subject nor old_lane: the
- * statement then writes nothing and returns no lane, and enqueue() runs it
- * again in a new snapshot.
+ * An idle lane gets the subject's first new operation as its head.
  */
 #define LANE_IF_IDLE(col, value) \
 	col " = CASE WHEN l.state = 'i' THEN " value " ELSE l." col " END"
 
-/* What a lane write reports, in the order spi_note_ready_lanes(1) reads. */
-#define LANE_RETURNING \
-	"RETURNING l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id "
+/* What a lane write reports, in the order spi_note_ready_lanes() reads. */
+#define LANE_COLUMNS \
+	"l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id"
 
-/*
- * Parameters of both single-operation statements: $1 tenant, $2 connector,
- * $3 object class, $4 subject, $5 claimant, $6 priority, $7 not_before,
- * $8 id, $9 identity, $10 target uid, $11 operation type, $12 attributes,
- * $13 idempotency key.  The sequence value comes from CTE s.
- */
-#define ONE_LANE_UPDATE \
-	"  UPDATE xprov.lane l SET " \
-	LANE_IF_IDLE("state", "'r'") ", " \
-	LANE_IF_IDLE("next_seq", "s.seq") ", " \
-	LANE_IF_IDLE("priority", "$6") ", " \
-	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " " \
-	"    FROM xprov.subject sj, s " \
-	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 " \
-	"     AND l.lane_id = sj.lane_id " \
-	LANE_RETURNING
-
-#define ONE_OP_INSERT \
+#define ONE_OP_INSERT(seq) \
 	"op AS (" \
 	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, " \
 	"                        operation_type, object_class, attributes, priority, not_before, " \
 	"                        idempotency_key) " \
-	"  SELECT $8, s.seq, lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM s, lane" \
+	"  SELECT $8, " seq ", lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM lane" \
 	") " \
 	"SELECT state, claimant, rank, run_at, lane_id FROM lane"
 
-#define ONE_OP_ARGS \
-	.nargs = 13, \
-	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT4OID, TIMESTAMPTZOID, \
-		UUIDOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID}
-
-/*
- * The common case, a subject that already exists, in a statement with only
- * the two writes it needs (executor start-up per call grows with each).
- */
+/* One operation for a subject that exists (parameters: enqueue_legacy.h). */
 static SavedPlan enqueue_existing = {
 	.sql =
-	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
-	"lane AS ("
-	ONE_LANE_UPDATE
+	"WITH lane AS ("
+	"  UPDATE xprov.lane l SET last_seq = l.last_seq + 1, "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "l.last_seq + 1") ", "
+	LANE_IF_IDLE("priority", "$6") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
+	"    FROM xprov.subject sj "
+	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
+	"     AND l.lane_id = sj.lane_id "
+	"  RETURNING " LANE_COLUMNS ", l.last_seq"
 	"), "
-	ONE_OP_INSERT,
+	ONE_OP_INSERT("lane.last_seq"),
 	ONE_OP_ARGS
 };
 
 /*
- * Operations of a subject must be numbered in the order their enqueues
- * commit: a number taken before waiting for another enqueue of the same
- * subject could be lower than that one's, and the lane, which walks its
- * operations in number order, would meet an operation it had already
- * passed.  So the lane is locked first (until commit), the number taken
- * after (xprov.op_seq has no cache: numbers are handed out in call order).
+ * One operation for a subject that does not exist.  A subject created by
+ * another transaction after our snapshot makes the INSERT wait for it and
+ * then do nothing; the statement writes nothing, and the operation is
+ * enqueued to the existing subject in the next snapshot.
  */
-static SavedPlan lock_subject_lane = {
+static SavedPlan enqueue_new = {
 	.sql =
-	"SELECT l.lane_id FROM xprov.subject sj "
-	" CROSS JOIN LATERAL (SELECT l.lane_id FROM xprov.lane l "
-	"                      WHERE l.lane_id = sj.lane_id LIMIT 1 FOR NO KEY UPDATE) l "
-	" WHERE sj.connector_id = $1 AND sj.object_class = $2 AND sj.subject = $3",
-	.nargs = 3,
-	.argtypes = {UUIDOID, TEXTOID, TEXTOID},
-};
-
-static SavedPlan enqueue_one = {
-	.sql =
-	"WITH s AS MATERIALIZED (SELECT nextval('xprov.op_seq') AS seq), "
-	"new_subject AS ("
+	"WITH new_subject AS ("
 	"  INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
 	"  VALUES ($1, $2, $3, $4, $5) "
 	"  ON CONFLICT (connector_id, object_class, subject) DO NOTHING "
 	"  RETURNING lane_id"
-	"), new_lane AS ("
+	"), lane AS ("
 	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
-	"                               priority, run_at) "
-	"  SELECT n.lane_id, $1, $2, $5, 'r', s.seq, $6, greatest(now(), $7) FROM new_subject n, s "
-	LANE_RETURNING
-	"), old_lane AS ("
-	ONE_LANE_UPDATE
-	"), lane AS (SELECT * FROM new_lane UNION ALL SELECT * FROM old_lane), "
-	ONE_OP_INSERT,
+	"                               last_seq, priority, run_at) "
+	"  SELECT n.lane_id, $1, $2, $5, 'r', 1, 1, $6, greatest(now(), $7) FROM new_subject n "
+	"  RETURNING " LANE_COLUMNS
+	"), "
+	ONE_OP_INSERT("1"),
 	ONE_OP_ARGS
 };
 
 /*
- * A batch locates its subjects' lanes before it numbers its operations.
- * First it locks the lanes of the subjects that exist, in lane order (the
- * order completions lock them in too, so the two cannot deadlock), in a
- * statement of its own: the writes then run in snapshots taken after
- * every lock was granted.  Locking inside that statement would leave its
- * UPDATE with the snapshot from before a wait: a lane changed by the
- * transaction waited for (a completion, a claim) is invisible to that
- * snapshot at its new ctid, and the update would silently miss it, leaving
- * an idle lane with work behind it.  The locked version's ctid is the
- * latest, and stays so while the lock is held.
- *
- * $1-$3 are subjects; returns the ordinal of each one found.
+ * A batch numbers its operations by advancing the lanes of the subjects
+ * that exist, each by its number of operations in the batch ($4; $5 and $6
+ * are the priority and not_before of the first), in lane order: the order
+ * completions lock lanes in too, so the two cannot deadlock.  The planner
+ * keeps to nested loops for it (rows come out in the order the sorted
+ * subjects go in); a hash join would lock lanes in the order of the
+ * table.  Returns the ordinal of each subject found and its lane's new
+ * last_seq.
  */
-static SavedPlan lock_lanes = {
+static SavedPlan advance_lanes = {
 	.sql =
-	"SELECT s.ord, l.lane_id, l.ctid "
-	"  FROM (SELECT u.ord, sj.lane_id "
-	"          FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY "
-	"               AS u(connector_id, object_class, subject, ord) "
+	"UPDATE xprov.lane l SET last_seq = l.last_seq + h.nops, "
+	LANE_IF_IDLE("state", "'r'") ", "
+	LANE_IF_IDLE("next_seq", "l.last_seq + 1") ", "
+	LANE_IF_IDLE("priority", "h.priority") ", "
+	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
+	"  FROM (SELECT u.ord, u.nops, u.priority, u.not_before, sj.lane_id "
+	"          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], "
+	"                      $6::timestamptz[]) WITH ORDINALITY "
+	"               AS u(connector_id, object_class, subject, nops, priority, not_before, ord) "
 	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
 	"                              WHERE sj.connector_id = u.connector_id "
 	"                                AND sj.object_class = u.object_class "
 	"                                AND sj.subject = u.subject LIMIT 1) sj "
-	"         ORDER BY sj.lane_id) s "
-	" CROSS JOIN LATERAL (SELECT l.lane_id, l.ctid FROM xprov.lane l "
-	"                      WHERE l.lane_id = s.lane_id LIMIT 1 FOR NO KEY UPDATE) l",
-	.nargs = 3,
-	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+	"         ORDER BY sj.lane_id) h "
+	" WHERE l.lane_id = h.lane_id "
+	"RETURNING h.ord, l.last_seq, " LANE_COLUMNS,
+	.nargs = 6,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
+		TIMESTAMPTZARRAYOID},
+	.nested_loops_only = true,
 };
 
 /*
  * Then it registers the subjects not found.  A subject that a concurrent
  * transaction is creating makes this wait for that transaction; if it
- * commits, the subject is skipped here and its lane locked by lock_lanes
- * in the next statement, which sees it.  The subjects come in one order
- * (BatchSubjects), so that two batches registering the same new subjects
- * wait for each other in the same order.
+ * commits, the subject is skipped here and its lane advanced in a second
+ * round, which sees it.  The subjects come in one order (BatchSubjects),
+ * so that two batches registering the same new subjects wait for each
+ * other in the same order.
  */
 static SavedPlan register_subjects = {
 	.sql =
@@ -179,46 +150,28 @@ static SavedPlan register_subjects = {
 };
 
 /*
- * Then the batch writes, in three statements that each skip what the batch
- * does not need.  The arrays are read by set-returning functions in the
- * select list, which stream (unnest() in FROM would copy every row, the
- * operations' attributes too, into a tuplestore first).
+ * Then it writes the new lanes and the operations, in statements whose
+ * arrays are read by set-returning functions in the select list, which
+ * stream (unnest() in FROM would copy every row, the operations'
+ * attributes too, into a tuplestore first).
  *
- * New lanes: lane id, tenant, connector, claimant, and the subject's first
- * operation's number, priority and not_before.
+ * New lanes: lane id, tenant, connector, claimant, the subject's number of
+ * operations, and its first operation's priority and not_before.
  */
 static SavedPlan insert_new_lanes = {
 	.sql =
 	"INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
-	"                             priority, run_at) "
-	"SELECT lane_id, tenant_id, connector_id, claimant, 'r', seq, priority, greatest(now(), not_before) "
+	"                             last_seq, priority, run_at) "
+	"SELECT lane_id, tenant_id, connector_id, claimant, 'r', 1, nops, priority, "
+	"       greatest(now(), not_before) "
 	"  FROM (SELECT unnest($1::bigint[]) AS lane_id, unnest($2::uuid[]) AS tenant_id, "
 	"               unnest($3::uuid[]) AS connector_id, unnest($4::\"char\"[]) AS claimant, "
-	"               unnest($5::bigint[]) AS seq, unnest($6::int[]) AS priority, "
+	"               unnest($5::int[]) AS nops, unnest($6::int[]) AS priority, "
 	"               unnest($7::timestamptz[]) AS not_before) h "
-	LANE_RETURNING,
+	"RETURNING " LANE_COLUMNS,
 	.nargs = 7,
-	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, CHARARRAYOID, INT8ARRAYOID, INT4ARRAYOID,
+	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, CHARARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
 		TIMESTAMPTZARRAYOID},
-};
-
-/*
- * Existing lanes, by the ctid of the version lock_lanes locked: an idle
- * one gets the subject's first operation as its head.
- */
-static SavedPlan update_old_lanes = {
-	.sql =
-	"UPDATE xprov.lane l SET "
-	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "h.seq") ", "
-	LANE_IF_IDLE("priority", "h.priority") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
-	"  FROM (SELECT unnest($1::tid[]) AS lane_ctid, unnest($2::bigint[]) AS seq, "
-	"               unnest($3::int[]) AS priority, unnest($4::timestamptz[]) AS not_before) h "
-	" WHERE l.ctid = h.lane_ctid "
-	LANE_RETURNING,
-	.nargs = 4,
-	.argtypes = {TIDARRAYOID, INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID},
 };
 
 static SavedPlan insert_ops = {
@@ -234,12 +187,6 @@ static SavedPlan insert_ops = {
 	.argtypes = {UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
 		TEXTARRAYOID},
-};
-
-static SavedPlan next_seqs = {
-	.sql = "SELECT nextval('xprov.op_seq') FROM generate_series(1, $1)",
-	.nargs = 1,
-	.argtypes = {INT4OID},
 };
 
 static SavedPlan claim_keys = {
@@ -326,13 +273,11 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 	}
 }
 
-static Datum
-enqueue_single(OpInput *op)
+/* op as the parameters of the one-operation statements (enqueue_legacy.h) */
+static void
+one_op_args(OpInput *op, Datum *values, char *nulls)
 {
-	Datum		values[13];
-	char		nulls[13];
-
-	memset(nulls, ' ', sizeof(nulls));
+	memset(nulls, ' ', ONE_OP_NARGS);
 	values[0] = UUIDPGetDatum(&op->tenant_id);
 	values[1] = UUIDPGetDatum(&op->connector_id);
 	values[2] = CStringGetTextDatum(op->object_class);
@@ -350,15 +295,27 @@ enqueue_single(OpInput *op)
 	values[11] = JsonbPGetDatum(op->attributes);
 	values[12] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
 	nulls[12] = op->idempotency_key ? ' ' : 'n';
+}
 
+static void
+enqueue_single(OpInput *op)
+{
+	Datum		values[ONE_OP_NARGS];
+	char		nulls[ONE_OP_NARGS];
+
+	one_op_args(op, values, nulls);
+	if (!enqueue_lanes_number_operations())
+	{
+		if (!enqueue_legacy_one(values, nulls))
+			raise_concurrent_subjects();
+		return;
+	}
 	for (int attempt = 0;; attempt++)
 	{
-		/* lock the lane first: its sequence number is then taken after every earlier enqueue committed */
-		saved_plan_execute(&lock_subject_lane, (Datum[]) {values[1], values[2], values[3]}, NULL, false, 0);
+		saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
 		if (SPI_processed > 0)
-			saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
-		else
-			saved_plan_execute(&enqueue_one, values, nulls, false, 0);
+			break;
+		saved_plan_execute(&enqueue_new, values, nulls, false, 0);
 		if (SPI_processed > 0)
 			break;
 		/* the subject was created concurrently: the next snapshot sees it */
@@ -366,7 +323,6 @@ enqueue_single(OpInput *op)
 			raise_concurrent_subjects();
 	}
 	spi_note_ready_lanes(1);
-	return UUIDPGetDatum(&op->id);
 }
 
 static char *
@@ -447,16 +403,18 @@ parse_batch(Jsonb *ops, int *count)
 /*
  * The batch's distinct subjects, in one order (connector, object class,
  * subject, bytewise), each with the first of its operations in the batch
- * (the head its lane gets when the lane is new or idle) and, once located,
- * its lane.
+ * (the head its lane gets when the lane is new or idle), how many it has,
+ * and once located, its lane and the number of the last of them.
  */
 typedef struct BatchSubjects
 {
 	int			count;
 	OpInput   **first;			/* per subject: its first operation */
+	int		   *nops;			/* per subject: its operations in the batch */
 	int64	   *ordinal;		/* per operation to insert: its subject, from 1 */
+	int		   *rank;			/* per operation: its place among its subject's */
 	Datum	   *lane_id;		/* per subject, once located */
-	ItemPointerData *lane_ctid; /* per subject: the locked lane version */
+	int64	   *last_seq;		/* per subject, once located */
 	bool	   *located;
 	bool	   *new_lane;		/* registered here: the lane is to be created */
 } BatchSubjects;
@@ -494,7 +452,9 @@ group_subjects(OpInput **ops, int n, BatchSubjects *subjects)
 		order[i] = i;
 	qsort_arg(order, n, sizeof(int), compare_positions, ops);
 	subjects->first = palloc(sizeof(OpInput *) * n);
+	subjects->nops = palloc0(sizeof(int) * n);
 	subjects->ordinal = palloc(sizeof(int64) * n);
+	subjects->rank = palloc(sizeof(int) * n);
 	subjects->count = 0;
 	for (int i = 0; i < n; i++)
 	{
@@ -503,9 +463,10 @@ group_subjects(OpInput **ops, int n, BatchSubjects *subjects)
 		if (i == 0 || compare_subjects(ops[order[i - 1]], op) != 0)
 			subjects->first[subjects->count++] = op;
 		subjects->ordinal[order[i]] = subjects->count;
+		subjects->rank[order[i]] = subjects->nops[subjects->count - 1]++;
 	}
 	subjects->lane_id = palloc0(sizeof(Datum) * subjects->count);
-	subjects->lane_ctid = palloc0(sizeof(ItemPointerData) * subjects->count);
+	subjects->last_seq = palloc0(sizeof(int64) * subjects->count);
 	subjects->located = palloc0(sizeof(bool) * subjects->count);
 	subjects->new_lane = palloc0(sizeof(bool) * subjects->count);
 	pfree(order);
@@ -535,15 +496,21 @@ find_subject(const BatchSubjects *subjects, const OpInput *key)
 
 /*
  * Columns of the subjects listed in which (indexes into subjects):
- * args[0..4] are tenant, connector, object class, subject, claimant.
+ * args[0..4] are tenant, connector, object class, subject, claimant;
+ * args[5..7] the number of operations, and the first's priority and
+ * not_before.
  */
-static void
-subject_key_columns(const BatchSubjects *subjects, const int *which, int n, Datum *args)
-{
-	Datum	   *cols[5];
-	static const Oid types[5] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID};
+#define SUBJECT_COLUMNS 8
 
-	for (int c = 0; c < 5; c++)
+static void
+subject_columns(const BatchSubjects *subjects, const int *which, int n, Datum *args)
+{
+	Datum	   *cols[SUBJECT_COLUMNS];
+	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
+	static const Oid types[SUBJECT_COLUMNS] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID,
+	INT4OID, INT4OID, TIMESTAMPTZOID};
+
+	for (int c = 0; c < SUBJECT_COLUMNS; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -554,9 +521,13 @@ subject_key_columns(const BatchSubjects *subjects, const int *which, int n, Datu
 		cols[2][i] = CStringGetTextDatum(op->object_class);
 		cols[3][i] = CStringGetTextDatum(op->subject);
 		cols[4][i] = CharGetDatum(op->claimant);
+		cols[5][i] = Int32GetDatum(subjects->nops[which[i]]);
+		cols[6][i] = Int32GetDatum(op->priority);
+		cols[7][i] = TimestampTzGetDatum(op->not_before);
+		not_before_nulls[i] = !op->has_not_before;
 	}
-	for (int c = 0; c < 5; c++)
-		args[c] = spi_array_arg(cols[c], NULL, n, types[c]);
+	for (int c = 0; c < SUBJECT_COLUMNS; c++)
+		args[c] = spi_array_arg(cols[c], c == 7 ? not_before_nulls : NULL, n, types[c]);
 }
 
 /* The subjects not located yet (indexes), and how many. */
@@ -571,34 +542,33 @@ unlocated_subjects(const BatchSubjects *subjects, int *which)
 	return n;
 }
 
-/* lock_lanes for the subjects listed in which; marks those found. */
+/* advance_lanes for the subjects listed in which; marks those found. */
 static void
-lock_existing_lanes(BatchSubjects *subjects, const int *which, int n)
+advance_existing_lanes(BatchSubjects *subjects, const int *which, int n)
 {
-	Datum		args[5];
+	Datum		args[SUBJECT_COLUMNS];
 
-	subject_key_columns(subjects, which, n, args);
-	saved_plan_execute(&lock_lanes, (Datum[]) {args[1], args[2], args[3]}, NULL, false, 0);
+	subject_columns(subjects, which, n, args);
+	saved_plan_execute(&advance_lanes, (Datum[]) {args[1], args[2], args[3], args[5], args[6], args[7]},
+					   NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		int			k = which[spi_get_int64(row, 1) - 1];
-		Datum		ctid;
 
-		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 2));
-		if (!spi_get_datum(row, 3, &ctid))
-			elog(ERROR, "xprov: a locked lane has no ctid");
-		subjects->lane_ctid[k] = *(ItemPointer) DatumGetPointer(ctid);
+		subjects->last_seq[k] = spi_get_int64(row, 2);
+		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 7));
 		subjects->located[k] = true;
 	}
+	spi_note_ready_lanes(3);
 }
 
 /* register_subjects for the subjects listed in which; marks those it made. */
 static void
 register_new_subjects(BatchSubjects *subjects, const int *which, int n)
 {
-	Datum		args[5];
+	Datum		args[SUBJECT_COLUMNS];
 
-	subject_key_columns(subjects, which, n, args);
+	subject_columns(subjects, which, n, args);
 	saved_plan_execute(&register_subjects, args, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
@@ -616,104 +586,78 @@ register_new_subjects(BatchSubjects *subjects, const int *which, int n)
 		if (k < 0)
 			elog(ERROR, "xprov: a registered subject is not in the batch");
 		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 1));
+		subjects->last_seq[k] = subjects->nops[k];
 		subjects->located[k] = true;
 		subjects->new_lane[k] = true;
 	}
 }
 
+/* insert_new_lanes for the subjects registered here. */
+static void
+create_new_lanes(const BatchSubjects *subjects)
+{
+	int		   *which = palloc(sizeof(int) * subjects->count);
+	Datum		lane_ids[1];
+	Datum		args[SUBJECT_COLUMNS];
+	Datum	   *lane_id = palloc(sizeof(Datum) * subjects->count);
+	int			n = 0;
+
+	for (int k = 0; k < subjects->count; k++)
+		if (subjects->new_lane[k])
+		{
+			lane_id[n] = subjects->lane_id[k];
+			which[n++] = k;
+		}
+	if (n == 0)
+		return;
+	subject_columns(subjects, which, n, args);
+	lane_ids[0] = spi_array_arg(lane_id, NULL, n, INT8OID);
+	saved_plan_execute(&insert_new_lanes,
+					   (Datum[]) {lane_ids[0], args[0], args[1], args[4], args[5], args[6], args[7]},
+					   NULL, false, 0);
+	spi_note_ready_lanes(1);
+}
+
 /*
- * Every subject's lane: those that exist locked, the others registered.  A
- * subject that a concurrent transaction created meanwhile is locked in a
- * second round.  That round takes its locks after the first round's, so
+ * Every subject's lane: those that exist advanced, the others registered.
+ * A subject that a concurrent transaction created meanwhile is advanced in
+ * a second round.  That round takes its locks after the first round's, so
  * across the two the lane order is not kept: a completion locking lanes of
  * both rounds at the same moment can deadlock with it (one of the two gets
  * 40P01).  It takes a race for the same new subject to get there.
  */
 static void
-locate_subjects(BatchSubjects *subjects)
+number_operations(BatchSubjects *subjects)
 {
 	int		   *which = palloc(sizeof(int) * subjects->count);
 	int			n;
 
 	for (int k = 0; k < subjects->count; k++)
 		which[k] = k;
-	lock_existing_lanes(subjects, which, subjects->count);
+	advance_existing_lanes(subjects, which, subjects->count);
 	if ((n = unlocated_subjects(subjects, which)) == 0)
 		return;
 	register_new_subjects(subjects, which, n);
+	create_new_lanes(subjects);
 	if ((n = unlocated_subjects(subjects, which)) == 0)
 		return;
-	lock_existing_lanes(subjects, which, n);
+	advance_existing_lanes(subjects, which, n);
 	if (unlocated_subjects(subjects, which) > 0)
 		raise_concurrent_subjects();
 }
 
-/*
- * The lanes' writes: insert_new_lanes for the subjects registered here,
- * update_old_lanes for the others.  Each subject's head is its first
- * operation, numbered seqs[] in batch order.
- */
-static void
-write_lanes(const BatchSubjects *subjects, const int64 *seqs, int nops)
+/* Operation k's number: its subject's operations end at last_seq. */
+static int64
+operation_seq(const BatchSubjects *subjects, int k)
 {
-	int			n = subjects->count;
-	Datum	   *first_seq = palloc(sizeof(Datum) * n);
-	Datum	   *cols[7];
-	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
-	Datum	   *ctids = palloc(sizeof(Datum) * n);
-	int			nnew = 0;
-	int			nold = 0;
+	int			subject = subjects->ordinal[k] - 1;
 
-	/* from the last operation back: the first one's number is written last */
-	for (int k = nops - 1; k >= 0; k--)
-		first_seq[subjects->ordinal[k] - 1] = Int64GetDatum(seqs[k]);
-	for (int c = 0; c < 7; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
-
-	/* new lanes first in the arrays, from the front; old ones from the back */
-	for (int k = 0; k < n; k++)
-	{
-		OpInput    *op = subjects->first[k];
-		int			i = subjects->new_lane[k] ? nnew++ : n - 1 - nold++;
-
-		cols[0][i] = subjects->lane_id[k];
-		cols[1][i] = UUIDPGetDatum(&op->tenant_id);
-		cols[2][i] = UUIDPGetDatum(&op->connector_id);
-		cols[3][i] = CharGetDatum(op->claimant);
-		cols[4][i] = first_seq[k];
-		cols[5][i] = Int32GetDatum(op->priority);
-		cols[6][i] = TimestampTzGetDatum(op->not_before);
-		not_before_nulls[i] = !op->has_not_before;
-		ctids[i] = PointerGetDatum(&subjects->lane_ctid[k]);
-	}
-	if (nnew > 0)
-	{
-		Datum		args[7];
-		static const Oid types[7] = {INT8OID, UUIDOID, UUIDOID, CHAROID, INT8OID, INT4OID,
-		TIMESTAMPTZOID};
-
-		for (int c = 0; c < 7; c++)
-			args[c] = spi_array_arg(cols[c], c == 6 ? not_before_nulls : NULL, nnew, types[c]);
-		saved_plan_execute(&insert_new_lanes, args, NULL, false, 0);
-		spi_note_ready_lanes(1);
-	}
-	if (nold > 0)
-	{
-		int			from = n - nold;
-		Datum		args[4];
-
-		args[0] = spi_array_arg(ctids + from, NULL, nold, TIDOID);
-		args[1] = spi_array_arg(cols[4] + from, NULL, nold, INT8OID);
-		args[2] = spi_array_arg(cols[5] + from, NULL, nold, INT4OID);
-		args[3] = spi_array_arg(cols[6] + from, not_before_nulls + from, nold, TIMESTAMPTZOID);
-		saved_plan_execute(&update_old_lanes, args, NULL, false, 0);
-		spi_note_ready_lanes(1);
-	}
+	return subjects->last_seq[subject] - subjects->nops[subject] + 1 + subjects->rank[k];
 }
 
-/* insert_ops for the operations to insert, numbered seqs[] in batch order. */
+/* insert_ops for the operations to insert, in batch order. */
 static void
-insert_operations(OpInput **ops, int n, const int64 *seqs, const BatchSubjects *subjects)
+insert_operations(OpInput **ops, int n, const BatchSubjects *subjects)
 {
 	Datum	   *cols[13];
 	bool	   *nulls[13];
@@ -726,27 +670,27 @@ insert_operations(OpInput **ops, int n, const int64 *seqs, const BatchSubjects *
 		cols[c] = palloc0(sizeof(Datum) * n);
 		nulls[c] = palloc0(sizeof(bool) * n);
 	}
-	for (int k = 0; k < n; k++)
+	for (int i = 0; i < n; i++)
 	{
-		OpInput    *op = ops[k];
+		OpInput    *op = ops[i];
 
-		cols[0][k] = UUIDPGetDatum(&op->id);
-		cols[1][k] = Int64GetDatum(seqs[k]);
-		cols[2][k] = subjects->lane_id[subjects->ordinal[k] - 1];
-		cols[3][k] = UUIDPGetDatum(&op->tenant_id);
-		cols[4][k] = UUIDPGetDatum(&op->connector_id);
-		cols[5][k] = UUIDPGetDatum(&op->identity_id);
-		nulls[5][k] = !op->has_identity;
-		cols[6][k] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
-		nulls[6][k] = op->target_uid == NULL;
-		cols[7][k] = CStringGetTextDatum(op->operation_type);
-		cols[8][k] = CStringGetTextDatum(op->object_class);
-		cols[9][k] = JsonbPGetDatum(op->attributes);
-		cols[10][k] = Int32GetDatum(op->priority);
-		cols[11][k] = TimestampTzGetDatum(op->not_before);
-		nulls[11][k] = !op->has_not_before;
-		cols[12][k] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
-		nulls[12][k] = op->idempotency_key == NULL;
+		cols[0][i] = UUIDPGetDatum(&op->id);
+		cols[1][i] = Int64GetDatum(operation_seq(subjects, i));
+		cols[2][i] = subjects->lane_id[subjects->ordinal[i] - 1];
+		cols[3][i] = UUIDPGetDatum(&op->tenant_id);
+		cols[4][i] = UUIDPGetDatum(&op->connector_id);
+		cols[5][i] = UUIDPGetDatum(&op->identity_id);
+		nulls[5][i] = !op->has_identity;
+		cols[6][i] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
+		nulls[6][i] = op->target_uid == NULL;
+		cols[7][i] = CStringGetTextDatum(op->operation_type);
+		cols[8][i] = CStringGetTextDatum(op->object_class);
+		cols[9][i] = JsonbPGetDatum(op->attributes);
+		cols[10][i] = Int32GetDatum(op->priority);
+		cols[11][i] = TimestampTzGetDatum(op->not_before);
+		nulls[11][i] = !op->has_not_before;
+		cols[12][i] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
+		nulls[12][i] = op->idempotency_key == NULL;
 	}
 	for (int c = 0; c < 13; c++)
 		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
@@ -754,26 +698,26 @@ insert_operations(OpInput **ops, int n, const int64 *seqs, const BatchSubjects *
 }
 
 /*
- * One sequence value per operation, in batch order (FIFO per subject),
- * taken once the lanes are locked (see lock_subject_lane).
+ * A database still at 0.1.0 gets the batch one operation at a time, in
+ * subject order: two such batches lock their common lanes in one order.
  */
-static int64 *
-take_seqs(int n)
+static void
+insert_batch_legacy(OpInput **ops, int n)
 {
-	int64	   *seqs = palloc(sizeof(int64) * n);
+	int		   *order = palloc(sizeof(int) * n);
 
-	saved_plan_execute(&next_seqs, (Datum[]) {Int32GetDatum(n)}, NULL, false, 0);
 	for (int i = 0; i < n; i++)
-		seqs[i] = spi_get_int64(i, 1);
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && seqs[j - 1] > seqs[j]; j--)
-		{
-			int64		tmp = seqs[j];
+		order[i] = i;
+	qsort_arg(order, n, sizeof(int), compare_positions, ops);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[ONE_OP_NARGS];
+		char		nulls[ONE_OP_NARGS];
 
-			seqs[j] = seqs[j - 1];
-			seqs[j - 1] = tmp;
-		}
-	return seqs;
+		one_op_args(ops[order[i]], values, nulls);
+		if (!enqueue_legacy_one(values, nulls))
+			raise_concurrent_subjects();
+	}
 }
 
 static void
@@ -782,19 +726,21 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 	OpInput   **ops = palloc(sizeof(OpInput *) * count);
 	int			n = 0;
 	BatchSubjects subjects;
-	int64	   *seqs;
 
 	for (int i = 0; i < count; i++)
 		if (insert[i])
 			ops[n++] = &inputs[i];
 	if (n == 0)
 		return;
+	if (!enqueue_lanes_number_operations())
+	{
+		insert_batch_legacy(ops, n);
+		return;
+	}
 
 	group_subjects(ops, n, &subjects);
-	locate_subjects(&subjects);
-	seqs = take_seqs(n);
-	write_lanes(&subjects, seqs, n);
-	insert_operations(ops, n, seqs, &subjects);
+	number_operations(&subjects);
+	insert_operations(ops, n, &subjects);
 }
 
 Datum

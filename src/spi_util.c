@@ -12,6 +12,7 @@
 #include "nodes/parsenodes.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/plancache.h"
 #include "utils/snapmgr.h"
@@ -138,14 +139,46 @@ note_plan_built(SavedPlan *plan)
 		plan->plan_generation = plan->source->generation;
 }
 
+/*
+ * For a nested_loops_only plan, the planner settings that price every
+ * other join and scan out, from here to restore_planner(); set around the
+ * execution too, because the plan cache may plan again inside it.  (Bitmap
+ * scans would keep the order, but a plan made over small tables picks them,
+ * and each rescan of one costs an lseek and a bitmap.)
+ */
+static int
+restrict_planner(const SavedPlan *plan)
+{
+	static const char *const methods[] = {"enable_hashjoin", "enable_mergejoin", "enable_seqscan",
+	"enable_bitmapscan"};
+	int			nest_level;
+
+	if (!plan->nested_loops_only)
+		return -1;
+	nest_level = NewGUCNestLevel();
+	for (int i = 0; i < lengthof(methods); i++)
+		(void) set_config_option(methods[i], "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	return nest_level;
+}
+
+static void
+restore_planner(int nest_level)
+{
+	if (nest_level >= 0)
+		AtEOXact_GUC(true, nest_level);
+}
+
 int
 saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,
 				   bool read_only, long count)
 {
+	int			nest_level = restrict_planner(plan);
 	int			rc = SPI_execute_plan(saved_plan_ready(plan), values, nulls, read_only, count);
 
 	if (rc < 0)
 		elog(ERROR, "xprov: statement failed: %s", SPI_result_code_string(rc));
+	restore_planner(nest_level);
 	note_plan_built(plan);
 	return rc;
 }

@@ -30,6 +30,9 @@ typedef struct SavedPlan
 	struct CachedPlanSource *source;	/* the plan cache's entry for it */
 	int			plan_generation;	/* the plan cache's plan those sizes
 									 * belong to; 0: not built yet */
+	bool		nested_loops_only;	/* planned with nested loops over index
+									 * scans only: its rows come out in the
+									 * order of its outermost input */
 } SavedPlan;
 
 extern int	saved_plan_execute(SavedPlan *plan, Datum *values, const char *nulls,

@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(33);
+SELECT plan(36);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -80,6 +80,35 @@ SELECT is(pg_temp.drain(), 2, 'the two others follow');
 SELECT is(array(SELECT name FROM _log ORDER BY seq), ARRAY['f2', 'f3'], 'in batch order');
 SELECT pg_temp.try($$SELECT xprov.set_connector_enabled(pg_temp.id('c1'), true)$$) \g /dev/null
 
+-- each lane numbers its own operations, one after another in enqueue order,
+-- whether they come one at a time or in batches
+SELECT pg_temp.put('n1', xprov.enqueue(pg_temp.id('t1'), pg_temp.id('cf'), NULL, 'update', 'user', '{}', 'numbered')) \g /dev/null
+SELECT pg_temp.put('n' || (n + 1), id)
+  FROM xprov.enqueue_batch(jsonb_build_array(
+           pg_temp.el(1, 'numbered') || jsonb_build_object('connector_id', pg_temp.id('cf')),
+           pg_temp.el(2, 'other') || jsonb_build_object('connector_id', pg_temp.id('cf')),
+           pg_temp.el(3, 'numbered') || jsonb_build_object('connector_id', pg_temp.id('cf'))))
+       WITH ORDINALITY AS b(id, n) \g /dev/null
+SELECT pg_temp.put('n5', xprov.enqueue(pg_temp.id('t1'), pg_temp.id('cf'), NULL, 'update', 'user', '{}', 'numbered')) \g /dev/null
+SELECT is(array(SELECT o.seq - min(o.seq) OVER () FROM xprov.op o
+                 WHERE o.id IN (pg_temp.id('n1'), pg_temp.id('n2'), pg_temp.id('n4'), pg_temp.id('n5'))
+                 ORDER BY o.seq),
+          ARRAY[0, 1, 2, 3]::bigint[], 'a subject''s operations are numbered one after another, singles and batches alike');
+SELECT is(array(SELECT n FROM unnest(ARRAY['n1', 'n2', 'n4', 'n5']) n
+                  JOIN xprov.op o ON o.id = pg_temp.id(n) ORDER BY o.seq),
+          ARRAY['n1', 'n2', 'n4', 'n5'], 'in the order they were enqueued');
+
+-- uuids in any spelling uuid_in accepts (the canonical one is read without it)
+CREATE TEMP TABLE spelled AS
+    SELECT b.id FROM xprov.enqueue_batch((
+        SELECT jsonb_agg(pg_temp.el(1, 'spelled-' || s) || jsonb_build_object(
+                             'connector_id', s, 'tenant_id', upper(pg_temp.id('t1')::text)))
+          FROM unnest(ARRAY[pg_temp.id('cf')::text, upper(pg_temp.id('cf')::text), '{' || pg_temp.id('cf') || '}',
+                            replace(pg_temp.id('cf')::text, '-', '')]) s)) b(id);
+SELECT is((SELECT array_agg(o.connector_id = pg_temp.id('cf') AND o.tenant_id = pg_temp.id('t1'))
+             FROM spelled JOIN xprov.op o ON o.id = spelled.id),
+          ARRAY[true, true, true, true], 'canonical, upper case, braced and unhyphenated uuids name the same connector');
+
 -- ---------------------------------------------------------------- malformed batches
 SELECT throws_ok($$SELECT xprov.enqueue_batch('{"tenant_id": null}')$$, '22023', NULL, 'ops that is an object -> 22023');
 SELECT throws_ok($$SELECT xprov.enqueue_batch('"x"')$$, '22023', NULL, 'ops that is a string -> 22023');
@@ -134,7 +163,7 @@ SELECT matches(pg_temp.err(format('SELECT xprov.enqueue_batch(%L)',
 RESET xprov.max_attributes_size;
 
 -- none of the rejected batches left anything behind
-SELECT is(pg_temp.ops(), 2009::bigint, 'rejected batches inserted nothing');
+SELECT is(pg_temp.ops(), 2018::bigint, 'rejected batches inserted nothing');
 
 -- a bad element rejects the whole batch even when the caller traps the error
 -- (plpgsql exception block = subtransaction; the good elements must not survive on their own)
@@ -153,7 +182,7 @@ SELECT is(pg_temp.try_batch(jsonb_build_array(pg_temp.el(1, 'atomic'), pg_temp.e
           -1, 'a batch with a bad last element raises instead of returning the good ones');
 SELECT is((SELECT count(*) FROM xprov.operations WHERE target_uid = 'atomic'), 0::bigint,
           'no element of the rejected batch was enqueued');
-SELECT is(pg_temp.ops(), 2009::bigint, 'operation count unchanged after the rejected batch');
+SELECT is(pg_temp.ops(), 2018::bigint, 'operation count unchanged after the rejected batch');
 
 -- enqueue_batch is STRICT-or-equivalent on SQL NULL: no rows, no error
 SELECT is((SELECT count(*) FROM xprov.enqueue_batch(NULL)), 0::bigint, 'enqueue_batch(NULL) returns no rows');
