@@ -1429,3 +1429,19 @@ CREATE OR REPLACE VIEW xprov.operation_attempts WITH (security_invoker = true) A
 -- database's own grants on it would go with it.
 ALTER TABLE xprov.lane ADD COLUMN last_seq bigint NOT NULL DEFAULT 0;
 UPDATE xprov.lane SET last_seq = (SELECT last_value FROM xprov.op_seq);
+
+-- An enqueue keeps the tenant and kind of each connector it has seen
+-- (src/connector_cache.h).  A committed change of connectors voids what
+-- every backend kept, and so does a new or updated extension (a connector
+-- table made afresh by DROP and CREATE EXTENSION has other rows).
+CREATE FUNCTION xprov._connectors_changed()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'xprov_connectors_changed';
+REVOKE ALL ON FUNCTION xprov._connectors_changed() FROM PUBLIC;
+
+CREATE TRIGGER connectors_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON xprov.connector
+	FOR EACH STATEMENT EXECUTE FUNCTION xprov._connectors_changed();
+
+SELECT xprov._hooks_changed();

@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
+#include "connector_cache.h"
 #include "op_input.h"
 #include "tenant_guard.h"
 #include "spi_util.h"
@@ -146,6 +147,49 @@ jsonb_string_field(JsonbValue *value, int element, const char *field)
 	return pnstrdup(value->val.string.val, value->val.string.len);
 }
 
+static int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * The canonical form (8-4-4-4-12 hex digits), which nearly every caller
+ * sends, read without uuid_in (which calls strtoul per byte: a tenth of a
+ * batch's parsing).  False for anything else, which uuid_in then judges.
+ */
+static bool
+parse_canonical_uuid(const char *text, pg_uuid_t *out)
+{
+	int			byte = 0;
+
+	for (int i = 0; i < 36; i += 2)
+	{
+		int			high,
+					low;
+
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (text[i] != '-')
+				return false;
+			i--;
+			continue;
+		}
+		high = hex_digit(text[i]);
+		low = high < 0 ? -1 : hex_digit(text[i + 1]);
+		if (low < 0)
+			return false;
+		out->data[byte++] = (unsigned char) (high << 4 | low);
+	}
+	return byte == UUID_LEN && text[36] == '\0';
+}
+
 static bool
 jsonb_uuid_field(JsonbValue *value, int element, const char *field, pg_uuid_t *out)
 {
@@ -153,7 +197,8 @@ jsonb_uuid_field(JsonbValue *value, int element, const char *field, pg_uuid_t *o
 
 	if (text == NULL)
 		return false;
-	memcpy(out, DatumGetUUIDP(parse_field(UUIDOID, text, element, field)), UUID_LEN);
+	if (!parse_canonical_uuid(text, out))
+		memcpy(out, DatumGetUUIDP(parse_field(UUIDOID, text, element, field)), UUID_LEN);
 	return true;
 }
 
@@ -377,13 +422,43 @@ static SavedPlan connector_lookup = {
 	.argtypes = {UUIDARRAYOID},
 };
 
-static bool
-connector_of_tenant(uint64 row, const pg_uuid_t *tenant)
+/* The connectors ids[0..n) as connector_lookup finds them, into facts. */
+static int
+look_up_connectors(Datum *ids, int n, bool remember, ConnectorFacts *facts)
 {
-	Datum		owner;
+	Datum		arg = spi_array_arg(ids, NULL, n, UUIDOID);
 
-	spi_get_datum(row, 2, &owner);
-	return memcmp(DatumGetUUIDP(owner), tenant, UUID_LEN) == 0;
+	saved_plan_execute(&connector_lookup, &arg, NULL, true, 0);
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		ConnectorFacts *f = &facts[row];
+		Datum		value;
+
+		spi_get_datum(row, 1, &value);
+		f->id = *DatumGetUUIDP(value);
+		spi_get_datum(row, 2, &value);
+		f->tenant_id = *DatumGetUUIDP(value);
+		spi_get_datum(row, 3, &value);
+		f->claimant = strcmp(TextDatumGetCString(value), "external") == 0 ? CLAIMANT_EXTERNAL : CLAIMANT_WORKER;
+		if (remember)
+			connector_cache_add(f);
+	}
+	return (int) SPI_processed;
+}
+
+static const ConnectorFacts *
+find_facts(const ConnectorFacts *facts, int n, const pg_uuid_t *id)
+{
+	for (int i = 0; i < n; i++)
+		if (memcmp(&facts[i].id, id, UUID_LEN) == 0)
+			return &facts[i];
+	return NULL;
+}
+
+static char *
+uuid_text(const pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
 }
 
 /*
@@ -394,60 +469,57 @@ connector_of_tenant(uint64 row, const pg_uuid_t *tenant)
 void
 op_inputs_resolve_connectors(OpInput *ops, int count)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * count);
-	int			nids = 0;
-	Datum		arg;
+	ConnectorFacts *facts = palloc(sizeof(ConnectorFacts) * count);
+	Datum	   *missing = palloc(sizeof(Datum) * count);
+	int			nfacts = 0;
+	int			nmissing = 0;
 	bool		is_admin = tenant_guard_caller_is_admin();
 	pg_uuid_t	session;
 	bool		has_session = !is_admin && tenant_guard_session_tenant(&session);
+	bool		cache = connector_cache_usable();
 
-	/* batches name few connectors: look each up once */
+	/* batches name few connectors: each is found or looked up once */
 	for (int i = 0; i < count; i++)
 	{
-		bool		seen = false;
+		const pg_uuid_t *id = &ops[i].connector_id;
+		const ConnectorFacts *known;
 
 		if (!is_admin && (!has_session || memcmp(&session, &ops[i].tenant_id, UUID_LEN) != 0))
 			raise_foreign_tenant(&ops[i], has_session);
+		if (find_facts(facts, nfacts, id) != NULL)
+			continue;
+		if (cache && (known = connector_cache_find(id)) != NULL)
+			facts[nfacts++] = *known;
+		else
+		{
+			bool		seen = false;
 
-		for (int j = nids - 1; j >= 0 && !seen; j--)
-			seen = memcmp(DatumGetUUIDP(ids[j]), &ops[i].connector_id, UUID_LEN) == 0;
-		if (!seen)
-			ids[nids++] = UUIDPGetDatum(&ops[i].connector_id);
+			for (int j = nmissing - 1; j >= 0 && !seen; j--)
+				seen = memcmp(DatumGetUUIDP(missing[j]), id, UUID_LEN) == 0;
+			if (!seen)
+				missing[nmissing++] = UUIDPGetDatum(id);
+		}
 	}
-	arg = spi_array_arg(ids, NULL, nids, UUIDOID);
-	saved_plan_execute(&connector_lookup, &arg, NULL, true, 0);
+	if (nmissing > 0)
+		nfacts += look_up_connectors(missing, nmissing, cache, facts + nfacts);
 
 	for (int i = 0; i < count; i++)
 	{
 		OpInput    *op = &ops[i];
-		uint64		row;
+		const ConnectorFacts *f = find_facts(facts, nfacts, &op->connector_id);
+		bool		own = f != NULL && memcmp(&f->tenant_id, &op->tenant_id, UUID_LEN) == 0;
 
-		for (row = 0; row < SPI_processed; row++)
-		{
-			Datum		id;
-
-			spi_get_datum(row, 1, &id);
-			if (memcmp(DatumGetUUIDP(id), &op->connector_id, UUID_LEN) == 0)
-				break;
-		}
-		if (row == SPI_processed || (!is_admin && !connector_of_tenant(row, &op->tenant_id)))
+		/* to a tenant role, another tenant's connector does not exist */
+		if (f == NULL || (!is_admin && !own))
 			op_raise_error(op->element, ERRCODE_UNDEFINED_OBJECT,
-						   psprintf("connector %s does not exist",
-									DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->connector_id)))),
+						   psprintf("connector %s does not exist", uuid_text(&op->connector_id)),
 						   NULL, "Create it with xprov.add_connector() or list connectors in xprov.connectors.");
-		else
-		{
-			char	   *kind;
-
-			if (!connector_of_tenant(row, &op->tenant_id))
-				op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
-							   "connector belongs to another tenant",
-							   psprintf("Connector %s is not a connector of tenant %s.",
-										DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->connector_id))),
-										DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->tenant_id)))),
-							   "Use a connector of the operation's own tenant.");
-			kind = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 3);
-			op->claimant = strcmp(kind, "external") == 0 ? CLAIMANT_EXTERNAL : CLAIMANT_WORKER;
-		}
+		if (!own)
+			op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
+						   "connector belongs to another tenant",
+						   psprintf("Connector %s is not a connector of tenant %s.",
+									uuid_text(&op->connector_id), uuid_text(&op->tenant_id)),
+						   "Use a connector of the operation's own tenant.");
+		op->claimant = f->claimant;
 	}
 }

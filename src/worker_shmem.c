@@ -66,7 +66,8 @@ typedef struct WorkerShared
 	slock_t		mutex;
 	int			launcher_pid;
 	SoleProcess sole[NUM_SOLE_PROCESSES];
-	pg_atomic_uint64 config_generation; /* bumped when hooks change */
+	pg_atomic_uint64 config_generation; /* bumped when hooks or connectors
+										 * change */
 	pg_atomic_uint64 bindings_generation;	/* bumped when tenant bindings
 											 * change */
 	WorkerSlot	slots[XPROV_MAX_WORKERS];
@@ -196,6 +197,13 @@ worker_config_changed_at_commit(void)
 {
 	register_commit_callback();
 	config_change_pending = true;
+}
+
+/* This transaction has changed hooks or connectors (it may still roll back). */
+bool
+worker_config_change_pending(void)
+{
+	return config_change_pending;
 }
 
 /* xprov._hooks_changed(): called by the hook catalog functions */

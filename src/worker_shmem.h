@@ -26,8 +26,12 @@ extern void worker_wake_at_commit(void);
 extern void worker_stop_for_database(Oid dboid);
 extern void worker_config_changed_at_commit(void);
 
-/* bumped by every committed change of hooks; 0 without shared memory */
+/*
+ * bumped by every committed change of hooks or connectors; 0 without shared
+ * memory
+ */
 extern uint64 worker_config_generation(void);
+extern bool worker_config_change_pending(void);
 
 /* the same for tenant bindings (tenant_guard.c caches its answers) */
 extern void worker_bindings_changed_at_commit(void);
