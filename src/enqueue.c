@@ -98,14 +98,31 @@ static SavedPlan enqueue_new = {
 };
 
 /*
- * A batch numbers its operations by advancing the lanes of the subjects
- * that exist, each by its number of operations in the batch ($4; $5 and $6
- * are the priority and not_before of the first), in lane order: the order
- * completions lock lanes in too, so the two cannot deadlock.  The planner
- * keeps to nested loops for it (rows come out in the order the sorted
- * subjects go in); a hash join would lock lanes in the order of the
- * table.  Returns the ordinal of each subject found and its lane's new
- * last_seq.
+ * A batch first finds the lanes of its subjects that exist (no lock taken:
+ * subjects are never deleted, and a lane's lane_id never changes).
+ * $1-$3 are subjects; returns the ordinal of each one found.
+ */
+static SavedPlan find_subjects = {
+	.sql =
+	"SELECT u.ord, sj.lane_id "
+	"  FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY "
+	"       AS u(connector_id, object_class, subject, ord) "
+	" CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
+	"                      WHERE sj.connector_id = u.connector_id "
+	"                        AND sj.object_class = u.object_class "
+	"                        AND sj.subject = u.subject LIMIT 1) sj",
+	.nargs = 3,
+	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+};
+
+/*
+ * Last, it numbers its operations by advancing the lanes of the subjects
+ * that existed, each by its number of operations in the batch ($2; $3 and
+ * $4 are the priority and not_before of the first), in lane order ($1 comes
+ * sorted): the order completions lock lanes in too, so the two cannot
+ * deadlock.  The planner keeps to nested loops for it, so rows come out in
+ * the order they go in; a hash join would lock lanes in the order of the
+ * table.  Returns each lane's position in $1 and its new last_seq.
  */
 static SavedPlan advance_lanes = {
 	.sql =
@@ -114,28 +131,21 @@ static SavedPlan advance_lanes = {
 	LANE_IF_IDLE("next_seq", "l.last_seq + 1") ", "
 	LANE_IF_IDLE("priority", "h.priority") ", "
 	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
-	"  FROM (SELECT u.ord, u.nops, u.priority, u.not_before, sj.lane_id "
-	"          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], "
-	"                      $6::timestamptz[]) WITH ORDINALITY "
-	"               AS u(connector_id, object_class, subject, nops, priority, not_before, ord) "
-	"         CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
-	"                              WHERE sj.connector_id = u.connector_id "
-	"                                AND sj.object_class = u.object_class "
-	"                                AND sj.subject = u.subject LIMIT 1) sj "
-	"         ORDER BY sj.lane_id) h "
+	"  FROM (SELECT unnest($1::bigint[]) AS lane_id, unnest($2::int[]) AS nops, "
+	"               unnest($3::int[]) AS priority, unnest($4::timestamptz[]) AS not_before, "
+	"               generate_series(1, cardinality($1::bigint[])) AS ord) h "
 	" WHERE l.lane_id = h.lane_id "
 	"RETURNING h.ord, l.last_seq, " LANE_COLUMNS,
-	.nargs = 6,
-	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
-		TIMESTAMPTZARRAYOID},
+	.nargs = 4,
+	.argtypes = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID},
 	.nested_loops_only = true,
 };
 
 /*
- * Then it registers the subjects not found.  A subject that a concurrent
- * transaction is creating makes this wait for that transaction; if it
- * commits, the subject is skipped here and its lane advanced in a second
- * round, which sees it.  The subjects come in one order (BatchSubjects),
+ * Then, before it locks any lane, it registers the subjects not found.  A
+ * subject that a concurrent transaction is creating makes this wait for
+ * that transaction; if it commits, the subject is skipped here, and found
+ * again in a new snapshot.  The subjects come in one order (BatchSubjects),
  * so that two batches registering the same new subjects wait for each
  * other in the same order.
  */
@@ -542,24 +552,22 @@ unlocated_subjects(const BatchSubjects *subjects, int *which)
 	return n;
 }
 
-/* advance_lanes for the subjects listed in which; marks those found. */
+/* find_subjects for the subjects listed in which; marks those found. */
 static void
-advance_existing_lanes(BatchSubjects *subjects, const int *which, int n)
+find_existing_subjects(BatchSubjects *subjects, const int *which, int n)
 {
 	Datum		args[SUBJECT_COLUMNS];
 
 	subject_columns(subjects, which, n, args);
-	saved_plan_execute(&advance_lanes, (Datum[]) {args[1], args[2], args[3], args[5], args[6], args[7]},
-					   NULL, false, 0);
+	/* not read-only: a second search must see subjects committed meanwhile */
+	saved_plan_execute(&find_subjects, (Datum[]) {args[1], args[2], args[3]}, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
 		int			k = which[spi_get_int64(row, 1) - 1];
 
-		subjects->last_seq[k] = spi_get_int64(row, 2);
-		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 7));
+		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 2));
 		subjects->located[k] = true;
 	}
-	spi_note_ready_lanes(3);
 }
 
 /* register_subjects for the subjects listed in which; marks those it made. */
@@ -618,13 +626,68 @@ create_new_lanes(const BatchSubjects *subjects)
 	spi_note_ready_lanes(1);
 }
 
+/* Subjects by the lane they had before this batch (arg: BatchSubjects). */
+static int
+compare_lanes(const void *a, const void *b, void *arg)
+{
+	const BatchSubjects *subjects = arg;
+	int64		x = DatumGetInt64(subjects->lane_id[*(const int *) a]);
+	int64		y = DatumGetInt64(subjects->lane_id[*(const int *) b]);
+
+	return (x > y) - (x < y);
+}
+
 /*
- * Every subject's lane: those that exist advanced, the others registered.
- * A subject that a concurrent transaction created meanwhile is advanced in
- * a second round.  That round takes its locks after the first round's, so
- * across the two the lane order is not kept: a completion locking lanes of
- * both rounds at the same moment can deadlock with it (one of the two gets
- * 40P01).  It takes a race for the same new subject to get there.
+ * advance_lanes for the subjects whose lanes existed, in lane order; each
+ * gets the number of the last of its operations.
+ */
+static void
+advance_existing_lanes(BatchSubjects *subjects)
+{
+	int		   *which = palloc(sizeof(int) * subjects->count);
+	Datum	   *cols[4];
+	bool	   *not_before_nulls = palloc(sizeof(bool) * subjects->count);
+	Datum		args[4];
+	int			n = 0;
+
+	for (int k = 0; k < subjects->count; k++)
+		if (!subjects->new_lane[k])
+			which[n++] = k;
+	if (n == 0)
+		return;
+	qsort_arg(which, n, sizeof(int), compare_lanes, subjects);
+	for (int c = 0; c < 4; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		OpInput    *first = subjects->first[which[i]];
+
+		cols[0][i] = subjects->lane_id[which[i]];
+		cols[1][i] = Int32GetDatum(subjects->nops[which[i]]);
+		cols[2][i] = Int32GetDatum(first->priority);
+		cols[3][i] = TimestampTzGetDatum(first->not_before);
+		not_before_nulls[i] = !first->has_not_before;
+	}
+	args[0] = spi_array_arg(cols[0], NULL, n, INT8OID);
+	args[1] = spi_array_arg(cols[1], NULL, n, INT4OID);
+	args[2] = spi_array_arg(cols[2], NULL, n, INT4OID);
+	args[3] = spi_array_arg(cols[3], not_before_nulls, n, TIMESTAMPTZOID);
+	saved_plan_execute(&advance_lanes, args, NULL, false, 0);
+	if (SPI_processed != (uint64) n)
+		elog(ERROR, "xprov: %d lanes to advance, " UINT64_FORMAT " found", n, SPI_processed);
+	for (uint64 row = 0; row < SPI_processed; row++)
+		subjects->last_seq[which[spi_get_int64(row, 1) - 1]] = spi_get_int64(row, 2);
+	spi_note_ready_lanes(3);
+}
+
+/*
+ * Every subject's lane, and the number of its last operation.  Subjects are
+ * found, the missing ones registered and given lanes (waiting for any that
+ * a concurrent transaction is creating, which are then found again in a new
+ * snapshot), and only then are the lanes that existed advanced, all in one
+ * statement, in lane order.  So no wait for another transaction happens
+ * while this one holds a lane, but in that statement's lane order, as a
+ * completion's: two batches, or a batch and a completion, cannot deadlock.
  */
 static void
 number_operations(BatchSubjects *subjects)
@@ -634,16 +697,19 @@ number_operations(BatchSubjects *subjects)
 
 	for (int k = 0; k < subjects->count; k++)
 		which[k] = k;
-	advance_existing_lanes(subjects, which, subjects->count);
-	if ((n = unlocated_subjects(subjects, which)) == 0)
-		return;
-	register_new_subjects(subjects, which, n);
-	create_new_lanes(subjects);
-	if ((n = unlocated_subjects(subjects, which)) == 0)
-		return;
-	advance_existing_lanes(subjects, which, n);
-	if (unlocated_subjects(subjects, which) > 0)
-		raise_concurrent_subjects();
+	find_existing_subjects(subjects, which, subjects->count);
+	if ((n = unlocated_subjects(subjects, which)) > 0)
+	{
+		register_new_subjects(subjects, which, n);
+		if ((n = unlocated_subjects(subjects, which)) > 0)
+		{
+			find_existing_subjects(subjects, which, n);
+			if (unlocated_subjects(subjects, which) > 0)
+				raise_concurrent_subjects();
+		}
+		create_new_lanes(subjects);
+	}
+	advance_existing_lanes(subjects);
 }
 
 /* Operation k's number: its subject's operations end at last_seq. */

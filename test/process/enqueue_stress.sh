@@ -5,9 +5,10 @@
 # operations on overlapping subjects, two call enqueue for single ones, and
 # two drain through dequeue/complete_batch meanwhile, for a few seconds, on
 # 2,000 subjects of an external connector.  Then the rest is drained, and:
-#   - no transaction failed (no deadlock, no duplicate number, no
-#     serialization failure: every subject existed before the first batch
-#     or was created by a race that the enqueue retries);
+#   - no transaction failed: no deadlock (a batch waits for a subject being
+#     created only before it locks any lane, and locks lanes in lane order),
+#     no duplicate number, no serialization failure (a subject created by a
+#     racing transaction is found again once that commits);
 #   - every operation has its result, and none is pending;
 #   - every lane numbered its operations 1, 2, 3, ... without a gap or a
 #     repeat (last_seq is their count), and is idle, its cursor one past its
@@ -52,7 +53,7 @@ cat >"$work/drain.sql" <<EOF
 SELECT xprov.complete_batch(coalesce(array_agg(id), '{}')) FROM xprov.dequeue(50, '1 minute');
 EOF
 
-pgbench() { "$XPROV_PGBIN/pgbench" -n -T "$SECS" "$@" "$DB"; }
+pgbench() { "$XPROV_PGBIN/pgbench" -n -T "$SECS" --failures-detailed "$@" "$DB"; }
 pgbench -c 3 -j 3 -f "$work/batch.sql" >"$work/batch.log" 2>&1 &
 pgbench -c 2 -j 2 -f "$work/one.sql" >"$work/one.log" 2>&1 &
 pgbench -c 2 -j 2 -f "$work/drain.sql" >"$work/drain.log" 2>&1 &
@@ -61,6 +62,7 @@ failed() { sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$1"; }
 processed() { sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1"; }
 for run in batch one drain; do
 	check "$run clients: no failed transaction" "$(failed "$work/$run.log")" 0
+	[ "$(failed "$work/$run.log")" = 0 ] || grep -E 'failures' "$work/$run.log" || true
 	check "$run clients ran" "$([ "$(processed "$work/$run.log")" -gt 0 ] && echo yes || echo no)" yes
 	check "$run clients: none aborted by an error" "$(grep -cE 'ERROR|aborted' "$work/$run.log" || true)" 0
 	grep -E 'ERROR|aborted' "$work/$run.log" | head -5 || true
