@@ -506,21 +506,17 @@ find_subject(const BatchSubjects *subjects, const OpInput *key)
 
 /*
  * Columns of the subjects listed in which (indexes into subjects):
- * args[0..4] are tenant, connector, object class, subject, claimant;
- * args[5..7] the number of operations, and the first's priority and
- * not_before.
+ * args[0..4] are tenant, connector, object class, subject, claimant.
  */
-#define SUBJECT_COLUMNS 8
+#define KEY_COLUMNS 5
 
 static void
-subject_columns(const BatchSubjects *subjects, const int *which, int n, Datum *args)
+subject_key_columns(const BatchSubjects *subjects, const int *which, int n, Datum *args)
 {
-	Datum	   *cols[SUBJECT_COLUMNS];
-	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
-	static const Oid types[SUBJECT_COLUMNS] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID,
-	INT4OID, INT4OID, TIMESTAMPTZOID};
+	Datum	   *cols[KEY_COLUMNS];
+	static const Oid types[KEY_COLUMNS] = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID};
 
-	for (int c = 0; c < SUBJECT_COLUMNS; c++)
+	for (int c = 0; c < KEY_COLUMNS; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -531,13 +527,39 @@ subject_columns(const BatchSubjects *subjects, const int *which, int n, Datum *a
 		cols[2][i] = CStringGetTextDatum(op->object_class);
 		cols[3][i] = CStringGetTextDatum(op->subject);
 		cols[4][i] = CharGetDatum(op->claimant);
-		cols[5][i] = Int32GetDatum(subjects->nops[which[i]]);
-		cols[6][i] = Int32GetDatum(op->priority);
-		cols[7][i] = TimestampTzGetDatum(op->not_before);
-		not_before_nulls[i] = !op->has_not_before;
 	}
-	for (int c = 0; c < SUBJECT_COLUMNS; c++)
-		args[c] = spi_array_arg(cols[c], c == 7 ? not_before_nulls : NULL, n, types[c]);
+	for (int c = 0; c < KEY_COLUMNS; c++)
+		args[c] = spi_array_arg(cols[c], NULL, n, types[c]);
+}
+
+/*
+ * What a lane writes of the subjects listed in which: args[0] their lane
+ * ids, args[1..3] their number of operations in the batch, and the first's
+ * priority and not_before.
+ */
+#define LANE_WRITE_ARGS 4
+
+static void
+lane_write_args(const BatchSubjects *subjects, const int *which, int n, Datum *args)
+{
+	Datum	   *cols[LANE_WRITE_ARGS];
+	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
+	static const Oid types[LANE_WRITE_ARGS] = {INT8OID, INT4OID, INT4OID, TIMESTAMPTZOID};
+
+	for (int c = 0; c < LANE_WRITE_ARGS; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		OpInput    *first = subjects->first[which[i]];
+
+		cols[0][i] = subjects->lane_id[which[i]];
+		cols[1][i] = Int32GetDatum(subjects->nops[which[i]]);
+		cols[2][i] = Int32GetDatum(first->priority);
+		cols[3][i] = TimestampTzGetDatum(first->not_before);
+		not_before_nulls[i] = !first->has_not_before;
+	}
+	for (int c = 0; c < LANE_WRITE_ARGS; c++)
+		args[c] = spi_array_arg(cols[c], c == 3 ? not_before_nulls : NULL, n, types[c]);
 }
 
 /* The subjects not located yet (indexes), and how many. */
@@ -556,9 +578,9 @@ unlocated_subjects(const BatchSubjects *subjects, int *which)
 static void
 find_existing_subjects(BatchSubjects *subjects, const int *which, int n)
 {
-	Datum		args[SUBJECT_COLUMNS];
+	Datum		args[KEY_COLUMNS];
 
-	subject_columns(subjects, which, n, args);
+	subject_key_columns(subjects, which, n, args);
 	/* not read-only: a second search must see subjects committed meanwhile */
 	saved_plan_execute(&find_subjects, (Datum[]) {args[1], args[2], args[3]}, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
@@ -574,9 +596,9 @@ find_existing_subjects(BatchSubjects *subjects, const int *which, int n)
 static void
 register_new_subjects(BatchSubjects *subjects, const int *which, int n)
 {
-	Datum		args[SUBJECT_COLUMNS];
+	Datum		args[KEY_COLUMNS];
 
-	subject_columns(subjects, which, n, args);
+	subject_key_columns(subjects, which, n, args);
 	saved_plan_execute(&register_subjects, args, NULL, false, 0);
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
@@ -605,23 +627,19 @@ static void
 create_new_lanes(const BatchSubjects *subjects)
 {
 	int		   *which = palloc(sizeof(int) * subjects->count);
-	Datum		lane_ids[1];
-	Datum		args[SUBJECT_COLUMNS];
-	Datum	   *lane_id = palloc(sizeof(Datum) * subjects->count);
+	Datum		keys[KEY_COLUMNS];
+	Datum		lane[LANE_WRITE_ARGS];
 	int			n = 0;
 
 	for (int k = 0; k < subjects->count; k++)
 		if (subjects->new_lane[k])
-		{
-			lane_id[n] = subjects->lane_id[k];
 			which[n++] = k;
-		}
 	if (n == 0)
 		return;
-	subject_columns(subjects, which, n, args);
-	lane_ids[0] = spi_array_arg(lane_id, NULL, n, INT8OID);
+	subject_key_columns(subjects, which, n, keys);
+	lane_write_args(subjects, which, n, lane);
 	saved_plan_execute(&insert_new_lanes,
-					   (Datum[]) {lane_ids[0], args[0], args[1], args[4], args[5], args[6], args[7]},
+					   (Datum[]) {lane[0], keys[0], keys[1], keys[4], lane[1], lane[2], lane[3]},
 					   NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
@@ -645,9 +663,7 @@ static void
 advance_existing_lanes(BatchSubjects *subjects)
 {
 	int		   *which = palloc(sizeof(int) * subjects->count);
-	Datum	   *cols[4];
-	bool	   *not_before_nulls = palloc(sizeof(bool) * subjects->count);
-	Datum		args[4];
+	Datum		args[LANE_WRITE_ARGS];
 	int			n = 0;
 
 	for (int k = 0; k < subjects->count; k++)
@@ -656,22 +672,7 @@ advance_existing_lanes(BatchSubjects *subjects)
 	if (n == 0)
 		return;
 	qsort_arg(which, n, sizeof(int), compare_lanes, subjects);
-	for (int c = 0; c < 4; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-	{
-		OpInput    *first = subjects->first[which[i]];
-
-		cols[0][i] = subjects->lane_id[which[i]];
-		cols[1][i] = Int32GetDatum(subjects->nops[which[i]]);
-		cols[2][i] = Int32GetDatum(first->priority);
-		cols[3][i] = TimestampTzGetDatum(first->not_before);
-		not_before_nulls[i] = !first->has_not_before;
-	}
-	args[0] = spi_array_arg(cols[0], NULL, n, INT8OID);
-	args[1] = spi_array_arg(cols[1], NULL, n, INT4OID);
-	args[2] = spi_array_arg(cols[2], NULL, n, INT4OID);
-	args[3] = spi_array_arg(cols[3], not_before_nulls, n, TIMESTAMPTZOID);
+	lane_write_args(subjects, which, n, args);
 	saved_plan_execute(&advance_lanes, args, NULL, false, 0);
 	if (SPI_processed != (uint64) n)
 		elog(ERROR, "xprov: %d lanes to advance, " UINT64_FORMAT " found", n, SPI_processed);
