@@ -8,7 +8,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(9);
+SELECT plan(11);
 \set committed_isolation 1
 \ir common.psql
 
@@ -60,6 +60,15 @@ SELECT is(pg_temp.app('A', 'cc-4'), 'OK', 'a change of the session''s own transa
 SELECT FROM dblink_exec('app', 'ROLLBACK');
 SELECT is(pg_temp.app('A', 'cc-5'), '42501', 'and is forgotten when that transaction rolls back');
 SELECT is(pg_temp.app('B', 'cc-5'), 'OK', '... where the committed tenant holds');
+
+-- the trigger function is for the trigger only
+SELECT throws_ok($$SELECT xprov._connectors_changed()$$, '39P01',
+                 'xprov._connectors_changed() must be called as a trigger',
+                 'called directly, the trigger function refuses with 39P01');
+SET LOCAL ROLE xprov_app;
+SELECT throws_ok($$SELECT xprov._connectors_changed()$$, '42501', NULL,
+                 'an application role may not even call it');
+RESET ROLE;
 
 -- cleanup (committed)
 SELECT FROM pg_temp.admin(format($q$DO $c$ BEGIN PERFORM xprov.cancel(o.id) FROM xprov.operations o
