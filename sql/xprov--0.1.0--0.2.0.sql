@@ -1444,4 +1444,11 @@ CREATE TRIGGER connectors_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON xprov.connector
 	FOR EACH STATEMENT EXECUTE FUNCTION xprov._connectors_changed();
 
+-- Test helper: what the worker reads from a hook's answer (src/json_members.c).
+CREATE FUNCTION xprov._hook_answer(script text, context jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'xprov_hook_answer'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION xprov._hook_answer(text, jsonb) FROM PUBLIC;
+
 SELECT xprov._hooks_changed();

@@ -7,7 +7,7 @@
 # Nothing of duktape is committed to the repository; everything is generated
 # into OUT_DIR (normally build/duktape, git-ignored):
 #
-#   duk_config.h  Debian's config with five kinds of edits:
+#   duk_config.h  Debian's config with six kinds of edits:
 #                 - DUK_USE_INTERRUPT_COUNTER on, so that the executor
 #                   periodically calls the timeout check;
 #                 - DUK_USE_EXEC_TIMEOUT_CHECK(udata) calls our
@@ -19,6 +19,13 @@
 #                   explicitly; exported duk_* symbols could bind to another
 #                   copy of duktape loaded into the same backend (PostgreSQL
 #                   dlopen()s modules RTLD_GLOBAL).
+#                 - property tables start at 8 entries and then grow by
+#                   about 9 (DUK_USE_HOBJECT_ENTRY_MINGROW_ADD 64), and
+#                   objects of up to 32 entries have no hash part
+#                   (DUK_USE_HOBJECT_HASH_PROP_LIMIT 32): with Debian's
+#                   growth of 2 entries at a time, building a hook's ctx
+#                   (a dozen members, and the attributes) reallocated its
+#                   tables a dozen times, a tenth of a small hook's cost;
 #                 - DUK_USE_JSON_STRINGIFY_FASTPATH on: encoding what a hook
 #                   returns was a third of a small hook's cost, and the fast
 #                   path is several times quicker.  It reads plain data
@@ -134,7 +141,11 @@ replace_lines "$SRC/duk_config.h" "$tmpdir/duk_config.h" \
 	3 '#define DUK_EXTERNAL       __attribute__ ((visibility("default")))' \
 	  '#define DUK_EXTERNAL       __attribute__ ((visibility("hidden")))  /* xprov: keep duk_* private */' \
 	1 '#undef DUK_USE_JSON_STRINGIFY_FASTPATH' \
-	  '#define DUK_USE_JSON_STRINGIFY_FASTPATH  /* xprov: what hooks return is encoded much faster */'
+	  '#define DUK_USE_JSON_STRINGIFY_FASTPATH  /* xprov: what hooks return is encoded much faster */' \
+	1 '#define DUK_USE_HOBJECT_ENTRY_MINGROW_ADD 16' \
+	  '#define DUK_USE_HOBJECT_ENTRY_MINGROW_ADD 64  /* xprov: ctx objects grow in 2 steps, not 8 */' \
+	1 '#define DUK_USE_HOBJECT_HASH_PROP_LIMIT 8' \
+	  '#define DUK_USE_HOBJECT_HASH_PROP_LIMIT 32  /* xprov: small objects are scanned, not hashed */'
 
 # Belt and braces: the result must say what we think it says.
 grep -q '^#define DUK_USE_INTERRUPT_COUNTER' "$tmpdir/duk_config.h" ||

@@ -322,6 +322,7 @@ prepare_call(SandboxCall *call, const Hook *hook, const HookContext *context)
 	call->script = hook->script;
 	call->fields = context->fields;
 	call->nfields = context->nfields;
+	call->static_names = true;	/* build_context()'s names */
 	call->split_result = true;
 	call->timeout_ms = hook->timeout_ms;
 	call->memory_kb = hook->memory_kb;

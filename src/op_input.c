@@ -24,6 +24,7 @@
 #include "op_input.h"
 #include "tenant_guard.h"
 #include "spi_util.h"
+#include "text_util.h"
 #include "xprov.h"
 
 static const char *const operation_types[] = {
@@ -147,18 +148,6 @@ jsonb_string_field(JsonbValue *value, int element, const char *field)
 	return pnstrdup(value->val.string.val, value->val.string.len);
 }
 
-static int
-hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * The canonical form (8-4-4-4-12 hex digits), which nearly every caller
  * sends, read without uuid_in (which calls strtoul per byte: a tenth of a
@@ -181,8 +170,8 @@ parse_canonical_uuid(const char *text, pg_uuid_t *out)
 			i--;
 			continue;
 		}
-		high = hex_digit(text[i]);
-		low = high < 0 ? -1 : hex_digit(text[i + 1]);
+		high = hex_digit_value(text[i]);
+		low = high < 0 ? -1 : hex_digit_value(text[i + 1]);
 		if (low < 0)
 			return false;
 		out->data[byte++] = (unsigned char) (high << 4 | low);

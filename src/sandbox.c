@@ -23,6 +23,7 @@
 
 #include "js_deadline.h"
 #include "mem_util.h"
+#include "json_members.h"
 #include "sandbox.h"
 #include "sandbox_jsonb.h"
 
@@ -73,11 +74,13 @@ struct SandboxHeap
 	uint64		refused;		/* allocations refused by the limit */
 	size_t		base;			/* used right after the realm was built */
 	int			cached;			/* compiled programs in the cache */
-	void	   *object_prototype;	/* Object.prototype (frozen, lives as long
-									 * as the heap) */
 	Block	   *recycled[SMALL_CLASSES];	/* free small blocks, by class */
 	int			nrecycled[SMALL_CLASSES];
 	sigjmp_buf *fatal_boundary; /* where heap_fatal() jumps */
+	/* the program run last, while the cache holds it: no lookup to run it again */
+	void	   *last_program;
+	char	   *last_key;		/* malloc'd */
+	size_t		last_key_len;
 	bool		setup_cancelled;	/* building the realm was cancelled */
 	char		fatal_message[256];
 };
@@ -254,6 +257,7 @@ abandon_heap(SandboxHeap *heap)
 		dlist_delete(&block->node);
 		free(block);
 	}
+	free(heap->last_key);
 	memcpy(message, heap->fatal_message, sizeof(message));
 	memset(heap, 0, sizeof(SandboxHeap));
 	memcpy(heap->fatal_message, message, sizeof(message));
@@ -332,8 +336,6 @@ refuse_code_generation(duk_context *ctx)
 static duk_ret_t
 build_realm(duk_context *ctx, void *udata)
 {
-	SandboxHeap *heap = udata;
-
 	/*
 	 * The stash is a hidden property of the global object, made on first
 	 * use: make it before the global object is frozen.
@@ -355,11 +357,6 @@ build_realm(duk_context *ctx, void *udata)
 	duk_push_object(ctx);
 	duk_put_prop_string(ctx, -2, "cache");
 	duk_pop(ctx);
-
-	duk_get_global_literal(ctx, "Object");
-	duk_get_prop_literal(ctx, -1, "prototype");
-	heap->object_prototype = duk_get_heapptr(ctx, -1);
-	duk_pop_2(ctx);
 	return 0;
 }
 
@@ -382,7 +379,7 @@ ensure_heap(SandboxHeap *heap)
 		return "could not create a JavaScript heap (out of memory)";
 	}
 	xprov_js_set_deadline(&heap->deadline, xprov_js_now_us() + SANDBOX_SETUP_MS * INT64CONST(1000));
-	rc = duk_safe_call(heap->ctx, build_realm, heap, 0, 1);
+	rc = duk_safe_call(heap->ctx, build_realm, NULL, 0, 1);
 	heap->setup_cancelled = xprov_js_trip_reason(&heap->deadline) == XPROV_JS_TRIP_CANCEL;
 	xprov_js_clear_deadline(&heap->deadline);
 	if (rc != DUK_EXEC_SUCCESS)
@@ -500,16 +497,50 @@ sandbox_call_release(SandboxCall *call)
 	call->nmembers = 0;
 }
 
+static bool
+is_last_program(const CallState *state)
+{
+	const SandboxHeap *heap = state->heap;
+
+	return heap->last_program != NULL && heap->last_key_len == state->key_len &&
+		memcmp(heap->last_key, state->key, state->key_len) == 0;
+}
+
+/* The program on top of the stack is the one run last (the cache holds it). */
+static void
+remember_program(duk_context *ctx, CallState *state)
+{
+	SandboxHeap *heap = state->heap;
+
+	heap->last_program = NULL;
+	if (heap->last_key == NULL || heap->last_key_len < state->key_len)
+	{
+		free(heap->last_key);
+		heap->last_key = malloc(state->key_len);
+		if (heap->last_key == NULL)
+			return;
+	}
+	memcpy(heap->last_key, state->key, state->key_len);
+	heap->last_key_len = state->key_len;
+	heap->last_program = duk_get_heapptr(ctx, -1);
+}
+
 /* Leaves the compiled program on the stack. */
 static void
 push_program(duk_context *ctx, CallState *state)
 {
+	if (is_last_program(state))
+	{
+		duk_push_heapptr(ctx, state->heap->last_program);
+		return;
+	}
 	duk_push_global_stash(ctx);
 	duk_get_prop_string(ctx, -1, "cache");
 	if (duk_get_prop_lstring(ctx, -1, state->key, state->key_len))
 	{
 		duk_replace(ctx, -3);
 		duk_pop(ctx);
+		remember_program(ctx, state);
 		return;
 	}
 	duk_pop(ctx);
@@ -521,6 +552,7 @@ push_program(duk_context *ctx, CallState *state)
 		duk_dup(ctx, -1);
 		duk_put_prop_string(ctx, -3, "cache");
 		state->heap->cached = 0;
+		state->heap->last_program = NULL;
 	}
 
 	/*
@@ -548,11 +580,16 @@ push_program(duk_context *ctx, CallState *state)
 	state->heap->cached++;
 	duk_replace(ctx, -3);
 	duk_pop(ctx);
+	remember_program(ctx, state);
 }
 
-/* ctx from SandboxCall.fields: an object, JSON-valued members parsed. */
+/*
+ * ctx from SandboxCall.fields: an object, JSON-valued members parsed.
+ * static_names: the names are literals, found by their address in
+ * duktape's literal cache instead of being hashed and looked up anew.
+ */
 static void
-push_fields(duk_context *ctx, const SandboxValue *fields, int nfields)
+push_fields(duk_context *ctx, const SandboxValue *fields, int nfields, bool static_names)
 {
 	duk_push_object(ctx);
 	for (int i = 0; i < nfields; i++)
@@ -578,105 +615,17 @@ push_fields(duk_context *ctx, const SandboxValue *fields, int nfields)
 				sandbox_push_jsonb(ctx, field->binary);
 				break;
 			case SANDBOX_VALUE_FIELDS:
-				push_fields(ctx, field->fields, field->nfields);
+				push_fields(ctx, field->fields, field->nfields, static_names);
 				break;
 			default:
 				duk_push_null(ctx);
 				break;
 		}
-		duk_put_prop_string(ctx, -2, field->name);
-	}
-}
-
-static bool
-is_plain_object(duk_context *ctx, duk_idx_t idx)
-{
-	return duk_is_object(ctx, idx) && !duk_is_array(ctx, idx) && !duk_is_function(ctx, idx);
-}
-
-/*
- * An object whose prototype is Object.prototype and that has no toJSON: its
- * own members are what JSON.stringify would write.  Anything else (a Date,
- * a boxed string, an object with toJSON or another prototype) may not be.
- */
-static bool
-is_literal_object(duk_context *ctx, duk_idx_t idx, const SandboxHeap *heap)
-{
-	bool		literal;
-
-	idx = duk_normalize_index(ctx, idx);
-	duk_get_prototype(ctx, idx);
-	literal = duk_get_heapptr(ctx, -1) == heap->object_prototype;
-	duk_pop(ctx);
-	return literal && !duk_has_prop_literal(ctx, idx, "toJSON");
-}
-
-/* The value on top of the stack as JSON.parse(JSON.stringify(value)). */
-static void
-as_json_sees_it(duk_context *ctx)
-{
-	duk_json_encode(ctx, -1);
-	if (duk_is_string(ctx, -1))
-		duk_json_decode(ctx, -1);
-}
-
-/*
- * Replace the object on top of the stack by a flat array of its members,
- * as JSON.stringify would see them (undefined and functions left out):
- * name, kind, value; objects and arrays encoded as JSON text.  At most
- * SANDBOX_MAX_MEMBERS, and a last null entry when there were more.
- */
-static void
-split_members(duk_context *ctx)
-{
-	duk_idx_t	object = duk_get_top_index(ctx);
-	duk_uarridx_t n = 0;
-	int			members = 0;
-
-	duk_push_array(ctx);
-	duk_enum(ctx, object, DUK_ENUM_OWN_PROPERTIES_ONLY);
-	while (duk_next(ctx, -1, 1))
-	{
-		SandboxValueKind kind;
-
-		if (duk_is_undefined(ctx, -1) || duk_is_function(ctx, -1))
-		{
-			duk_pop_2(ctx);
-			continue;
-		}
-		if (members == SANDBOX_MAX_MEMBERS)
-		{
-			duk_pop_2(ctx);
-			duk_push_null(ctx);
-			duk_put_prop_index(ctx, -3, n++);
-			break;
-		}
-		if (duk_is_null(ctx, -1))
-			kind = SANDBOX_VALUE_NULL;
-		else if (duk_is_string(ctx, -1))
-			kind = SANDBOX_VALUE_STRING;
-		else if (duk_is_number(ctx, -1))
-			kind = SANDBOX_VALUE_NUMBER;
-		else if (duk_is_boolean(ctx, -1))
-			kind = SANDBOX_VALUE_BOOLEAN;
-		else if (duk_is_object(ctx, -1))
-		{
-			/* toJSON may answer undefined: then it is no JSON */
-			duk_json_encode(ctx, -1);
-			kind = duk_is_string(ctx, -1) ? SANDBOX_VALUE_JSON : SANDBOX_VALUE_OTHER;
-		}
+		if (static_names)
+			duk_put_prop_literal_raw(ctx, -2, field->name, strlen(field->name));
 		else
-			kind = SANDBOX_VALUE_OTHER;
-		duk_dup(ctx, -2);
-		duk_put_prop_index(ctx, -5, n++);
-		duk_push_int(ctx, kind);
-		duk_put_prop_index(ctx, -5, n++);
-		duk_put_prop_index(ctx, -4, n++);
-		duk_pop(ctx);
-		members++;
+			duk_put_prop_string(ctx, -2, field->name);
 	}
-	duk_pop(ctx);
-	duk_replace(ctx, object);
 }
 
 /*
@@ -704,7 +653,7 @@ call_body(duk_context *ctx, void *udata)
 	}
 	state->stage = STAGE_CONTEXT;
 	if (call->fields != NULL)
-		push_fields(ctx, call->fields, call->nfields);
+		push_fields(ctx, call->fields, call->nfields, call->static_names);
 	else if (call->context_jsonb != NULL)
 		sandbox_push_jsonb(ctx, call->context_jsonb);
 	else
@@ -715,11 +664,7 @@ call_body(duk_context *ctx, void *udata)
 	state->stage = STAGE_HOOK;
 	duk_call(ctx, 1);
 	state->stage = STAGE_RESULT;
-	if (call->split_result && is_plain_object(ctx, -1) && !is_literal_object(ctx, -1, state->heap))
-		as_json_sees_it(ctx);
-	if (call->split_result && is_plain_object(ctx, -1))
-		split_members(ctx);
-	else if (!duk_is_undefined(ctx, -1))
+	if (!duk_is_undefined(ctx, -1))
 		duk_json_encode(ctx, -1);
 	return 1;
 }
@@ -834,82 +779,40 @@ describe_error(duk_context *ctx, CallState *state)
 static const char unpaired_surrogate[] =
 "the result contains a lone UTF-16 surrogate (such as \"\\ud800\"), which is not text";
 
+static const char malformed_result[] = "the result could not be read back from its JSON text";
+
 /*
- * Copy the members split_members() left on top of the stack into
- * call->members.  Only allocations that cannot throw: duktape is still
- * entered (though no JavaScript runs).
+ * split_result: an object's JSON text (call->result) into call->members,
+ * and "{}" as the result; any other JSON text stays the result.  Encoding
+ * the whole answer once and reading its members here costs a fraction of
+ * walking the object member by member inside duktape.
  */
 static void
-copy_members(duk_context *ctx, SandboxCall *call)
+split_result(SandboxCall *call)
 {
-	duk_idx_t	array = duk_get_top_index(ctx);
-	duk_size_t	entries = duk_get_length(ctx, array);
-	size_t		total = 0;
+	int			count;
+	bool		more;
 
-	call->nmembers = 0;
-	call->more_members = false;
-	call->result = call_copy(call, "{}", 2);
-	if (call->result == NULL)
+	switch (json_split_members(call->result, strlen(call->result), call->members,
+							   SANDBOX_MAX_MEMBERS, &count, &more))
 	{
-		call->status = SANDBOX_MEMORY;
-		return;
-	}
-	for (duk_size_t i = 0; i < entries; i += 3)
-	{
-		SandboxValue *member = &call->members[call->nmembers];
-		const char *name;
-		const char *text = NULL;
-		char	   *copy;
-		duk_size_t	name_len;
-		duk_size_t	len = 0;
-
-		member->text = NULL;
-		duk_get_prop_index(ctx, array, i);
-		name = duk_get_lstring(ctx, -1, &name_len);
-		if (name == NULL)
-		{
-			duk_pop(ctx);
-			call->more_members = true;
+		case JSON_MEMBERS_OK:
+			call->nmembers = count;
+			call->more_members = more;
+			call->result = "{}";
 			break;
-		}
-		duk_get_prop_index(ctx, array, i + 1);
-		member->kind = (SandboxValueKind) duk_get_int(ctx, -1);
-		duk_get_prop_index(ctx, array, i + 2);
-		if (member->kind == SANDBOX_VALUE_NUMBER)
-			member->number = duk_get_number(ctx, -1);
-		else if (member->kind == SANDBOX_VALUE_BOOLEAN)
-			member->boolean = duk_get_boolean(ctx, -1);
-		else if (member->kind == SANDBOX_VALUE_STRING || member->kind == SANDBOX_VALUE_JSON)
-			text = duk_get_lstring(ctx, -1, &len);
-		total += name_len + len;
-		if (total > SANDBOX_MAX_RESULT)
-		{
-			call->status = SANDBOX_TOO_LARGE;
+		case JSON_MEMBERS_NOT_OBJECT:
+			break;
+		case JSON_MEMBERS_LONE_SURROGATE:
 			call->result = NULL;
-			call->nmembers = 0;
-			return;
-		}
-		copy = call_copy(call, name, name_len);
-		if (copy == NULL || (text != NULL &&
-							 (member->text = call_copy(call, text, len)) == NULL))
-		{
-			call->status = SANDBOX_MEMORY;
-			call->result = NULL;
-			call->nmembers = 0;
-			return;
-		}
-		make_valid_utf8(copy);
-		member->name = copy;
-		if (text != NULL && cesu_to_utf8((char *) member->text, len, false) < 0)
-		{
 			call->status = SANDBOX_THREW;
 			call->error = call_copy(call, unpaired_surrogate, strlen(unpaired_surrogate));
+			break;
+		case JSON_MEMBERS_MALFORMED:
 			call->result = NULL;
-			call->nmembers = 0;
-			return;
-		}
-		duk_pop_3(ctx);
-		call->nmembers++;
+			call->status = SANDBOX_THREW;
+			call->error = call_copy(call, malformed_result, strlen(malformed_result));
+			break;
 	}
 }
 
@@ -933,9 +836,7 @@ run_in_heap(CallState *state, uint64 refused_before)
 	xprov_js_clear_deadline(&heap->deadline);
 	call->duration_us = xprov_js_now_us() - start;
 
-	if (rc == DUK_EXEC_SUCCESS && duk_is_array(ctx, -1))
-		copy_members(ctx, call);
-	else if (rc == DUK_EXEC_SUCCESS)
+	if (rc == DUK_EXEC_SUCCESS)
 	{
 		const char *text;
 		duk_size_t	len;
@@ -953,6 +854,8 @@ run_in_heap(CallState *state, uint64 refused_before)
 			call->status = SANDBOX_THREW;
 			call->error = call_copy(call, unpaired_surrogate, strlen(unpaired_surrogate));
 		}
+		else if (call->split_result)
+			split_result(call);
 	}
 	else if (trip == XPROV_JS_TRIP_CANCEL)
 		call->status = SANDBOX_CANCELLED;

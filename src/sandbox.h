@@ -102,6 +102,9 @@ typedef struct SandboxCall
 	const void *context_jsonb;	/* or ctx as a JsonbContainer, in UTF-8 */
 	const SandboxValue *fields; /* instead of context: ctx's members */
 	int			nfields;
+	bool		static_names;	/* the names of fields (and of their nested
+								 * fields) are string literals: duktape keeps
+								 * their strings from call to call */
 	bool		split_result;	/* report a returned object member by member
 								 * (members) rather than as one JSON text */
 	int			timeout_ms;

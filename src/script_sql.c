@@ -14,7 +14,10 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
@@ -27,6 +30,7 @@ PG_FUNCTION_INFO_V1(xprov_validate_script);
 PG_FUNCTION_INFO_V1(xprov_execute_script);
 PG_FUNCTION_INFO_V1(xprov_sandbox_bench);
 PG_FUNCTION_INFO_V1(xprov_sandbox_force_fatal);
+PG_FUNCTION_INFO_V1(xprov_hook_answer);
 
 void
 script_check_limits(int timeout_ms, int memory_kb)
@@ -204,9 +208,29 @@ utf8_text(const JsonbValue *value)
 }
 
 /*
+ * The names of ctx's members as the worker passes them: string literals
+ * (SandboxCall.static_names).
+ */
+static const char *const worker_ctx_names[] = {
+	"operation_id", "tenant_id", "connector_id", "operation_type", "object_class",
+	"attributes", "identity_id", "target_uid", "attempt", "shadow", "response", "error"
+};
+
+/* The worker's literal for a member name, or the name itself. */
+static const char *
+as_worker_name(const char *name, bool *is_literal)
+{
+	for (int i = 0; i < lengthof(worker_ctx_names); i++)
+		if (strcmp(name, worker_ctx_names[i]) == 0)
+			return worker_ctx_names[i];
+	*is_literal = false;
+	return name;
+}
+
+/*
  * ctx as the worker passes it: a top-level object member by member, nested
  * objects and arrays as jsonb (as JSON text in a database that is not
- * UTF-8).
+ * UTF-8), names that the worker has as literals as those literals.
  */
 static void
 fields_from_jsonb(Jsonb *context, SandboxCall *call)
@@ -216,6 +240,7 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 	JsonbIteratorToken token;
 	SandboxValue *fields;
 	int			n = 0;
+	bool		literal_names = true;
 
 	if (!JB_ROOT_IS_OBJECT(context))
 		ereport(ERROR,
@@ -229,7 +254,7 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 
 		if (token == WJB_KEY)
 		{
-			field->name = utf8_text(&value);
+			field->name = as_worker_name(utf8_text(&value), &literal_names);
 			continue;
 		}
 		if (token != WJB_VALUE)
@@ -268,6 +293,7 @@ fields_from_jsonb(Jsonb *context, SandboxCall *call)
 	}
 	call->fields = fields;
 	call->nfields = n;
+	call->static_names = literal_names;
 	call->split_result = true;
 }
 
@@ -326,4 +352,86 @@ xprov_sandbox_force_fatal(PG_FUNCTION_ARGS)
 				errcode(ERRCODE_INTERNAL_ERROR),
 				errmsg("the sandbox did not take its fatal-error path"));
 	PG_RETURN_TEXT_P(cstring_to_text(call.error));
+}
+
+static const char *
+value_kind_name(SandboxValueKind kind)
+{
+	switch (kind)
+	{
+		case SANDBOX_VALUE_NULL:
+			return "null";
+		case SANDBOX_VALUE_STRING:
+			return "string";
+		case SANDBOX_VALUE_NUMBER:
+			return "number";
+		case SANDBOX_VALUE_BOOLEAN:
+			return "boolean";
+		case SANDBOX_VALUE_JSON:
+			return "json";
+		default:
+			return "other";
+	}
+}
+
+static void
+append_json_text(StringInfo out, const char *utf8)
+{
+	escape_json(out, pg_any_to_server(utf8, strlen(utf8), PG_UTF8));
+}
+
+/*
+ * xprov._hook_answer(script, context): what the worker reads from a hook's
+ * answer, for tests: {"members": [{"name", "kind", "value"}, ...], "more"}
+ * for an object (a JSON value's text as a string), else {"result": text}.
+ */
+Datum
+xprov_hook_answer(PG_FUNCTION_ARGS)
+{
+	SandboxCall call = {0};
+	StringInfoData out;
+
+	call.script = script_arg(fcinfo, 0);
+	call.timeout_ms = 1000;
+	call.memory_kb = 16384;
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				errmsg("context must not be null"));
+	fields_from_jsonb(PG_GETARG_JSONB_P(1), &call);
+	sandbox_run(&call);
+	script_report(&call);
+
+	initStringInfo(&out);
+	if (call.result == NULL || strcmp(call.result, "{}") != 0)
+	{
+		appendStringInfoString(&out, "{\"result\": ");
+		if (call.result == NULL)
+			appendStringInfoString(&out, "null");
+		else
+			append_json_text(&out, call.result);
+		appendStringInfoChar(&out, '}');
+		PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
+	}
+	appendStringInfoString(&out, "{\"members\": [");
+	for (int i = 0; i < call.nmembers; i++)
+	{
+		const SandboxValue *member = &call.members[i];
+
+		appendStringInfoString(&out, i > 0 ? ", {\"name\": " : "{\"name\": ");
+		append_json_text(&out, member->name);
+		appendStringInfo(&out, ", \"kind\": \"%s\", \"value\": ", value_kind_name(member->kind));
+		if (member->kind == SANDBOX_VALUE_STRING || member->kind == SANDBOX_VALUE_JSON)
+			append_json_text(&out, member->text);
+		else if (member->kind == SANDBOX_VALUE_NUMBER)
+			appendStringInfoString(&out, float8out_internal(member->number));
+		else if (member->kind == SANDBOX_VALUE_BOOLEAN)
+			appendStringInfoString(&out, member->boolean ? "true" : "false");
+		else
+			appendStringInfoString(&out, "null");
+		appendStringInfoChar(&out, '}');
+	}
+	appendStringInfo(&out, "], \"more\": %s}", call.more_members ? "true" : "false");
+	sandbox_call_release(&call);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
 }
