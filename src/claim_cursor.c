@@ -14,6 +14,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "claim_cursor.h"
@@ -68,6 +69,7 @@ static PendingRewind pending[2];
  * leases vanish and the lanes it claimed are ready again behind the cursor.
  */
 static PendingRewind claimed_from[2];
+static bool claims_undone = false;	/* a savepoint rolled claims back */
 static bool xact_callback_registered = false;
 
 static void register_callbacks(void);
@@ -310,46 +312,60 @@ forget_pending(void)
 {
 	pending[0].has = pending[1].has = false;
 	claimed_from[0].has = claimed_from[1].has = false;
+	claims_undone = false;
+}
+
+/*
+ * Rewinds are published once the transaction has released its locks, not
+ * at commit: a claim that starts from a rewind must be able to lock the
+ * lanes it points to.  Published while this transaction still held them
+ * (commit callbacks run before locks go), a claim could take the rewind,
+ * skip the still-locked lanes and move the cursor past them for good.
+ */
+static void
+cursor_resource_release(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
+		return;
+	if (isCommit)
+	{
+		publish_pending(pending);
+		if (claims_undone)
+			publish_pending(claimed_from);
+		if (pending[1].has)
+			worker_wake_at_commit();
+	}
+	else
+	{
+		/* undone claims, and lanes we kept locked while claims passed them */
+		publish_pending(claimed_from);
+		publish_pending(pending);
+	}
+	forget_pending();
 }
 
 static void
 cursor_xact_callback(XactEvent event, void *arg)
 {
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			publish_pending(pending);
-			if (pending[1].has)
-				worker_wake_at_commit();
-			forget_pending();
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			/* undone claims, and lanes we kept locked while claims passed them */
-			publish_pending(claimed_from);
-			publish_pending(pending);
-			forget_pending();
-			break;
-		case XACT_EVENT_PREPARE:
-			/* a prepared transaction's rows are found by the periodic reset */
-			forget_pending();
-			break;
-		default:
-			break;
-	}
+	/* a prepared transaction's rows are found by the periodic reset */
+	if (event == XACT_EVENT_PREPARE)
+		forget_pending();
 }
 
 /*
- * A rolled-back savepoint may undo claims too; rewinding early is harmless,
- * so publish at once.
+ * A rolled-back savepoint may undo claims too: publish at once, and again
+ * when the transaction ends (a claim taking the first rewind may still
+ * have found the lanes locked).
  */
 static void
 cursor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		publish_pending(claimed_from);
+		claims_undone = true;
+	}
 }
 
 static void
@@ -359,6 +375,7 @@ register_callbacks(void)
 		return;
 	RegisterXactCallback(cursor_xact_callback, NULL);
 	RegisterSubXactCallback(cursor_subxact_callback, NULL);
+	RegisterResourceReleaseCallback(cursor_resource_release, NULL);
 	xact_callback_registered = true;
 }
 

@@ -77,11 +77,18 @@ static SavedPlan reclaim_expired = {
  * snapshot.  The versions are fetched by one TID scan of the whole array
  * (sorted once, whatever the batch size): a TID scan per row (a join on
  * ctid) asks the kernel for the table's size at every row.
+ *
+ * A lane rewritten by a transaction that committed after the statement's
+ * snapshot is locked in its new version, which the TID scan cannot see:
+ * the claim keeps it locked but does not lease it, and claims running
+ * meanwhile pass it by.  Such lanes come last, with only their claim key
+ * (id NULL): the transaction reports them ready, so that the cursor comes
+ * back for them once it ends.
  */
 static SavedPlan claim = {
 	.sql =
 	"WITH picked AS MATERIALIZED ("
-	"  SELECT l.lane_id, l.ctid FROM xprov.lane l "
+	"  SELECT l.lane_id, l.ctid, -(l.priority::bigint) AS rank, l.run_at FROM xprov.lane l "
 	"   WHERE l.claimant = $1 AND l.state = 'r' AND l.run_at <= $2 "
 	"     AND (-(l.priority::bigint), l.run_at, l.lane_id) > ($3, $4, $5) "
 	"     AND l.connector_id IN (SELECT c.id FROM xprov.connector c "
@@ -97,12 +104,18 @@ static SavedPlan claim = {
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at, l.ctid AS lane_ctid"
 	") "
-	"SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid, o.operation_type, "
-	"       o.object_class, o.attributes, o.priority, le.retry_count, le.lease_expires, "
-	"       o.not_before, o.idempotency_key, o.created_at, le.lease_expires, "
-	"       le.rank, le.run_at, le.lane_id, le.lane_ctid, le.next_seq "
-	"  FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
-	" ORDER BY le.rank, le.run_at, le.lane_id",
+	"SELECT * FROM ("
+	"  SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid, o.operation_type, "
+	"         o.object_class, o.attributes, o.priority, le.retry_count, le.lease_expires, "
+	"         o.not_before, o.idempotency_key, o.created_at, le.lease_expires, "
+	"         le.rank, le.run_at, le.lane_id, le.lane_ctid, le.next_seq "
+	"    FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
+	"  UNION ALL "
+	"  SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+	"         NULL, p.rank, p.run_at, p.lane_id, NULL, NULL "
+	"    FROM picked p WHERE NOT EXISTS (SELECT 1 FROM leased le WHERE le.lane_id = p.lane_id)"
+	") c "
+	" ORDER BY c.id IS NULL, c.rank, c.run_at, c.lane_id",
 	.nargs = 9,
 	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID,
 	INT8OID, UUIDARRAYOID},
@@ -129,7 +142,8 @@ dequeue_reclaim_expired(char claimant, TimestampTz now)
 
 /*
  * Lease up to `batch` operations; the caller has connected to SPI and reads
- * the rows from SPI_tuptable (the queued_operation columns, then the key).
+ * the rows from SPI_tuptable (the queued_operation columns, then the key),
+ * as many as this returns.
  * leased_by (0: none) tags the leases with the worker's epoch; lanes of the
  * connectors in `excluded` (a uuid[] Datum, or 0) are left alone.
  */
@@ -140,6 +154,8 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
 	ClaimKey	start;
 	Datum		args[9];
 	char		nulls[9];
+	uint64		leased;
+	Datum		id;
 
 	claim_cursor_begin(claimant, now, &start);
 	args[0] = CharGetDatum(claimant);
@@ -156,9 +172,20 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
 		nulls[7] = 'n';
 	saved_plan_execute(&claim, args, nulls, false, 0);
 
-	if (SPI_processed > 0)
+	leased = SPI_processed;
+	while (leased > 0 && !spi_get_datum(leased - 1, 1, &id))
 	{
-		uint64		last = SPI_processed - 1;
+		ClaimKey	passed;
+
+		leased--;
+		passed.rank = spi_get_int64(leased, QUEUED_OPERATION_NATTS + 1);
+		passed.run_at = spi_get_timestamptz(leased, QUEUED_OPERATION_NATTS + 2);
+		passed.lane_id = spi_get_int64(leased, QUEUED_OPERATION_NATTS + 3);
+		claim_cursor_note_ready(claimant, &passed);
+	}
+	if (leased > 0)
+	{
+		uint64		last = leased - 1;
 		ClaimKey	key;
 
 		key.rank = spi_get_int64(last, QUEUED_OPERATION_NATTS + 1);
@@ -167,7 +194,7 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
 		claim_cursor_advance(claimant, &start, &key);
 		claim_cursor_note_lease(claimant, spi_get_timestamptz(0, QUEUED_OPERATION_NATTS));
 	}
-	return SPI_processed;
+	return leased;
 }
 
 static void
