@@ -276,7 +276,9 @@ for f in "${proc_files[@]}"; do
 	case $rc in
 		0)
 			pass
-			echo "ok       $f ($((SECONDS - t0)) s)" ;;
+			echo "ok       $f ($((SECONDS - t0)) s)"
+			# lines a passing test marks with "## " are worth seeing anyway
+			grep '^## ' "$log" | sed 's/^/    /' || true ;;
 		77)
 			skipped=$((skipped + 1))
 			echo "skipped  $f: $(tail -n 1 "$log")" ;;

@@ -73,9 +73,14 @@ for run in batch one drain; do
 	check "$run clients: none aborted by an error" "$(grep -cE 'ERROR|aborted' "$work/$run.log" || true)" 0
 	grep -E 'ERROR|aborted' "$work/$run.log" | head -5 || true
 done
-echo "# drain transactions retried after a deadlock: $(sed -n 's/^number of transactions retried: \([0-9]*\).*/\1/p' "$work/drain.log")"
+# marked "## " when a drain was retried, so that a passing run shows it too
+retried=$(sed -n 's/^number of transactions retried: \([0-9]*\).*/\1/p' "$work/drain.log")
+mark=''
+[ "${retried:-0}" = 0 ] || mark='## '
+echo "${mark:-# }drain transactions retried after a deadlock: ${retried:-0}"
 # what the server said about any failure or long wait: which locks, which statements
-grep -A12 -E 'ERROR:  (deadlock|could not serialize)|still waiting for' "$XPROV_SERVER_LOG" | head -80 || true
+grep -A12 -E 'ERROR:  (deadlock|could not serialize)|still waiting for' "$XPROV_SERVER_LOG" | head -80 |
+	sed "s/^/$mark/" || true
 
 for _ in $(seq 1 1000); do
 	[ "$(q "SELECT xprov.complete_batch(coalesce(array_agg(id), '{}')) FROM xprov.dequeue(1000, '1 minute')")" = 0 ] && break
@@ -91,6 +96,11 @@ check "every lane numbered its operations 1..n (last_seq = n)" "$(q "
         OR (SELECT max(o.seq) FROM xprov.op o WHERE o.lane_id = l.lane_id) <> l.last_seq")" 0
 check "every lane is idle, its cursor past its last operation" \
 	"$(q "SELECT count(*) FROM xprov.lane WHERE state <> 'i' OR next_seq <> last_seq + 1")" 0
+# any lane left behind, as it stands (leased? ready behind the claim cursor?)
+q "SELECT 'lane ' || lane_id || ': state ' || state::text || ', next_seq ' || next_seq || ', last_seq ' || last_seq ||
+          ', run_at ' || run_at || coalesce(', leased_at ' || leased_at || ', lease_expires ' || lease_expires, '') ||
+          ', attempts ' || attempts
+     FROM xprov.lane WHERE state <> 'i' OR next_seq <> last_seq + 1 ORDER BY lane_id LIMIT 20" | sed 's/^/# /'
 check "each subject's operations completed in their order" "$(q "
     SELECT count(*) FROM (
         SELECT r.finished_at < lag(r.finished_at) OVER (PARTITION BY o.lane_id ORDER BY o.seq) AS back
