@@ -28,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "connector.h"
+#include "text_util.h"
 #include "url_policy.h"
 #include "xprov.h"
 
@@ -430,7 +431,7 @@ set_id(Connector *connector, const pg_uuid_t *id)
 		return;
 	connector->id = *id;
 	strlcpy(connector->id_text,
-			DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id))),
+			uuid_text(id),
 			sizeof(connector->id_text));
 }
 

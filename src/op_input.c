@@ -306,7 +306,7 @@ check_subject(OpInput *op)
 		op->target_uid = NULL;
 	if (op->has_identity)
 		op->subject = psprintf("i:%s",
-							   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->identity_id))));
+							   uuid_text(&op->identity_id));
 	else if (op->target_uid != NULL)
 		op->subject = psprintf("t:%s", op->target_uid);
 	else
@@ -381,7 +381,7 @@ op_input_check(OpInput *op)
 static void
 raise_foreign_tenant(const OpInput *op, bool has_session)
 {
-	const char *tenant = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->tenant_id)));
+	const char *tenant = uuid_text(&op->tenant_id);
 
 	if (!has_session && xprov_tenant_id != NULL && xprov_tenant_id[0] != '\0')
 		op_raise_error(op->element, ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -444,11 +444,6 @@ find_facts(const ConnectorFacts *facts, int n, const pg_uuid_t *id)
 	return NULL;
 }
 
-static char *
-uuid_text(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
-}
 
 /*
  * Check that every operation's connector exists and belongs to the

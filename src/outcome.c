@@ -27,6 +27,7 @@
 #include "outcome.h"
 #include "tenant_guard.h"
 #include "spi_util.h"
+#include "text_util.h"
 #include "xprov.h"
 
 PG_FUNCTION_INFO_V1(xprov_complete);
@@ -330,12 +331,6 @@ status_name(const LockedOp *op)
 			return op->attempts > 0 ? "failed" : "pending";
 	}
 	return "pending";
-}
-
-static char *
-uuid_text(const pg_uuid_t *id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
 }
 
 static void

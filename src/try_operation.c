@@ -36,6 +36,7 @@
 #include "http.h"
 #include "op_input.h"
 #include "protocol.h"
+#include "text_util.h"
 #include "work_op.h"
 
 PG_FUNCTION_INFO_V1(xprov_try_operation);
@@ -101,7 +102,7 @@ load_connector(pg_uuid_t *id, MemoryContext cxt, pg_uuid_t *tenant_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("connector %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)))),
+						uuid_text(id)),
 				 errhint("List connectors with SELECT * FROM xprov.connectors.")));
 
 	name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -134,7 +135,7 @@ make_op(MemoryContext cxt, Connector *connector, OpType type,
 
 	op->cxt = cxt;
 	op_generate_id(&op->id);
-	strlcpy(op->id_text, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&op->id))),
+	strlcpy(op->id_text, uuid_text(&op->id),
 			sizeof(op->id_text));
 	op->connector_id = connector->id;
 	op->connector = connector;
@@ -143,7 +144,7 @@ make_op(MemoryContext cxt, Connector *connector, OpType type,
 	op->attributes = JsonbToCString(NULL, &attributes->root, VARSIZE(attributes));
 	op->target_uid = (target_uid && target_uid[0]) ? pstrdup(target_uid) : NULL;
 	if (identity_id != NULL)
-		op->identity_id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(identity_id)));
+		op->identity_id = uuid_text(identity_id);
 	op->attempt = 1;
 	MemoryContextSwitchTo(old);
 	return op;
