@@ -56,7 +56,7 @@ include $(PGXS)
 # ---------------------------------------------------------------------------
 # duktape
 
-$(DUK_STAMP): src/gen_duk_config.sh $(DUK_SRC_DIR)/duktape.c $(DUK_SRC_DIR)/duktape.h $(DUK_SRC_DIR)/duk_config.h
+$(DUK_STAMP): src/gen_duk_config.sh src/duktape_ext.inc $(DUK_SRC_DIR)/duktape.c $(DUK_SRC_DIR)/duktape.h $(DUK_SRC_DIR)/duk_config.h
 	sh src/gen_duk_config.sh $(DUK_SRC_DIR) $(DUK_BUILD_DIR)
 	@touch $@
 

@@ -37,8 +37,9 @@
 #   duktape.h     copied unchanged.  It must sit next to duk_config.h: it
 #                 includes "duk_config.h" with quotes, so the header in the
 #                 same directory always wins over -I ordering.
-#   duktape.c     copied with two kinds of edits, for C code the interrupt
-#                 counter never reaches: the regexp executor polls the same
+#   duktape.c     copied with src/duktape_ext.inc appended (helpers of ours
+#                 that need duktape's internal API), and with two kinds of
+#                 edits, for C code the interrupt counter never reaches: the regexp executor polls the same
 #                 timeout check every 64k steps (without it a ReDoS pattern
 #                 runs for seconds past the deadline; research: 7.8 s vs
 #                 50 ms), and so do property reads and writes every 16k
@@ -175,6 +176,11 @@ grep -q 'xprov_js_exec_timeout_check(re_ctx->thr->heap->heap_udata)' "$tmpdir/du
 	fail "regexp timeout patch not applied"
 [ "$(grep -c 'xprov: C loops obey the deadline' "$tmpdir/duktape.c")" = 2 ] ||
 	fail "property access timeout patch not applied"
+
+# Our helpers that need duktape's internals join its translation unit.
+EXT="$(dirname "$0")/duktape_ext.inc"
+[ -r "$EXT" ] || fail "$EXT not found"
+{ echo ''; echo '/* xprov: src/duktape_ext.inc */'; cat "$EXT"; } >>"$tmpdir/duktape.c"
 
 cp "$SRC/duktape.h" "$tmpdir/duktape.h"
 

@@ -21,6 +21,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 
+#include "duktape_ext.h"
 #include "js_deadline.h"
 #include "mem_util.h"
 #include "json_members.h"
@@ -596,6 +597,10 @@ push_fields(duk_context *ctx, const SandboxValue *fields, int nfields, bool stat
 	{
 		const SandboxValue *field = &fields[i];
 
+		if (static_names)
+			duk_push_literal_raw(ctx, field->name, strlen(field->name));
+		else
+			duk_push_string(ctx, field->name);
 		switch (field->kind)
 		{
 			case SANDBOX_VALUE_STRING:
@@ -621,10 +626,7 @@ push_fields(duk_context *ctx, const SandboxValue *fields, int nfields, bool stat
 				duk_push_null(ctx);
 				break;
 		}
-		if (static_names)
-			duk_put_prop_literal_raw(ctx, -2, field->name, strlen(field->name));
-		else
-			duk_put_prop_string(ctx, -2, field->name);
+		xprov_duk_define_member(ctx);
 	}
 }
 

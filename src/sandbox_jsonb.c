@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include "duktape_ext.h"
 #include "jsonb_walk.h"
 #include "sandbox_jsonb.h"
 
@@ -107,7 +108,7 @@ push_placed(void *arg, bool in_object, int index)
 	duk_context *ctx = ((Pusher *) arg)->ctx;
 
 	if (in_object)
-		duk_def_prop(ctx, -3, DUK_DEFPROP_HAVE_VALUE | DUK_DEFPROP_SET_WEC);
+		xprov_duk_define_member(ctx);
 	else
 		duk_put_prop_index(ctx, -2, (duk_uarridx_t) index);
 }
