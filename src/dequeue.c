@@ -84,6 +84,11 @@ static SavedPlan reclaim_expired = {
  * meanwhile pass it by.  Such lanes come last, with only their claim key
  * (id NULL): the transaction reports them ready, so that the cursor comes
  * back for them once it ends.
+ *
+ * The rows are put in claim order by their rank among the leased lanes
+ * (ord), computed over the narrow lane rows: sorting the wide result by
+ * the claim key itself took a fifth of the statement, every comparison
+ * reading columns that lie behind the operation's variable-width ones.
  */
 static SavedPlan claim = {
 	.sql =
@@ -103,19 +108,22 @@ static SavedPlan claim = {
 	"   WHERE l.ctid = ANY (ARRAY(SELECT p.ctid FROM picked p)) "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at, l.ctid AS lane_ctid"
+	"), ranked AS ("
+	"  SELECT le.*, row_number() OVER (ORDER BY le.rank, le.run_at, le.lane_id) AS ord "
+	"    FROM leased le"
 	") "
 	"SELECT * FROM ("
 	"  SELECT o.id, o.tenant_id, o.connector_id, o.identity_id, o.target_uid, o.operation_type, "
-	"         o.object_class, o.attributes, o.priority, le.retry_count, le.lease_expires, "
-	"         o.not_before, o.idempotency_key, o.created_at, le.lease_expires, "
-	"         le.rank, le.run_at, le.lane_id, le.lane_ctid, le.next_seq "
-	"    FROM leased le JOIN xprov.op o ON o.lane_id = le.lane_id AND o.seq = le.next_seq "
+	"         o.object_class, o.attributes, o.priority, r.retry_count, r.lease_expires, "
+	"         o.not_before, o.idempotency_key, o.created_at, r.lease_expires, "
+	"         r.rank, r.run_at, r.lane_id, r.lane_ctid, r.next_seq, r.ord "
+	"    FROM ranked r JOIN xprov.op o ON o.lane_id = r.lane_id AND o.seq = r.next_seq "
 	"  UNION ALL "
 	"  SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-	"         NULL, p.rank, p.run_at, p.lane_id, NULL, NULL "
+	"         NULL, p.rank, p.run_at, p.lane_id, NULL, NULL, NULL "
 	"    FROM picked p WHERE NOT EXISTS (SELECT 1 FROM leased le WHERE le.lane_id = p.lane_id)"
 	") c "
-	" ORDER BY c.id IS NULL, c.rank, c.run_at, c.lane_id",
+	" ORDER BY c.ord NULLS LAST",
 	.nargs = 9,
 	.argtypes = {CHAROID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INTERVALOID,
 	INT8OID, UUIDARRAYOID},
