@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * claim_cursor.c
- *	  Shared claim cursors and the commit-time rewind hints that keep them
- *	  exact.  See claim_cursor.h for the idea.
+ *	  Shared claim cursors and the end-of-transaction rewind hints that keep
+ *	  them exact.  See claim_cursor.h for the idea.
  *
  *-------------------------------------------------------------------------
  */

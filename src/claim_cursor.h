@@ -10,9 +10,11 @@
  * a cursor in shared memory: claims start after the last key handed out.
  *
  * Transactions that make a lane ready at a key that may lie behind the
- * cursor report it with claim_cursor_note_ready(); at commit (or abort:
- * claims skip lanes that a transaction holds locked) the smallest such key
- * rewinds the cursor, and keys not yet due are replayed when they come due.
+ * cursor report it with claim_cursor_note_ready(), and so does a claim for
+ * a lane it locked without leasing; when the transaction ends (commit, or
+ * abort: claims skip lanes that a transaction holds locked), once its locks
+ * are released, the smallest such key rewinds the cursor, and keys not yet
+ * due are replayed when they come due.
  * A periodic reset (xprov.cursor_reset_interval) is the backstop for what
  * nobody reports, such as prepared transactions; it is rare because under a
  * pinned snapshot it rescans every index entry consumed since the pin.

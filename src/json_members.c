@@ -3,6 +3,9 @@
  * json_members.c
  *	  Split the JSON text of an object into its members (json_members.h).
  *
+ * PostgreSQL's JSON parser is not used: it allocates with palloc, and this
+ * runs on the worker's hook thread too, where palloc must not be called.
+ *
  * The text is what duktape's JSON.stringify wrote for a hook's answer, so
  * it is well formed; it is checked anyway, as cheaply as it is read, and
  * anything unexpected is reported rather than trusted.  Everything happens

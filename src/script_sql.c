@@ -432,6 +432,5 @@ xprov_hook_answer(PG_FUNCTION_ARGS)
 		appendStringInfoChar(&out, '}');
 	}
 	appendStringInfo(&out, "], \"more\": %s}", call.more_members ? "true" : "false");
-	sandbox_call_release(&call);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
 }
