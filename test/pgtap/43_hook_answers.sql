@@ -5,12 +5,12 @@
 -- json) and value (a JSON value's text as a string).  Every kind, every
 -- escape, brackets and quotes inside nested strings, toJSON, members that
 -- JSON leaves out, more members than are reported, answers that are not
--- objects, and lone surrogates.
+-- objects, and lone surrogates; and the helper's refusals.
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(24);
+SELECT plan(28);
 \ir common.psql
 
 CREATE FUNCTION pg_temp.answer(p_body text) RETURNS jsonb LANGUAGE sql AS $$
@@ -98,6 +98,14 @@ SELECT throws_ok($$SELECT pg_temp.answer($js$var o = {}; o['k\udc00'] = 1; retur
 -- a test helper only
 SELECT throws_ok($$SELECT xprov._hook_answer('function hook(ctx) { }', NULL)$$, '22004',
                  'context must not be null', 'a NULL context is refused');
+SELECT throws_ok($$SELECT xprov._hook_answer(NULL, '{}')$$, '22004',
+                 'script must not be null', 'a NULL script is refused');
+SELECT throws_ok($$SELECT xprov._hook_answer('function hook(ctx) { }', '[1, 2]')$$, '22023',
+                 'context must be a JSON object', 'a context that is not an object is refused');
+SELECT throws_like($$SELECT xprov._hook_answer('function hook(ctx) { return {', '{}')$$,
+                   'hook script does not compile: SyntaxError%', 'a script that does not compile is refused');
+SELECT throws_ok($$SELECT xprov._hook_answer('var x = 1;', '{}')$$, '42P13',
+                 'hook script does not define function hook(ctx)', 'a script without hook(ctx) is refused');
 SET LOCAL ROLE xprov_app;
 SELECT throws_ok($$SELECT xprov._hook_answer('function hook(ctx) { }', '{}')$$, '42501', NULL,
                  'xprov_app may not call the test helper');
