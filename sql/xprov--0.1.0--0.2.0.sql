@@ -1421,15 +1421,6 @@ CREATE OR REPLACE VIEW xprov.operation_attempts WITH (security_invoker = true) A
 	  FROM xprov.op_result r
 	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;
 
--- Each lane numbers its subject's operations: last_seq is the number of the
--- last one, and an enqueue takes the next numbers in the write that locks the
--- lane (src/enqueue.c), where 0.1.0 locked the lane, took values from
--- xprov.op_seq and then wrote the lane.  Existing lanes count on from every
--- number the sequence gave.  The sequence is no longer used, but stays: a
--- database's own grants on it would go with it.
-ALTER TABLE xprov.lane ADD COLUMN last_seq bigint NOT NULL DEFAULT 0;
-UPDATE xprov.lane SET last_seq = (SELECT last_value FROM xprov.op_seq);
-
 -- An enqueue keeps the tenant and kind of each connector it has seen
 -- (src/connector_cache.h).  A committed change of connectors voids what
 -- every backend kept, and so does a new or updated extension (a connector

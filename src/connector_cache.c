@@ -7,13 +7,16 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
+#include "storage/proc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 
 #include "connector_cache.h"
-#include "enqueue_legacy.h"
 #include "worker_shmem.h"
 
 PG_FUNCTION_INFO_V1(xprov_connectors_changed);
@@ -37,12 +40,33 @@ forget_connectors(void)
 	connectors = hash_create("xprov connectors", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
+/*
+ * Whether the trigger that tells of changes exists (it came with 0.2.0).
+ * Looked up once per transaction: ALTER EXTENSION xprov UPDATE may run
+ * between two transactions of a backend, never inside one of ours.
+ */
+static bool
+changes_are_told(void)
+{
+	static LocalTransactionId looked_up_in = InvalidLocalTransactionId;
+	static bool told = false;
+
+	if (MyProc->lxid != looked_up_in)
+	{
+		List	   *name = list_make2(makeString("xprov"), makeString("_connectors_changed"));
+
+		told = OidIsValid(LookupFuncName(name, 0, NULL, true));
+		looked_up_in = MyProc->lxid;
+	}
+	return told;
+}
+
 bool
 connector_cache_usable(void)
 {
 	uint64		generation = worker_config_generation();
 
-	if (generation == 0 || worker_config_change_pending() || !enqueue_lanes_number_operations())
+	if (generation == 0 || worker_config_change_pending() || !changes_are_told())
 		return false;
 	if (connectors == NULL || generation != connectors_generation)
 	{

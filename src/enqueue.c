@@ -5,8 +5,8 @@
  *
  * An enqueue appends to the operation log and makes sure the subject and
  * its lane exist, and that the lane is ready when it was idle, in the
- * caller's transaction.  A database still at xprov 0.1.0 is served by
- * enqueue_legacy.c.
+ * caller's transaction.  The common steps go straight to the tables
+ * (queue_tables.h); SQL is left for creating subjects and waking lanes.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,127 +18,75 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
-#include "enqueue_legacy.h"
+#include "claim_cursor.h"
 #include "op_input.h"
+#include "queue_tables.h"
 #include "spi_util.h"
 
 PG_FUNCTION_INFO_V1(xprov_enqueue);
 PG_FUNCTION_INFO_V1(xprov_enqueue_batch);
 
 /*
- * Each lane numbers its subject's operations: last_seq is the number of the
- * last one.  An enqueue takes the next numbers in the UPDATE that writes the
- * lane, and so from its latest version: an enqueue of the same subject that
- * it waited for has counted its own, and an enqueue that waits for this one
- * counts on from ours.  Numbers follow the order in which the enqueues
- * commit, which is the order the lane walks its operations in.  Writing the
- * lane also locks it until commit: a completion that is about to mark the
- * lane idle waits for us and then sees our operation, so no wake-up is lost.
+ * An enqueue locks its subject's lane until commit (FOR NO KEY UPDATE, see
+ * queue_tables.h) and only then takes the numbers of its operations from
+ * xprov.op_seq: an enqueue of the same subject that it waited for has
+ * taken lower numbers, and one that waits for it takes higher ones, so a
+ * lane walks its operations in the order they commit.  The lock also holds
+ * off a completion that would mark the lane idle until our operation is
+ * there to be seen; and claims, which skip locked lanes, until it is
+ * committed.
  *
- * An idle lane gets the subject's first new operation as its head.
+ * Only an idle lane is written: it gets the subject's first new operation
+ * as its head.  A lane that is ready, leased, dead or parked already has
+ * a head, and walks on to our operations in its time.
  */
-#define LANE_IF_IDLE(col, value) \
-	col " = CASE WHEN l.state = 'i' THEN " value " ELSE l." col " END"
 
 /* What a lane write reports, in the order spi_note_ready_lanes() reads. */
 #define LANE_COLUMNS \
 	"l.state, l.claimant, -(l.priority::bigint) AS rank, l.run_at, l.lane_id"
 
-#define ONE_OP_INSERT(seq) \
-	"op AS (" \
-	"  INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, " \
-	"                        operation_type, object_class, attributes, priority, not_before, " \
-	"                        idempotency_key) " \
-	"  SELECT $8, " seq ", lane.lane_id, $1, $2, $9, $10, $11, $3, $12, $6, $7, $13 FROM lane" \
-	") " \
-	"SELECT state, claimant, rank, run_at, lane_id FROM lane"
-
-/* One operation for a subject that exists (parameters: enqueue_legacy.h). */
-static SavedPlan enqueue_existing = {
+/*
+ * Idle lanes that this transaction has locked become ready: $1 their
+ * current versions, $2 their new heads, with $3 priority and $4 not_before.
+ */
+static SavedPlan wake_idle_lanes = {
 	.sql =
-	"WITH lane AS ("
-	"  UPDATE xprov.lane l SET last_seq = l.last_seq + 1, "
-	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "l.last_seq + 1") ", "
-	LANE_IF_IDLE("priority", "$6") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), $7)") " "
-	"    FROM xprov.subject sj "
-	"   WHERE sj.connector_id = $2 AND sj.object_class = $3 AND sj.subject = $4 "
-	"     AND l.lane_id = sj.lane_id "
-	"  RETURNING " LANE_COLUMNS ", l.last_seq"
-	"), "
-	ONE_OP_INSERT("lane.last_seq"),
-	ONE_OP_ARGS
+	"UPDATE xprov.lane l SET state = 'r', next_seq = h.seq, priority = h.priority, "
+	"       run_at = greatest(now(), h.not_before) "
+	"  FROM (SELECT unnest($1::tid[]) AS lane_ctid, unnest($2::bigint[]) AS seq, "
+	"               unnest($3::int[]) AS priority, unnest($4::timestamptz[]) AS not_before) h "
+	" WHERE l.ctid = h.lane_ctid "
+	"RETURNING " LANE_COLUMNS,
+	.nargs = 4,
+	.argtypes = {TIDARRAYOID, INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID},
+	.nested_loops_only = true,
 };
 
 /*
- * One operation for a subject that does not exist.  A subject created by
- * another transaction after our snapshot makes the INSERT wait for it and
- * then do nothing; the statement writes nothing, and the operation is
- * enqueued to the existing subject in the next snapshot.
+ * One operation for a subject that does not exist: the subject, and its
+ * lane with the operation ($6) as its head.  A subject created by another
+ * transaction after our snapshot makes the INSERT wait for it and then do
+ * nothing; the statement writes nothing, and the operation is enqueued to
+ * the existing subject in the next snapshot.
  */
-static SavedPlan enqueue_new = {
+static SavedPlan create_subject = {
 	.sql =
 	"WITH new_subject AS ("
 	"  INSERT INTO xprov.subject (tenant_id, connector_id, object_class, subject, claimant) "
 	"  VALUES ($1, $2, $3, $4, $5) "
 	"  ON CONFLICT (connector_id, object_class, subject) DO NOTHING "
 	"  RETURNING lane_id"
-	"), lane AS ("
-	"  INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
-	"                               last_seq, priority, run_at) "
-	"  SELECT n.lane_id, $1, $2, $5, 'r', 1, 1, $6, greatest(now(), $7) FROM new_subject n "
-	"  RETURNING " LANE_COLUMNS
-	"), "
-	ONE_OP_INSERT("1"),
-	ONE_OP_ARGS
-};
-
-/*
- * A batch first finds the lanes of its subjects that exist (no lock taken:
- * subjects are never deleted, and a lane's lane_id never changes).
- * $1-$3 are subjects; returns the ordinal of each one found.
- */
-static SavedPlan find_subjects = {
-	.sql =
-	"SELECT u.ord, sj.lane_id "
-	"  FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY "
-	"       AS u(connector_id, object_class, subject, ord) "
-	" CROSS JOIN LATERAL (SELECT sj.lane_id FROM xprov.subject sj "
-	"                      WHERE sj.connector_id = u.connector_id "
-	"                        AND sj.object_class = u.object_class "
-	"                        AND sj.subject = u.subject LIMIT 1) sj",
-	.nargs = 3,
-	.argtypes = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
-};
-
-/*
- * Last, it numbers its operations by advancing the lanes of the subjects
- * that existed, each by its number of operations in the batch ($2; $3 and
- * $4 are the priority and not_before of the first), in lane order ($1 comes
- * sorted): the order completions lock lanes in too, so the two cannot
- * deadlock.  The planner keeps to nested loops for it, so rows come out in
- * the order they go in; a hash join would lock lanes in the order of the
- * table.  Returns each lane's position in $1 and its new last_seq.
- */
-static SavedPlan advance_lanes = {
-	.sql =
-	"UPDATE xprov.lane l SET last_seq = l.last_seq + h.nops, "
-	LANE_IF_IDLE("state", "'r'") ", "
-	LANE_IF_IDLE("next_seq", "l.last_seq + 1") ", "
-	LANE_IF_IDLE("priority", "h.priority") ", "
-	LANE_IF_IDLE("run_at", "greatest(now(), h.not_before)") " "
-	"  FROM (SELECT unnest($1::bigint[]) AS lane_id, unnest($2::int[]) AS nops, "
-	"               unnest($3::int[]) AS priority, unnest($4::timestamptz[]) AS not_before, "
-	"               generate_series(1, cardinality($1::bigint[])) AS ord) h "
-	" WHERE l.lane_id = h.lane_id "
-	"RETURNING h.ord, l.last_seq, " LANE_COLUMNS,
-	.nargs = 4,
-	.argtypes = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID},
-	.nested_loops_only = true,
+	") "
+	"INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
+	"                             priority, run_at) "
+	"SELECT n.lane_id, $1, $2, $5, 'r', $6, $7, greatest(now(), $8) FROM new_subject n "
+	"RETURNING " LANE_COLUMNS,
+	.nargs = 8,
+	.argtypes = {UUIDOID, UUIDOID, TEXTOID, TEXTOID, CHAROID, INT8OID, INT4OID, TIMESTAMPTZOID},
 };
 
 /*
@@ -160,43 +108,26 @@ static SavedPlan register_subjects = {
 };
 
 /*
- * Then it writes the new lanes and the operations, in statements whose
- * arrays are read by set-returning functions in the select list, which
- * stream (unnest() in FROM would copy every row, the operations'
- * attributes too, into a tuplestore first).
- *
- * New lanes: lane id, tenant, connector, claimant, the subject's number of
- * operations, and its first operation's priority and not_before.
+ * Then it writes the new lanes, in a statement whose arrays are read by
+ * set-returning functions in the select list, which stream (unnest() in
+ * FROM would copy every row into a tuplestore first): lane id, tenant,
+ * connector, claimant, and the subject's first operation's number,
+ * priority and not_before.
  */
 static SavedPlan insert_new_lanes = {
 	.sql =
 	"INSERT INTO xprov.lane AS l (lane_id, tenant_id, connector_id, claimant, state, next_seq, "
-	"                             last_seq, priority, run_at) "
-	"SELECT lane_id, tenant_id, connector_id, claimant, 'r', 1, nops, priority, "
+	"                             priority, run_at) "
+	"SELECT lane_id, tenant_id, connector_id, claimant, 'r', seq, priority, "
 	"       greatest(now(), not_before) "
 	"  FROM (SELECT unnest($1::bigint[]) AS lane_id, unnest($2::uuid[]) AS tenant_id, "
 	"               unnest($3::uuid[]) AS connector_id, unnest($4::\"char\"[]) AS claimant, "
-	"               unnest($5::int[]) AS nops, unnest($6::int[]) AS priority, "
+	"               unnest($5::bigint[]) AS seq, unnest($6::int[]) AS priority, "
 	"               unnest($7::timestamptz[]) AS not_before) h "
 	"RETURNING " LANE_COLUMNS,
 	.nargs = 7,
-	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, CHARARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
+	.argtypes = {INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, CHARARRAYOID, INT8ARRAYOID, INT4ARRAYOID,
 		TIMESTAMPTZARRAYOID},
-};
-
-static SavedPlan insert_ops = {
-	.sql =
-	"INSERT INTO xprov.op (id, seq, lane_id, tenant_id, connector_id, identity_id, target_uid, "
-	"                      operation_type, object_class, attributes, priority, not_before, "
-	"                      idempotency_key) "
-	"SELECT unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::bigint[]), unnest($4::uuid[]), "
-	"       unnest($5::uuid[]), unnest($6::uuid[]), unnest($7::text[]), unnest($8::text[]), "
-	"       unnest($9::text[]), unnest($10::jsonb[]), unnest($11::int[]), unnest($12::timestamptz[]), "
-	"       unnest($13::text[])",
-	.nargs = 13,
-	.argtypes = {UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
-		TEXTARRAYOID},
 };
 
 static SavedPlan claim_keys = {
@@ -283,56 +214,122 @@ dedupe_by_key(OpInput *ops, int count, bool *insert)
 	}
 }
 
-/* op as the parameters of the one-operation statements (enqueue_legacy.h) */
+/* A lane that we hold and is ready: claims skip it until we commit. */
 static void
-one_op_args(OpInput *op, Datum *values, char *nulls)
+note_if_ready(const LockedLane *lane)
 {
-	memset(nulls, ' ', ONE_OP_NARGS);
+	ClaimKey	key;
+
+	if (lane->state != 'r')
+		return;
+	key.rank = -(int64) lane->priority;
+	key.run_at = lane->run_at;
+	key.lane_id = lane->lane_id;
+	claim_cursor_note_ready(lane->claimant, &key);
+}
+
+/*
+ * wake_idle_lanes for n lanes locked here: each gets its subject's first
+ * new operation, numbered seqs[i], as its head.
+ */
+static void
+wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, int n)
+{
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *heads = palloc(sizeof(Datum) * n);
+	Datum	   *priorities = palloc(sizeof(Datum) * n);
+	Datum	   *not_befores = palloc(sizeof(Datum) * n);
+	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
+	Datum		args[4];
+
+	for (int i = 0; i < n; i++)
+	{
+		tids[i] = PointerGetDatum(&lanes[i].tid);
+		heads[i] = Int64GetDatum(seqs[i]);
+		priorities[i] = Int32GetDatum(firsts[i]->priority);
+		not_befores[i] = TimestampTzGetDatum(firsts[i]->not_before);
+		not_before_nulls[i] = !firsts[i]->has_not_before;
+	}
+	args[0] = spi_array_arg(tids, NULL, n, TIDOID);
+	args[1] = spi_array_arg(heads, NULL, n, INT8OID);
+	args[2] = spi_array_arg(priorities, NULL, n, INT4OID);
+	args[3] = spi_array_arg(not_befores, not_before_nulls, n, TIMESTAMPTZOID);
+	saved_plan_execute(&wake_idle_lanes, args, NULL, false, 0);
+	if (SPI_processed != (uint64) n)
+		elog(ERROR, "xprov: %d idle lanes to wake, " UINT64_FORMAT " found", n, SPI_processed);
+	spi_note_ready_lanes(1);
+}
+
+/*
+ * create_subject for op, whose operation is numbered seq; false if a
+ * concurrent transaction created the subject.
+ */
+static bool
+create_subject_lane(const OpInput *op, int64 seq, int64 *lane_id)
+{
+	Datum		values[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = UUIDPGetDatum(&op->tenant_id);
 	values[1] = UUIDPGetDatum(&op->connector_id);
 	values[2] = CStringGetTextDatum(op->object_class);
 	values[3] = CStringGetTextDatum(op->subject);
 	values[4] = CharGetDatum(op->claimant);
-	values[5] = Int32GetDatum(op->priority);
-	values[6] = TimestampTzGetDatum(op->not_before);
-	nulls[6] = op->has_not_before ? ' ' : 'n';
-	values[7] = UUIDPGetDatum(&op->id);
-	values[8] = UUIDPGetDatum(&op->identity_id);
-	nulls[8] = op->has_identity ? ' ' : 'n';
-	values[9] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
-	nulls[9] = op->target_uid ? ' ' : 'n';
-	values[10] = CStringGetTextDatum(op->operation_type);
-	values[11] = JsonbPGetDatum(op->attributes);
-	values[12] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
-	nulls[12] = op->idempotency_key ? ' ' : 'n';
+	values[5] = Int64GetDatum(seq);
+	values[6] = Int32GetDatum(op->priority);
+	values[7] = TimestampTzGetDatum(op->not_before);
+	nulls[7] = op->has_not_before ? ' ' : 'n';
+	saved_plan_execute(&create_subject, values, nulls, false, 0);
+	if (SPI_processed == 0)
+		return false;
+	*lane_id = spi_get_int64(0, 5);
+	spi_note_ready_lanes(1);
+	return true;
+}
+
+/* The lane of op's subject, locked, in a new snapshot; false if none. */
+static bool
+lock_subject_lane(QueueTables *tables, const OpInput *op, LockedLane *lane)
+{
+	int64		lane_id;
+	bool		found;
+
+	queue_tables_push_snapshot(tables);
+	found = queue_find_lane(tables, op, &lane_id) &&
+		queue_lock_lane(tables, lane_id, &op->connector_id, lane);
+	queue_tables_pop_snapshot(tables);
+	return found;
 }
 
 static void
 enqueue_single(OpInput *op)
 {
-	Datum		values[ONE_OP_NARGS];
-	char		nulls[ONE_OP_NARGS];
+	QueueTables tables;
+	LockedLane	lane;
+	int64		seq;
 
-	one_op_args(op, values, nulls);
-	if (!enqueue_lanes_number_operations())
-	{
-		if (!enqueue_legacy_one(values, nulls))
-			raise_concurrent_subjects();
-		return;
-	}
+	queue_tables_open(&tables);
 	for (int attempt = 0;; attempt++)
 	{
-		saved_plan_execute(&enqueue_existing, values, nulls, false, 0);
-		if (SPI_processed > 0)
+		if (lock_subject_lane(&tables, op, &lane))
+		{
+			seq = queue_next_seq(&tables);
+			if (lane.state == 'i')
+				wake_lanes(&lane, &seq, &op, 1);
+			else
+				note_if_ready(&lane);
 			break;
-		saved_plan_execute(&enqueue_new, values, nulls, false, 0);
-		if (SPI_processed > 0)
+		}
+		seq = queue_next_seq(&tables);
+		if (create_subject_lane(op, seq, &lane.lane_id))
 			break;
 		/* the subject was created concurrently: the next snapshot sees it */
 		if (attempt > 0)
 			raise_concurrent_subjects();
 	}
-	spi_note_ready_lanes(1);
+	queue_insert_op(&tables, op, lane.lane_id, seq);
+	queue_tables_close(&tables);
 }
 
 static char *
@@ -414,7 +411,7 @@ parse_batch(Jsonb *ops, int *count)
  * The batch's distinct subjects, in one order (connector, object class,
  * subject, bytewise), each with the first of its operations in the batch
  * (the head its lane gets when the lane is new or idle), how many it has,
- * and once located, its lane and the number of the last of them.
+ * and once located, its lane.
  */
 typedef struct BatchSubjects
 {
@@ -423,8 +420,8 @@ typedef struct BatchSubjects
 	int		   *nops;			/* per subject: its operations in the batch */
 	int64	   *ordinal;		/* per operation to insert: its subject, from 1 */
 	int		   *rank;			/* per operation: its place among its subject's */
-	Datum	   *lane_id;		/* per subject, once located */
-	int64	   *last_seq;		/* per subject, once located */
+	int64	   *lane_id;		/* per subject, once located */
+	int64	   *head_seq;		/* per subject: its first operation's number */
 	bool	   *located;
 	bool	   *new_lane;		/* registered here: the lane is to be created */
 } BatchSubjects;
@@ -475,8 +472,8 @@ group_subjects(OpInput **ops, int n, BatchSubjects *subjects)
 		subjects->ordinal[order[i]] = subjects->count;
 		subjects->rank[order[i]] = subjects->nops[subjects->count - 1]++;
 	}
-	subjects->lane_id = palloc0(sizeof(Datum) * subjects->count);
-	subjects->last_seq = palloc0(sizeof(int64) * subjects->count);
+	subjects->lane_id = palloc0(sizeof(int64) * subjects->count);
+	subjects->head_seq = palloc0(sizeof(int64) * subjects->count);
 	subjects->located = palloc0(sizeof(bool) * subjects->count);
 	subjects->new_lane = palloc0(sizeof(bool) * subjects->count);
 	pfree(order);
@@ -532,36 +529,6 @@ subject_key_columns(const BatchSubjects *subjects, const int *which, int n, Datu
 		args[c] = spi_array_arg(cols[c], NULL, n, types[c]);
 }
 
-/*
- * What a lane writes of the subjects listed in which: args[0] their lane
- * ids, args[1..3] their number of operations in the batch, and the first's
- * priority and not_before.
- */
-#define LANE_WRITE_ARGS 4
-
-static void
-lane_write_args(const BatchSubjects *subjects, const int *which, int n, Datum *args)
-{
-	Datum	   *cols[LANE_WRITE_ARGS];
-	bool	   *not_before_nulls = palloc(sizeof(bool) * n);
-	static const Oid types[LANE_WRITE_ARGS] = {INT8OID, INT4OID, INT4OID, TIMESTAMPTZOID};
-
-	for (int c = 0; c < LANE_WRITE_ARGS; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-	{
-		OpInput    *first = subjects->first[which[i]];
-
-		cols[0][i] = subjects->lane_id[which[i]];
-		cols[1][i] = Int32GetDatum(subjects->nops[which[i]]);
-		cols[2][i] = Int32GetDatum(first->priority);
-		cols[3][i] = TimestampTzGetDatum(first->not_before);
-		not_before_nulls[i] = !first->has_not_before;
-	}
-	for (int c = 0; c < LANE_WRITE_ARGS; c++)
-		args[c] = spi_array_arg(cols[c], c == 3 ? not_before_nulls : NULL, n, types[c]);
-}
-
 /* The subjects not located yet (indexes), and how many. */
 static int
 unlocated_subjects(const BatchSubjects *subjects, int *which)
@@ -574,22 +541,22 @@ unlocated_subjects(const BatchSubjects *subjects, int *which)
 	return n;
 }
 
-/* find_subjects for the subjects listed in which; marks those found. */
+/*
+ * Finds, in a new snapshot, the lanes of the subjects listed in which (in
+ * subject order, which is the index's) and marks those found.  No lock is
+ * taken: subjects are never deleted, and a lane's lane_id never changes.
+ */
 static void
-find_existing_subjects(BatchSubjects *subjects, const int *which, int n)
+find_existing_subjects(QueueTables *tables, BatchSubjects *subjects, const int *which, int n)
 {
-	Datum		args[KEY_COLUMNS];
-
-	subject_key_columns(subjects, which, n, args);
-	/* not read-only: a second search must see subjects committed meanwhile */
-	saved_plan_execute(&find_subjects, (Datum[]) {args[1], args[2], args[3]}, NULL, false, 0);
-	for (uint64 row = 0; row < SPI_processed; row++)
+	queue_tables_push_snapshot(tables);
+	for (int i = 0; i < n; i++)
 	{
-		int			k = which[spi_get_int64(row, 1) - 1];
+		int			k = which[i];
 
-		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 2));
-		subjects->located[k] = true;
+		subjects->located[k] = queue_find_lane(tables, subjects->first[k], &subjects->lane_id[k]);
 	}
+	queue_tables_pop_snapshot(tables);
 }
 
 /* register_subjects for the subjects listed in which; marks those it made. */
@@ -615,11 +582,73 @@ register_new_subjects(BatchSubjects *subjects, const int *which, int n)
 		k = find_subject(subjects, &key);
 		if (k < 0)
 			elog(ERROR, "xprov: a registered subject is not in the batch");
-		subjects->lane_id[k] = Int64GetDatum(spi_get_int64(row, 1));
-		subjects->last_seq[k] = subjects->nops[k];
+		subjects->lane_id[k] = spi_get_int64(row, 1);
 		subjects->located[k] = true;
 		subjects->new_lane[k] = true;
 	}
+}
+
+/*
+ * Every subject's lane.  Subjects are found, and the missing ones
+ * registered (waiting for any that a concurrent transaction is creating,
+ * which are then found again in a new snapshot), before any lane is
+ * locked: no wait for another transaction happens while this one holds a
+ * lane, but in lane order, as a completion's.
+ */
+static void
+locate_subjects(QueueTables *tables, BatchSubjects *subjects)
+{
+	int		   *which = palloc(sizeof(int) * subjects->count);
+	int			n;
+
+	for (int k = 0; k < subjects->count; k++)
+		which[k] = k;
+	find_existing_subjects(tables, subjects, which, subjects->count);
+	if ((n = unlocated_subjects(subjects, which)) > 0)
+	{
+		register_new_subjects(subjects, which, n);
+		if ((n = unlocated_subjects(subjects, which)) > 0)
+		{
+			find_existing_subjects(tables, subjects, which, n);
+			if (unlocated_subjects(subjects, which) > 0)
+				raise_concurrent_subjects();
+		}
+	}
+}
+
+/* Subjects by lane (arg: BatchSubjects). */
+static int
+compare_lanes(const void *a, const void *b, void *arg)
+{
+	const BatchSubjects *subjects = arg;
+	int64		x = subjects->lane_id[*(const int *) a];
+	int64		y = subjects->lane_id[*(const int *) b];
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Locks the lanes that existed, in lane order: the order completions lock
+ * lanes in too, so the two cannot deadlock.  Returns how many, with their
+ * subjects in which and the lanes in locked.
+ */
+static int
+lock_existing_lanes(QueueTables *tables, const BatchSubjects *subjects, int *which,
+					LockedLane *locked)
+{
+	int			n = 0;
+
+	for (int k = 0; k < subjects->count; k++)
+		if (!subjects->new_lane[k])
+			which[n++] = k;
+	qsort_arg(which, n, sizeof(int), compare_lanes, (void *) subjects);
+	queue_tables_push_snapshot(tables);
+	for (int i = 0; i < n; i++)
+		if (!queue_lock_lane(tables, subjects->lane_id[which[i]],
+							 &subjects->first[which[i]]->connector_id, &locked[i]))
+			raise_concurrent_subjects();
+	queue_tables_pop_snapshot(tables);
+	return n;
 }
 
 /* insert_new_lanes for the subjects registered here. */
@@ -628,186 +657,140 @@ create_new_lanes(const BatchSubjects *subjects)
 {
 	int		   *which = palloc(sizeof(int) * subjects->count);
 	Datum		keys[KEY_COLUMNS];
-	Datum		lane[LANE_WRITE_ARGS];
+	Datum	   *lane_ids = palloc(sizeof(Datum) * subjects->count);
+	Datum	   *heads = palloc(sizeof(Datum) * subjects->count);
+	Datum	   *priorities = palloc(sizeof(Datum) * subjects->count);
+	Datum	   *not_befores = palloc(sizeof(Datum) * subjects->count);
+	bool	   *not_before_nulls = palloc(sizeof(bool) * subjects->count);
 	int			n = 0;
 
 	for (int k = 0; k < subjects->count; k++)
-		if (subjects->new_lane[k])
-			which[n++] = k;
+	{
+		OpInput    *first = subjects->first[k];
+
+		if (!subjects->new_lane[k])
+			continue;
+		lane_ids[n] = Int64GetDatum(subjects->lane_id[k]);
+		heads[n] = Int64GetDatum(subjects->head_seq[k]);
+		priorities[n] = Int32GetDatum(first->priority);
+		not_befores[n] = TimestampTzGetDatum(first->not_before);
+		not_before_nulls[n] = !first->has_not_before;
+		which[n++] = k;
+	}
 	if (n == 0)
 		return;
 	subject_key_columns(subjects, which, n, keys);
-	lane_write_args(subjects, which, n, lane);
 	saved_plan_execute(&insert_new_lanes,
-					   (Datum[]) {lane[0], keys[0], keys[1], keys[4], lane[1], lane[2], lane[3]},
+					   (Datum[]) {spi_array_arg(lane_ids, NULL, n, INT8OID), keys[0], keys[1],
+						   keys[4], spi_array_arg(heads, NULL, n, INT8OID),
+						   spi_array_arg(priorities, NULL, n, INT4OID),
+					   spi_array_arg(not_befores, not_before_nulls, n, TIMESTAMPTZOID)},
 					   NULL, false, 0);
 	spi_note_ready_lanes(1);
 }
 
-/* Subjects by the lane they had before this batch (arg: BatchSubjects). */
+/* Idle lanes among the n locked ones get their subject's first operation. */
+static void
+wake_locked_lanes(const BatchSubjects *subjects, const int *which, const LockedLane *locked, int n)
+{
+	LockedLane *idle = palloc(sizeof(LockedLane) * Max(n, 1));
+	int64	   *heads = palloc(sizeof(int64) * Max(n, 1));
+	OpInput   **firsts = palloc(sizeof(OpInput *) * Max(n, 1));
+	int			nidle = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (locked[i].state != 'i')
+		{
+			note_if_ready(&locked[i]);
+			continue;
+		}
+		idle[nidle] = locked[i];
+		heads[nidle] = subjects->head_seq[which[i]];
+		firsts[nidle] = subjects->first[which[i]];
+		nidle++;
+	}
+	if (nidle > 0)
+		wake_lanes(idle, heads, firsts, nidle);
+}
+
+/* Operations by lane, then batch order (arg: BatchSubjects). */
 static int
-compare_lanes(const void *a, const void *b, void *arg)
+compare_lane_positions(const void *a, const void *b, void *arg)
 {
 	const BatchSubjects *subjects = arg;
-	int64		x = DatumGetInt64(subjects->lane_id[*(const int *) a]);
-	int64		y = DatumGetInt64(subjects->lane_id[*(const int *) b]);
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+	int64		lx = subjects->lane_id[subjects->ordinal[x] - 1];
+	int64		ly = subjects->lane_id[subjects->ordinal[y] - 1];
 
+	if (lx != ly)
+		return (lx > ly) - (lx < ly);
 	return (x > y) - (x < y);
 }
 
 /*
- * advance_lanes for the subjects whose lanes existed, in lane order; each
- * gets the number of the last of its operations.
+ * Appends the operations in the order of the log's (lane_id, seq) index,
+ * whose leaf pages they then visit in turn rather than at random.
  */
 static void
-advance_existing_lanes(BatchSubjects *subjects)
-{
-	int		   *which = palloc(sizeof(int) * subjects->count);
-	Datum		args[LANE_WRITE_ARGS];
-	int			n = 0;
-
-	for (int k = 0; k < subjects->count; k++)
-		if (!subjects->new_lane[k])
-			which[n++] = k;
-	if (n == 0)
-		return;
-	qsort_arg(which, n, sizeof(int), compare_lanes, subjects);
-	lane_write_args(subjects, which, n, args);
-	saved_plan_execute(&advance_lanes, args, NULL, false, 0);
-	if (SPI_processed != (uint64) n)
-		elog(ERROR, "xprov: %d lanes to advance, " UINT64_FORMAT " found", n, SPI_processed);
-	for (uint64 row = 0; row < SPI_processed; row++)
-		subjects->last_seq[which[spi_get_int64(row, 1) - 1]] = spi_get_int64(row, 2);
-	spi_note_ready_lanes(3);
-}
-
-/*
- * Every subject's lane, and the number of its last operation.  Subjects are
- * found, the missing ones registered and given lanes (waiting for any that
- * a concurrent transaction is creating, which are then found again in a new
- * snapshot), and only then are the lanes that existed advanced, all in one
- * statement, in lane order.  So no wait for another transaction happens
- * while this one holds a lane, but in that statement's lane order, as a
- * completion's: two batches, or a batch and a completion, cannot deadlock.
- */
-static void
-number_operations(BatchSubjects *subjects)
-{
-	int		   *which = palloc(sizeof(int) * subjects->count);
-	int			n;
-
-	for (int k = 0; k < subjects->count; k++)
-		which[k] = k;
-	find_existing_subjects(subjects, which, subjects->count);
-	if ((n = unlocated_subjects(subjects, which)) > 0)
-	{
-		register_new_subjects(subjects, which, n);
-		if ((n = unlocated_subjects(subjects, which)) > 0)
-		{
-			find_existing_subjects(subjects, which, n);
-			if (unlocated_subjects(subjects, which) > 0)
-				raise_concurrent_subjects();
-		}
-		create_new_lanes(subjects);
-	}
-	advance_existing_lanes(subjects);
-}
-
-/* Operation k's number: its subject's operations end at last_seq. */
-static int64
-operation_seq(const BatchSubjects *subjects, int k)
-{
-	int			subject = subjects->ordinal[k] - 1;
-
-	return subjects->last_seq[subject] - subjects->nops[subject] + 1 + subjects->rank[k];
-}
-
-/* insert_ops for the operations to insert, in batch order. */
-static void
-insert_operations(OpInput **ops, int n, const BatchSubjects *subjects)
-{
-	Datum	   *cols[13];
-	bool	   *nulls[13];
-	Datum		args[13];
-	static const Oid types[13] = {UUIDOID, INT8OID, INT8OID, UUIDOID, UUIDOID, UUIDOID, TEXTOID,
-	TEXTOID, TEXTOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
-
-	for (int c = 0; c < 13; c++)
-	{
-		cols[c] = palloc0(sizeof(Datum) * n);
-		nulls[c] = palloc0(sizeof(bool) * n);
-	}
-	for (int i = 0; i < n; i++)
-	{
-		OpInput    *op = ops[i];
-
-		cols[0][i] = UUIDPGetDatum(&op->id);
-		cols[1][i] = Int64GetDatum(operation_seq(subjects, i));
-		cols[2][i] = subjects->lane_id[subjects->ordinal[i] - 1];
-		cols[3][i] = UUIDPGetDatum(&op->tenant_id);
-		cols[4][i] = UUIDPGetDatum(&op->connector_id);
-		cols[5][i] = UUIDPGetDatum(&op->identity_id);
-		nulls[5][i] = !op->has_identity;
-		cols[6][i] = op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0;
-		nulls[6][i] = op->target_uid == NULL;
-		cols[7][i] = CStringGetTextDatum(op->operation_type);
-		cols[8][i] = CStringGetTextDatum(op->object_class);
-		cols[9][i] = JsonbPGetDatum(op->attributes);
-		cols[10][i] = Int32GetDatum(op->priority);
-		cols[11][i] = TimestampTzGetDatum(op->not_before);
-		nulls[11][i] = !op->has_not_before;
-		cols[12][i] = op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0;
-		nulls[12][i] = op->idempotency_key == NULL;
-	}
-	for (int c = 0; c < 13; c++)
-		args[c] = spi_array_arg(cols[c], nulls[c], n, types[c]);
-	saved_plan_execute(&insert_ops, args, NULL, false, 0);
-}
-
-/*
- * A database still at 0.1.0 gets the batch one operation at a time, in
- * subject order: two such batches lock their common lanes in one order.
- */
-static void
-insert_batch_legacy(OpInput **ops, int n)
+insert_operations(QueueTables *tables, OpInput **ops, int n, const BatchSubjects *subjects,
+				  const int64 *seqs)
 {
 	int		   *order = palloc(sizeof(int) * n);
 
 	for (int i = 0; i < n; i++)
 		order[i] = i;
-	qsort_arg(order, n, sizeof(int), compare_positions, ops);
+	qsort_arg(order, n, sizeof(int), compare_lane_positions, (void *) subjects);
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[ONE_OP_NARGS];
-		char		nulls[ONE_OP_NARGS];
+		int			k = order[i];
 
-		one_op_args(ops[order[i]], values, nulls);
-		if (!enqueue_legacy_one(values, nulls))
-			raise_concurrent_subjects();
+		queue_insert_op(tables, ops[k], subjects->lane_id[subjects->ordinal[k] - 1], seqs[k]);
 	}
 }
 
+/*
+ * The batch's operations, after its lanes are located and locked, are
+ * numbered in batch order (so one subject's in the order they came) and
+ * appended to the log.
+ */
 static void
 insert_batch(OpInput *inputs, int count, const bool *insert)
 {
 	OpInput   **ops = palloc(sizeof(OpInput *) * count);
+	int64	   *seqs;
+	int		   *which;
+	LockedLane *locked;
 	int			n = 0;
+	int			nlocked;
 	BatchSubjects subjects;
+	QueueTables tables;
 
 	for (int i = 0; i < count; i++)
 		if (insert[i])
 			ops[n++] = &inputs[i];
 	if (n == 0)
 		return;
-	if (!enqueue_lanes_number_operations())
-	{
-		insert_batch_legacy(ops, n);
-		return;
-	}
 
 	group_subjects(ops, n, &subjects);
-	number_operations(&subjects);
-	insert_operations(ops, n, &subjects);
+	queue_tables_open(&tables);
+	locate_subjects(&tables, &subjects);
+	which = palloc(sizeof(int) * subjects.count);
+	locked = palloc(sizeof(LockedLane) * subjects.count);
+	nlocked = lock_existing_lanes(&tables, &subjects, which, locked);
+
+	seqs = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+	{
+		seqs[i] = queue_next_seq(&tables);
+		if (subjects.rank[i] == 0)
+			subjects.head_seq[subjects.ordinal[i] - 1] = seqs[i];
+	}
+	create_new_lanes(&subjects);
+	wake_locked_lanes(&subjects, which, locked, nlocked);
+	insert_operations(&tables, ops, n, &subjects, seqs);
+	queue_tables_close(&tables);
 }
 
 Datum

@@ -13,6 +13,7 @@
 #ifndef OP_INPUT_H
 #define OP_INPUT_H
 
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 

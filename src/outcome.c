@@ -719,10 +719,11 @@ xprov_cancel(PG_FUNCTION_ARGS)
  * the claim wrote: it locks that version by ctid, one TID scan for the
  * batch, where lock_ops looks up every operation by id and then its lane
  * (two random index probes per operation, a third of the time a noop batch
- * spends recording).  A lane written since is not found as claimed and goes
- * the long way: an enqueue behind the leased head rewrites the lane row (its
- * values unchanged), as does an operator's skip behind the head, and a
- * reclaimed lease is no longer this worker's.
+ * spends recording).  An enqueue behind the leased head only locks that
+ * version, which the lock here waits for.  A lane written since is not
+ * found as claimed and goes the long way: an operator's skip behind the
+ * head rewrites the lane row, and a reclaimed lease is no longer this
+ * worker's.
  * Rows come back in lane order, so locks are taken in lane order, except
  * that the long way locks its lanes after the others: that can only
  * deadlock with a concurrent multi-lane lock in the rare case it is taken,

@@ -80,8 +80,8 @@ SELECT is(pg_temp.drain(), 2, 'the two others follow');
 SELECT is(array(SELECT name FROM _log ORDER BY seq), ARRAY['f2', 'f3'], 'in batch order');
 SELECT pg_temp.try($$SELECT xprov.set_connector_enabled(pg_temp.id('c1'), true)$$) \g /dev/null
 
--- each lane numbers its own operations, one after another in enqueue order,
--- whether they come one at a time or in batches
+-- a subject's operations are numbered in enqueue order, whether they come one
+-- at a time or in batches, and walked by its lane in that order
 SELECT pg_temp.put('n1', xprov.enqueue(pg_temp.id('t1'), pg_temp.id('cf'), NULL, 'update', 'user', '{}', 'numbered')) \g /dev/null
 SELECT pg_temp.put('n' || (n + 1), id)
   FROM xprov.enqueue_batch(jsonb_build_array(
@@ -90,10 +90,9 @@ SELECT pg_temp.put('n' || (n + 1), id)
            pg_temp.el(3, 'numbered') || jsonb_build_object('connector_id', pg_temp.id('cf'))))
        WITH ORDINALITY AS b(id, n) \g /dev/null
 SELECT pg_temp.put('n5', xprov.enqueue(pg_temp.id('t1'), pg_temp.id('cf'), NULL, 'update', 'user', '{}', 'numbered')) \g /dev/null
-SELECT is(array(SELECT o.seq - min(o.seq) OVER () FROM xprov.op o
-                 WHERE o.id IN (pg_temp.id('n1'), pg_temp.id('n2'), pg_temp.id('n4'), pg_temp.id('n5'))
-                 ORDER BY o.seq),
-          ARRAY[0, 1, 2, 3]::bigint[], 'a subject''s operations are numbered one after another, singles and batches alike');
+SELECT is((SELECT count(DISTINCT o.seq) FROM xprov.op o
+            WHERE o.id IN (pg_temp.id('n1'), pg_temp.id('n2'), pg_temp.id('n4'), pg_temp.id('n5'))),
+          4::bigint, 'a subject''s operations have numbers of their own, singles and batches alike');
 SELECT is(array(SELECT n FROM unnest(ARRAY['n1', 'n2', 'n4', 'n5']) n
                   JOIN xprov.op o ON o.id = pg_temp.id(n) ORDER BY o.seq),
           ARRAY['n1', 'n2', 'n4', 'n5'], 'in the order they were enqueued');

@@ -1,0 +1,472 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue_tables.c
+ *	  The enqueue's direct access to xprov.subject, xprov.lane and xprov.op.
+ *
+ * Relations, indexes and columns are found by name and shape on every
+ * open, so that the same library serves every version of the schema that
+ * has these tables, and a table made afresh (DROP and CREATE EXTENSION) is
+ * never read through a stale reference.  The catalog lookups that costs
+ * are served by the backend's caches.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/sysattr.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_index.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_relation.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "queue_tables.h"
+#include "subject_cache.h"
+
+/* The columns of xprov.op an enqueue writes, in QueueColumns.op order. */
+static const char *const op_column_names[QUEUE_OP_COLUMNS] = {
+	"id", "seq", "lane_id", "tenant_id", "connector_id", "identity_id", "target_uid",
+	"operation_type", "object_class", "attributes", "priority", "not_before", "idempotency_key"
+};
+
+/*
+ * What queue_tables_open() finds by name and shape: kept per backend until
+ * a relcache invalidation of one of the tables (DDL, TRUNCATE, ANALYZE, or
+ * a new extension) says it may have changed.
+ */
+typedef struct QueueTablesShape
+{
+	bool		valid;
+	Oid			subject;
+	Oid			lane;
+	Oid			op;
+	Oid			op_seq;
+	Oid			subject_key;
+	Oid			lane_key;
+	QueueColumns columns;
+	int			op_natts;
+	Expr	  **op_defaults;	/* planned, in shape_context */
+} QueueTablesShape;
+
+static QueueTablesShape shape;
+static MemoryContext shape_context = NULL;
+static bool invalidation_registered = false;
+static uint64 invalidations = 0;
+
+static void
+shape_invalidate(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == shape.subject || relid == shape.lane || relid == shape.op)
+	{
+		shape.valid = false;
+		invalidations++;
+	}
+}
+
+static Oid
+queue_relation(Oid namespace, const char *name)
+{
+	Oid			relid = get_relname_relid(name, namespace);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				errcode(ERRCODE_UNDEFINED_OBJECT),
+				errmsg("relation \"xprov.%s\" does not exist", name),
+				errhint("Reinstall the extension with DROP EXTENSION xprov and CREATE EXTENSION xprov."));
+	return relid;
+}
+
+static AttrNumber
+column_number(Relation rel, const char *name)
+{
+	int			attnum = attnameAttNum(rel, name, false);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "xprov: column \"%s\" of \"%s\" is missing", name, RelationGetRelationName(rel));
+	return (AttrNumber) attnum;
+}
+
+/*
+ * The index of rel whose keys are exactly the columns named, in order,
+ * without a predicate or expressions (unique if asked for).
+ */
+static Oid
+index_on_columns(Relation rel, const char *const *names, int ncolumns, bool unique)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index form = index->rd_index;
+		bool		match = form->indnkeyatts == ncolumns && (form->indisunique || !unique) &&
+			form->indisvalid &&
+			heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
+
+		for (int c = 0; match && c < ncolumns; c++)
+			match = form->indkey.values[c] == column_number(rel, names[c]);
+		index_close(index, AccessShareLock);
+		if (match)
+		{
+			Oid			found = lfirst_oid(lc);
+
+			list_free(indexes);
+			return found;
+		}
+	}
+	elog(ERROR, "xprov: the index on (%s...) of \"%s\" is missing", names[0],
+		 RelationGetRelationName(rel));
+	pg_unreachable();
+}
+
+/* Any column of op but ours gets its default, as in an INSERT that leaves it out. */
+static void
+learn_op_defaults(Relation op)
+{
+	TupleDesc	desc = RelationGetDescr(op);
+
+	shape.op_natts = desc->natts;
+	shape.op_defaults = MemoryContextAllocZero(shape_context, sizeof(Expr *) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		bool		written = false;
+		Node	   *def;
+
+		for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
+			written |= shape.columns.op[c] == i + 1;
+		if (written || TupleDescAttr(desc, i)->attisdropped ||
+			TupleDescAttr(desc, i)->attgenerated)
+			continue;
+		if ((def = build_column_default(op, i + 1)) != NULL)
+		{
+			Expr	   *planned = expression_planner((Expr *) def);
+			MemoryContext old = MemoryContextSwitchTo(shape_context);
+
+			shape.op_defaults[i] = copyObject(planned);
+			MemoryContextSwitchTo(old);
+		}
+	}
+}
+
+static void
+forget_shape(void)
+{
+	shape.valid = false;
+	shape.op_defaults = NULL;
+	if (shape_context == NULL)
+		shape_context = AllocSetContextCreate(CacheMemoryContext, "xprov queue tables",
+											  ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(shape_context);
+}
+
+static void
+learn_shape(Relation subject, Relation lane, Relation op, Oid op_seq)
+{
+	static const char *const subject_key[] = {"connector_id", "object_class", "subject"};
+	static const char *const lane_key[] = {"lane_id"};
+	uint64		invalidations_before = invalidations;
+
+	forget_shape();
+	shape.subject = RelationGetRelid(subject);
+	shape.lane = RelationGetRelid(lane);
+	shape.op = RelationGetRelid(op);
+	shape.op_seq = op_seq;
+	shape.subject_key = index_on_columns(subject, subject_key, 3, true);
+	shape.columns.subject_lane_id = column_number(subject, "lane_id");
+	shape.lane_key = index_on_columns(lane, lane_key, 1, false);
+	shape.columns.lane_state = column_number(lane, "state");
+	shape.columns.lane_claimant = column_number(lane, "claimant");
+	shape.columns.lane_priority = column_number(lane, "priority");
+	shape.columns.lane_run_at = column_number(lane, "run_at");
+	shape.columns.lane_connector_id = column_number(lane, "connector_id");
+	for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
+		shape.columns.op[c] = column_number(op, op_column_names[c]);
+	learn_op_defaults(op);
+	/* what was read before an invalidation that came meanwhile is used once */
+	shape.valid = invalidations == invalidations_before;
+}
+
+/*
+ * Inserts into xprov.op go through an EState set up as logical
+ * replication's apply does (create_edata_for_relation).
+ */
+static void
+open_op_table(QueueTables *tables, Relation op)
+{
+	TupleDesc	desc = RelationGetDescr(op);
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	EState	   *estate = CreateExecutorState();
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(op);
+	rte->relkind = op->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	tables->op_info = makeNode(ResultRelInfo);
+	InitResultRelInfo(tables->op_info, op, 1, NULL, 0);
+	estate->es_opened_result_relations = list_make1(tables->op_info);
+	ExecOpenIndices(tables->op_info, false);
+	AfterTriggerBeginQuery();
+	tables->estate = estate;
+	tables->op_slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
+	tables->op_defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+		if (shape.op_defaults[i] != NULL)
+			tables->op_defaults[i] = ExecInitExpr(shape.op_defaults[i], NULL);
+}
+
+void
+queue_tables_open(QueueTables *tables)
+{
+	Oid			namespace = get_namespace_oid("xprov", false);
+	Oid			op_seq = queue_relation(namespace, "op_seq");
+	Relation	op;
+
+	if (!invalidation_registered)
+	{
+		CacheRegisterRelcacheCallback(shape_invalidate, (Datum) 0);
+		invalidation_registered = true;
+	}
+	tables->subject = table_open(queue_relation(namespace, "subject"), AccessShareLock);
+	tables->lane = table_open(queue_relation(namespace, "lane"), RowShareLock);
+	op = table_open(queue_relation(namespace, "op"), RowExclusiveLock);
+	if (!shape.valid || shape.subject != RelationGetRelid(tables->subject) ||
+		shape.lane != RelationGetRelid(tables->lane) || shape.op != RelationGetRelid(op) ||
+		shape.op_seq != op_seq || shape.op_natts != RelationGetDescr(op)->natts)
+		learn_shape(tables->subject, tables->lane, op, op_seq);
+
+	tables->subject_key = index_open(shape.subject_key, AccessShareLock);
+	tables->columns = shape.columns;
+	tables->subject_scan = NULL;
+	tables->lane_scan = NULL;
+	tables->subject_slot = table_slot_create(tables->subject, NULL);
+	tables->lane_key = index_open(shape.lane_key, AccessShareLock);
+	tables->lane_slot = table_slot_create(tables->lane, NULL);
+	tables->op_seq = op_seq;
+	open_op_table(tables, op);
+}
+
+/*
+ * The first row of heap that index finds for keys in the active snapshot.
+ * The scan is kept for the next search in the same snapshot: a batch
+ * searches for each of its subjects and lanes in turn.
+ */
+static bool
+fetch_by_index(IndexScanDesc *scan, Relation heap, Relation index, ScanKey keys, int nkeys,
+			   TupleTableSlot *slot)
+{
+	Snapshot	snapshot = GetActiveSnapshot();
+
+	if (*scan != NULL && (*scan)->xs_snapshot != snapshot)
+	{
+		index_endscan(*scan);
+		*scan = NULL;
+	}
+	if (*scan == NULL)
+		*scan = index_beginscan(heap, index, snapshot, nkeys, 0);
+	index_rescan(*scan, keys, nkeys, NULL, 0);
+	return index_getnext_slot(*scan, ForwardScanDirection, slot);
+}
+
+static void
+end_scan(IndexScanDesc *scan)
+{
+	if (*scan != NULL)
+		index_endscan(*scan);
+	*scan = NULL;
+}
+
+/* Locks are kept until the transaction ends, as a statement's are. */
+void
+queue_tables_close(QueueTables *tables)
+{
+	end_scan(&tables->subject_scan);
+	end_scan(&tables->lane_scan);
+	AfterTriggerEndQuery(tables->estate);
+	ExecCloseIndices(tables->op_info);
+	ExecResetTupleTable(tables->estate->es_tupleTable, false);
+	table_close(tables->op_info->ri_RelationDesc, NoLock);
+	FreeExecutorState(tables->estate);
+
+	ExecDropSingleTupleTableSlot(tables->lane_slot);
+	index_close(tables->lane_key, NoLock);
+	table_close(tables->lane, NoLock);
+	ExecDropSingleTupleTableSlot(tables->subject_slot);
+	index_close(tables->subject_key, NoLock);
+	table_close(tables->subject, NoLock);
+}
+
+void
+queue_tables_push_snapshot(QueueTables *tables)
+{
+	end_scan(&tables->subject_scan);
+	end_scan(&tables->lane_scan);
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+void
+queue_tables_pop_snapshot(QueueTables *tables)
+{
+	end_scan(&tables->subject_scan);
+	end_scan(&tables->lane_scan);
+	PopActiveSnapshot();
+}
+
+static void
+equality_key(ScanKey key, Relation index, AttrNumber column, RegProcedure equals, Datum value)
+{
+	ScanKeyEntryInitialize(key, 0, column, BTEqualStrategyNumber, InvalidOid,
+						   index->rd_indcollation[column - 1], equals, value);
+}
+
+bool
+queue_find_lane(QueueTables *tables, const OpInput *op, int64 *lane_id)
+{
+	Oid			relid = RelationGetRelid(tables->subject);
+	TupleTableSlot *slot = tables->subject_slot;
+	ScanKeyData keys[3];
+	bool		found;
+	bool		isnull;
+
+	if (subject_cache_find(relid, op, lane_id))
+		return true;
+	equality_key(&keys[0], tables->subject_key, 1, F_UUID_EQ, UUIDPGetDatum(&op->connector_id));
+	equality_key(&keys[1], tables->subject_key, 2, F_TEXTEQ, CStringGetTextDatum(op->object_class));
+	equality_key(&keys[2], tables->subject_key, 3, F_TEXTEQ, CStringGetTextDatum(op->subject));
+	found = fetch_by_index(&tables->subject_scan, tables->subject, tables->subject_key, keys, 3, slot);
+	if (found)
+	{
+		TransactionId xmin;
+
+		*lane_id = DatumGetInt64(slot_getattr(slot, tables->columns.subject_lane_id, &isnull));
+		/* visible and not ours: committed, and so there for good */
+		xmin = DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull));
+		if (!TransactionIdIsCurrentTransactionId(xmin))
+			subject_cache_add(relid, op, *lane_id);
+	}
+	ExecClearTuple(slot);
+	return found;
+}
+
+static void
+raise_lane_changed(void)
+{
+	ereport(ERROR,
+			errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			errmsg("could not serialize access due to concurrent update"),
+			errdetail("A subject's lane changed after the transaction's snapshot was taken."),
+			errhint("Retry the transaction."));
+}
+
+bool
+queue_lock_lane(QueueTables *tables, int64 lane_id, const pg_uuid_t *connector_id,
+				LockedLane *lane)
+{
+	TupleTableSlot *slot = tables->lane_slot;
+	ScanKeyData key;
+	ItemPointerData tid;
+	TM_FailureData failure;
+	TM_Result	result;
+	bool		isnull;
+
+	equality_key(&key, tables->lane_key, 1, F_INT8EQ, Int64GetDatum(lane_id));
+	/* a subject known from the cache may be newer than the snapshot */
+	if (!fetch_by_index(&tables->lane_scan, tables->lane, tables->lane_key, &key, 1, slot))
+		return false;
+	tid = slot->tts_tid;
+	result = table_tuple_lock(tables->lane, &tid, GetActiveSnapshot(), slot,
+							  GetCurrentCommandId(true), LockTupleNoKeyExclusive, LockWaitBlock,
+							  IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							  &failure);
+	switch (result)
+	{
+		case TM_Ok:
+			break;
+		case TM_Updated:
+		case TM_Deleted:
+			raise_lane_changed();
+			break;
+		default:
+			elog(ERROR, "xprov: unexpected result %d locking lane " INT64_FORMAT, (int) result,
+				 lane_id);
+	}
+	lane->tid = slot->tts_tid;
+	lane->lane_id = lane_id;
+	lane->state = DatumGetChar(slot_getattr(slot, tables->columns.lane_state, &isnull));
+	lane->claimant = DatumGetChar(slot_getattr(slot, tables->columns.lane_claimant, &isnull));
+	lane->priority = DatumGetInt32(slot_getattr(slot, tables->columns.lane_priority, &isnull));
+	lane->run_at = DatumGetTimestampTz(slot_getattr(slot, tables->columns.lane_run_at, &isnull));
+	if (memcmp(DatumGetUUIDP(slot_getattr(slot, tables->columns.lane_connector_id, &isnull)),
+			   connector_id, UUID_LEN) != 0)
+		elog(ERROR, "xprov: lane " INT64_FORMAT " belongs to another connector", lane_id);
+	ExecClearTuple(slot);
+	return true;
+}
+
+int64
+queue_next_seq(QueueTables *tables)
+{
+	return nextval_internal(tables->op_seq, false);
+}
+
+void
+queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq)
+{
+	EState	   *estate = tables->estate;
+	TupleTableSlot *slot = tables->op_slot;
+	ExprContext *econtext = GetPerTupleExprContext(estate);
+	int			natts = slot->tts_tupleDescriptor->natts;
+	Datum	   *values = slot->tts_values;
+	bool	   *nulls = slot->tts_isnull;
+	const AttrNumber *col = tables->columns.op;
+
+	ExecClearTuple(slot);
+	for (int i = 0; i < natts; i++)
+	{
+		values[i] = (Datum) 0;
+		nulls[i] = true;
+		if (tables->op_defaults[i] != NULL)
+			values[i] = ExecEvalExprSwitchContext(tables->op_defaults[i], econtext, &nulls[i]);
+	}
+#define SET_COLUMN(c, value, isnull) \
+	(values[col[c] - 1] = (value), nulls[col[c] - 1] = (isnull))
+	SET_COLUMN(0, UUIDPGetDatum(&op->id), false);
+	SET_COLUMN(1, Int64GetDatum(seq), false);
+	SET_COLUMN(2, Int64GetDatum(lane_id), false);
+	SET_COLUMN(3, UUIDPGetDatum(&op->tenant_id), false);
+	SET_COLUMN(4, UUIDPGetDatum(&op->connector_id), false);
+	SET_COLUMN(5, UUIDPGetDatum(&op->identity_id), !op->has_identity);
+	SET_COLUMN(6, op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0,
+			   op->target_uid == NULL);
+	SET_COLUMN(7, CStringGetTextDatum(op->operation_type), false);
+	SET_COLUMN(8, CStringGetTextDatum(op->object_class), false);
+	SET_COLUMN(9, JsonbPGetDatum(op->attributes), false);
+	SET_COLUMN(10, Int32GetDatum(op->priority), false);
+	SET_COLUMN(11, TimestampTzGetDatum(op->not_before), !op->has_not_before);
+	SET_COLUMN(12, op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0,
+			   op->idempotency_key == NULL);
+#undef SET_COLUMN
+	ExecStoreVirtualTuple(slot);
+
+	estate->es_output_cid = GetCurrentCommandId(true);
+	ExecSimpleRelationInsert(tables->op_info, estate, slot);
+	ResetPerTupleExprContext(estate);
+}

@@ -1,0 +1,109 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue_tables.h
+ *	  The enqueue's direct access to xprov.subject, xprov.lane and xprov.op.
+ *
+ * An enqueue finds its subject's lane, locks it, numbers its operations and
+ * appends them to the log.  Each of those is a few microseconds of work;
+ * as SQL statements, each cost several times that in executor start-up and
+ * shutdown.  Here they are an index probe, a tuple lock, a sequence value
+ * and a heap insert with its index entries (made by the executor's helper
+ * for logical replication, which checks constraints and fires triggers as
+ * an INSERT does).
+ *
+ * Open the tables inside SPI (after SPI_connect), close them before
+ * SPI_finish.  Statements run through SPI in between are fine.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QUEUE_TABLES_H
+#define QUEUE_TABLES_H
+
+#include "access/genam.h"
+#include "nodes/execnodes.h"
+#include "storage/itemptr.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "op_input.h"
+
+#define QUEUE_OP_COLUMNS 13
+
+/* Where the columns read and written are, by attribute number. */
+typedef struct QueueColumns
+{
+	AttrNumber	subject_lane_id;
+	AttrNumber	lane_state;
+	AttrNumber	lane_claimant;
+	AttrNumber	lane_priority;
+	AttrNumber	lane_run_at;
+	AttrNumber	lane_connector_id;
+	AttrNumber	op[QUEUE_OP_COLUMNS];
+} QueueColumns;
+
+typedef struct QueueTables
+{
+	Relation	subject;
+	Relation	subject_key;	/* unique (connector_id, object_class, subject) */
+	Relation	lane;
+	Relation	lane_key;		/* (lane_id), without a predicate */
+	TupleTableSlot *subject_slot;
+	TupleTableSlot *lane_slot;
+	IndexScanDesc subject_scan;	/* kept within one snapshot */
+	IndexScanDesc lane_scan;
+	EState	   *estate;			/* inserts into xprov.op */
+	ResultRelInfo *op_info;
+	TupleTableSlot *op_slot;
+	ExprState **op_defaults;	/* per column of op that we do not write */
+	Oid			op_seq;
+	QueueColumns columns;
+} QueueTables;
+
+/* A lane locked until commit, as its latest version has it. */
+typedef struct LockedLane
+{
+	ItemPointerData tid;
+	int64		lane_id;
+	char		state;
+	char		claimant;
+	int32		priority;
+	TimestampTz run_at;
+} LockedLane;
+
+extern void queue_tables_open(QueueTables *tables);
+extern void queue_tables_close(QueueTables *tables);
+
+/*
+ * Takes a new snapshot (the transaction's, under REPEATABLE READ) for the
+ * lookups that follow, until the matching pop.
+ */
+extern void queue_tables_push_snapshot(QueueTables *tables);
+extern void queue_tables_pop_snapshot(QueueTables *tables);
+
+/*
+ * The lane of op's subject (subject_cache.h, else in the active snapshot);
+ * false if none.
+ */
+extern bool queue_find_lane(QueueTables *tables, const OpInput *op, int64 *lane_id);
+
+/*
+ * Locks the lane of a subject of the connector against other enqueues,
+ * claims and completions until commit (FOR NO KEY UPDATE; waits for a
+ * holder) and reads it, following its updates under READ COMMITTED.
+ * False if the active snapshot does not see the lane (a subject found in
+ * the cache but created after a REPEATABLE READ snapshot).  Under
+ * REPEATABLE READ, a lane changed since the snapshot is a serialization
+ * failure.
+ */
+extern bool queue_lock_lane(QueueTables *tables, int64 lane_id, const pg_uuid_t *connector_id,
+							LockedLane *lane);
+
+/*
+ * The number of the next operation.  Taken after the lane is locked, so
+ * that one subject's operations are numbered in the order they commit.
+ */
+extern int64 queue_next_seq(QueueTables *tables);
+
+extern void queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq);
+
+#endif							/* QUEUE_TABLES_H */

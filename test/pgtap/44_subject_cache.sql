@@ -1,0 +1,86 @@
+-- An enqueue keeps the lanes of committed subjects per backend (src/subject_cache.c), and locks
+-- lanes and inserts operations without SQL (src/queue_tables.c).  A kept lane must never outlive
+-- its subject: after TRUNCATE, lane ids are handed out again, and the same lane id may then
+-- belong to another subject of the same connector.  Subjects made by another session (dblink
+-- 'admin') are committed; this session's TRUNCATE is rolled back with the file.
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION IF NOT EXISTS xprov;
+CREATE EXTENSION IF NOT EXISTS dblink;
+
+BEGIN;
+SELECT plan(12);
+\set committed_isolation 1
+\ir common.psql
+
+SELECT FROM pg_temp.tenant('A');
+SELECT FROM dblink_connect('admin', pg_temp.connstr());
+SELECT FROM pg_temp.put('C', (SELECT id FROM dblink('admin',
+    format($$SELECT xprov.add_connector(%L, 'subjcache-' || left(md5(random()::text), 8), 'external', NULL)$$,
+           pg_temp.id('A'))) AS t(id uuid)));
+CREATE FUNCTION pg_temp.lane_of(p_uid text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT lane_id FROM xprov.subject WHERE connector_id = pg_temp.id('C') AND subject = 't:' || p_uid
+$$;
+CREATE FUNCTION pg_temp.op_lane(p_name text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT lane_id FROM xprov.op WHERE id = pg_temp.id(p_name)
+$$;
+
+-- two subjects committed by another session
+SELECT FROM dblink('admin', format($$SELECT xprov.enqueue(%L, %L, NULL, 'update', 'user', '{}', 'sc-a')$$,
+                                   pg_temp.id('A'), pg_temp.id('C'))) AS t(id uuid);
+SELECT FROM dblink('admin', format($$SELECT xprov.enqueue(%L, %L, NULL, 'update', 'user', '{}', 'sc-b')$$,
+                                   pg_temp.id('A'), pg_temp.id('C'))) AS t(id uuid);
+CREATE TEMP TABLE lanes AS SELECT pg_temp.lane_of('sc-a') AS a, pg_temp.lane_of('sc-b') AS b;
+-- cleanup (committed) now: later, it would wait for the locks this session takes
+SELECT FROM dblink_exec('admin', format($q$DO $c$ BEGIN PERFORM xprov.cancel(o.id) FROM xprov.operations o
+                                          WHERE o.connector_id = %L AND o.status = 'pending'; END $c$$q$,
+                                        pg_temp.id('C')));
+
+-- this session finds them (and keeps their lanes), one at a time and in a batch
+SELECT FROM pg_temp.enq('a1', 'C', 'sc-a');
+SELECT FROM pg_temp.enq('b1', 'C', 'sc-b');
+SELECT is(pg_temp.op_lane('a1'), (SELECT a FROM lanes), 'an enqueue finds the subject another session committed');
+SELECT is(pg_temp.op_lane('b1'), (SELECT b FROM lanes), '... and so for every subject');
+SELECT FROM pg_temp.enq('a2', 'C', 'sc-a');
+SELECT is(pg_temp.op_lane('a2'), (SELECT a FROM lanes), 'the next enqueue to it goes to the same lane');
+SELECT pg_temp.put('b' || (n + 1), id)
+  FROM xprov.enqueue_batch(jsonb_build_array(
+           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-b'),
+           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-a')))
+       WITH ORDINALITY AS b(id, n) \g /dev/null
+SELECT is(pg_temp.op_lane('b2'), (SELECT b FROM lanes), 'so does a batch''s');
+SELECT is(pg_temp.op_lane('b3'), (SELECT a FROM lanes), '... for each of its subjects');
+SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 2::bigint,
+          'no subject was made twice');
+
+-- the queue emptied, and lane ids handed out again: the next subject made gets sc-a's old lane id
+TRUNCATE xprov.subject, xprov.lane, xprov.op;
+SELECT setval(pg_get_serial_sequence('xprov.subject', 'lane_id'), (SELECT a FROM lanes) - 1) \g /dev/null
+SELECT FROM pg_temp.enq('o1', 'C', 'sc-other');
+SELECT is(pg_temp.op_lane('o1'), (SELECT a FROM lanes), 'after TRUNCATE, another subject has sc-a''s old lane id');
+SELECT FROM pg_temp.enq('a3', 'C', 'sc-a');
+SELECT isnt(pg_temp.op_lane('a3'), (SELECT a FROM lanes), 'sc-a does not go to its old lane, now another''s');
+SELECT is(pg_temp.op_lane('a3'), pg_temp.lane_of('sc-a'), '... but to the lane of its new subject');
+SELECT is((SELECT array_agg(state::text || ':' || (next_seq = o.seq)::text ORDER BY l.lane_id)
+             FROM xprov.lane l JOIN xprov.op o ON o.lane_id = l.lane_id),
+          ARRAY['r:true', 'r:true'], 'both new lanes are ready, each with its operation as head');
+SELECT is(pg_temp.deqs(10), ARRAY['a3', 'o1'], 'and both operations are claimed');
+
+-- a batch after TRUNCATE: the same
+TRUNCATE xprov.subject, xprov.lane, xprov.op;
+SELECT setval(pg_get_serial_sequence('xprov.subject', 'lane_id'), (SELECT b FROM lanes) - 1) \g /dev/null
+SELECT FROM pg_temp.enq('o2', 'C', 'sc-other');
+SELECT pg_temp.put('b4', id)
+  FROM xprov.enqueue_batch(jsonb_build_array(
+           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-b'))) AS b(id) \g /dev/null
+SELECT is(pg_temp.op_lane('b4'), pg_temp.lane_of('sc-b'), 'a batch after TRUNCATE goes to the new subject''s lane');
+
+-- (leave the connector disabled, as the other files using dblink do)
+SELECT FROM dblink_exec('admin', format('DO $c$ BEGIN PERFORM xprov.set_connector_enabled(%L, false); END $c$',
+                                        pg_temp.id('C')));
+SELECT FROM dblink_disconnect('admin');
+
+SELECT * FROM finish();
+ROLLBACK;
