@@ -36,6 +36,7 @@ typedef struct CursorSlot
 	char		claimant;
 	bool		valid;			/* false: next claim starts at the beginning */
 	ClaimKey	key;			/* last key handed out */
+	uint64		epoch;			/* changes whenever key moves back */
 	bool		has_rewind;
 	ClaimKey	rewind;			/* smallest key made ready since last claim */
 	TimestampTz reset_at;		/* last time a claim started from the beginning */
@@ -49,6 +50,7 @@ typedef struct CursorSlot
 typedef struct CursorShared
 {
 	slock_t		mutex;
+	uint64		next_epoch;		/* epochs are unique across slots */
 	CursorSlot	slots[MAX_CURSORS];
 } CursorShared;
 
@@ -69,6 +71,9 @@ static PendingRewind pending[2];
  * leases vanish and the lanes it claimed are ready again behind the cursor.
  */
 static PendingRewind claimed_from[2];
+
+/* The slot's epoch when this backend's current claim began, per claimant. */
+static uint64 begun_epoch[2];
 static bool claims_undone = false;	/* a savepoint rolled claims back */
 static bool xact_callback_registered = false;
 
@@ -228,7 +233,9 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 		now >= slot->dropped_due ||
 		now - slot->reset_at >= (int64) xprov_cursor_reset_ms * 1000)
 	{
-		slot->valid = false;
+		slot->valid = true;
+		slot->key = *start;
+		slot->epoch = ++cursor_shared->next_epoch;
 		slot->has_rewind = false;
 		slot->reset_at = now;
 		slot->nfuture = 0;
@@ -241,7 +248,19 @@ claim_cursor_begin(char claimant, TimestampTz now, ClaimKey *start)
 			*start = slot->rewind;
 		slot->has_rewind = false;
 		replay_due_keys(slot, now, start);
+
+		/*
+		 * Moving back: this claim may fill its batch before it reaches the
+		 * old key, so the cursor stays here until it advances, and claims
+		 * that began before (from the old key) no longer move it.
+		 */
+		if (claim_key_cmp(start, &slot->key) < 0)
+		{
+			slot->key = *start;
+			slot->epoch = ++cursor_shared->next_epoch;
+		}
 	}
+	begun_epoch[claimant == CLAIMANT_WORKER ? 1 : 0] = slot->epoch;
 	SpinLockRelease(&cursor_shared->mutex);
 
 	/* our own transaction's ready lanes are visible to us before commit */
@@ -267,11 +286,17 @@ claim_cursor_advance(char claimant, const ClaimKey *start, const ClaimKey *last)
 	now = GetCurrentTimestamp();
 	SpinLockAcquire(&cursor_shared->mutex);
 	slot = find_slot(claimant, now, false);
-	if (slot != NULL)
-	{
+
+	/*
+	 * Within an epoch every claim started at or before the key of its time,
+	 * so the lanes up to the furthest last key are all accounted for.  A
+	 * claim that began before the cursor moved back covered only lanes after
+	 * its start, which may lie beyond lanes now left to the new epoch.
+	 */
+	if (slot != NULL && slot->valid &&
+		slot->epoch == begun_epoch[claimant == CLAIMANT_WORKER ? 1 : 0] &&
+		claim_key_cmp(last, &slot->key) > 0)
 		slot->key = *last;
-		slot->valid = true;
-	}
 	SpinLockRelease(&cursor_shared->mutex);
 }
 

@@ -14,7 +14,11 @@
  * a lane it locked without leasing; when the transaction ends (commit, or
  * abort: claims skip lanes that a transaction holds locked), once its locks
  * are released, the smallest such key rewinds the cursor, and keys not yet
- * due are replayed when they come due.
+ * due are replayed when they come due.  A claim that starts from a rewind
+ * moves the cursor back at once and opens a new epoch: a claim that began
+ * before then, from further on, no longer moves the cursor when it ends (it
+ * would pass the lanes between the rewound claim's last key and its own
+ * start), and within an epoch the cursor only moves forward.
  * A periodic reset (xprov.cursor_reset_interval) is the backstop for what
  * nobody reports, such as prepared transactions; it is rare because under a
  * pinned snapshot it rescans every index entry consumed since the pin.

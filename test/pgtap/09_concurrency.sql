@@ -120,11 +120,11 @@ BEGIN
         -- what every other session sees: at most one in_progress operation per subject
         INSERT INTO violations
         SELECT 2, r, 'operations view: ' || target_uid || ' has ' || count(*) || ' in progress'
-          FROM xprov.operations WHERE tenant_id = pg_temp.id('T') AND status = 'in_progress'
+          FROM xprov.operations WHERE tenant_id = (SELECT pg_temp.id('T')) AND status = 'in_progress'
          GROUP BY target_uid HAVING count(*) > 1;
         INSERT INTO violations
         SELECT 2, r, 'operations view: ' || count(*) || ' in progress, ' || got || ' claimed'
-          FROM xprov.operations WHERE tenant_id = pg_temp.id('T') AND status = 'in_progress'
+          FROM xprov.operations WHERE tenant_id = (SELECT pg_temp.id('T')) AND status = 'in_progress'
         HAVING count(*) <> got;
         PERFORM pg_temp.complete_claims(2, r, 'b');
         PERFORM pg_temp.complete_claims(2, r, 'a');
