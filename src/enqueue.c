@@ -262,7 +262,8 @@ wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, i
 
 /*
  * create_subject for op, whose operation is numbered seq; false if a
- * concurrent transaction created the subject.
+ * concurrent transaction created the subject.  Only when xprov.subject has
+ * triggers: queue_create_subject() does the same without SQL otherwise.
  */
 static bool
 create_subject_lane(const OpInput *op, int64 seq, int64 *lane_id)
@@ -322,8 +323,16 @@ enqueue_single(OpInput *op)
 			break;
 		}
 		seq = queue_next_seq(&tables);
-		if (create_subject_lane(op, seq, &lane.lane_id))
+		if (!queue_can_create_subjects(&tables))
+		{
+			if (create_subject_lane(op, seq, &lane.lane_id))
+				break;
+		}
+		else if (queue_create_subject(&tables, op, seq, &lane))
+		{
+			note_if_ready(&lane);
 			break;
+		}
 		/* the subject was created concurrently: the next snapshot sees it */
 		if (attempt > 0)
 			raise_concurrent_subjects();

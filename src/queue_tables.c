@@ -24,6 +24,7 @@
 #include "catalog/pg_index.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "storage/lmgr.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
@@ -39,10 +40,16 @@
 #include "queue_tables.h"
 #include "subject_cache.h"
 
-/* The columns of xprov.op an enqueue writes, in QueueColumns.op order. */
+/* The columns an enqueue writes, in QueueColumns order. */
 static const char *const op_column_names[QUEUE_OP_COLUMNS] = {
 	"id", "seq", "lane_id", "tenant_id", "connector_id", "identity_id", "target_uid",
 	"operation_type", "object_class", "attributes", "priority", "not_before", "idempotency_key"
+};
+static const char *const subject_column_names[QUEUE_SUBJECT_COLUMNS] = {
+	"tenant_id", "connector_id", "object_class", "subject", "claimant"
+};
+static const char *const lane_column_names[QUEUE_LANE_COLUMNS] = {
+	"lane_id", "tenant_id", "connector_id", "claimant", "state", "next_seq", "priority", "run_at"
 };
 
 /*
@@ -60,8 +67,8 @@ typedef struct QueueTablesShape
 	Oid			subject_key;
 	Oid			lane_key;
 	QueueColumns columns;
-	int			op_natts;
-	Expr	  **op_defaults;	/* planned, in shape_context */
+	int			natts[QUEUE_TABLES];
+	Expr	  **defaults[QUEUE_TABLES];	/* planned, in shape_context */
 } QueueTablesShape;
 
 static QueueTablesShape shape;
@@ -136,30 +143,33 @@ index_on_columns(Relation rel, const char *const *names, int ncolumns, bool uniq
 	pg_unreachable();
 }
 
-/* Any column of op but ours gets its default, as in an INSERT that leaves it out. */
+/*
+ * Any column but those written gets its default, as in an INSERT that
+ * leaves it out (lane_id of xprov.subject is an identity column).
+ */
 static void
-learn_op_defaults(Relation op)
+learn_defaults(Relation rel, QueueTable table, const AttrNumber *written, int nwritten)
 {
-	TupleDesc	desc = RelationGetDescr(op);
+	TupleDesc	desc = RelationGetDescr(rel);
 
-	shape.op_natts = desc->natts;
-	shape.op_defaults = MemoryContextAllocZero(shape_context, sizeof(Expr *) * desc->natts);
+	shape.natts[table] = desc->natts;
+	shape.defaults[table] = MemoryContextAllocZero(shape_context, sizeof(Expr *) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 	{
-		bool		written = false;
+		bool		is_written = false;
 		Node	   *def;
 
-		for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
-			written |= shape.columns.op[c] == i + 1;
-		if (written || TupleDescAttr(desc, i)->attisdropped ||
+		for (int c = 0; c < nwritten; c++)
+			is_written |= written[c] == i + 1;
+		if (is_written || TupleDescAttr(desc, i)->attisdropped ||
 			TupleDescAttr(desc, i)->attgenerated)
 			continue;
-		if ((def = build_column_default(op, i + 1)) != NULL)
+		if ((def = build_column_default(rel, i + 1)) != NULL)
 		{
 			Expr	   *planned = expression_planner((Expr *) def);
 			MemoryContext old = MemoryContextSwitchTo(shape_context);
 
-			shape.op_defaults[i] = copyObject(planned);
+			shape.defaults[table][i] = copyObject(planned);
 			MemoryContextSwitchTo(old);
 		}
 	}
@@ -169,7 +179,7 @@ static void
 forget_shape(void)
 {
 	shape.valid = false;
-	shape.op_defaults = NULL;
+	memset(shape.defaults, 0, sizeof(shape.defaults));
 	if (shape_context == NULL)
 		shape_context = AllocSetContextCreate(CacheMemoryContext, "xprov queue tables",
 											  ALLOCSET_SMALL_SIZES);
@@ -199,38 +209,91 @@ learn_shape(Relation subject, Relation lane, Relation op, Oid op_seq)
 	shape.columns.lane_connector_id = column_number(lane, "connector_id");
 	for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
 		shape.columns.op[c] = column_number(op, op_column_names[c]);
-	learn_op_defaults(op);
+	for (int c = 0; c < QUEUE_SUBJECT_COLUMNS; c++)
+		shape.columns.subject[c] = column_number(subject, subject_column_names[c]);
+	for (int c = 0; c < QUEUE_LANE_COLUMNS; c++)
+		shape.columns.lane[c] = column_number(lane, lane_column_names[c]);
+	learn_defaults(op, QUEUE_OP, shape.columns.op, QUEUE_OP_COLUMNS);
+	learn_defaults(subject, QUEUE_SUBJECT, shape.columns.subject, QUEUE_SUBJECT_COLUMNS);
+	learn_defaults(lane, QUEUE_LANE, shape.columns.lane, QUEUE_LANE_COLUMNS);
 	/* what was read before an invalidation that came meanwhile is used once */
 	shape.valid = invalidations == invalidations_before;
 }
 
 /*
- * Inserts into xprov.op go through an EState set up as logical
- * replication's apply does (create_edata_for_relation).
+ * Inserts go through an EState set up as logical replication's apply does
+ * (create_edata_for_relation), with the three tables in its range table.
  */
-static void
-open_op_table(QueueTables *tables, Relation op)
+static EState *
+insert_state(Relation *rels)
 {
-	TupleDesc	desc = RelationGetDescr(op);
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	EState	   *estate = CreateExecutorState();
+	List	   *rtable = NIL;
 
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(op);
-	rte->relkind = op->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	tables->op_info = makeNode(ResultRelInfo);
-	InitResultRelInfo(tables->op_info, op, 1, NULL, 0);
-	estate->es_opened_result_relations = list_make1(tables->op_info);
-	ExecOpenIndices(tables->op_info, false);
+	for (int t = 0; t < QUEUE_TABLES; t++)
+	{
+		RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+		rte->rtekind = RTE_RELATION;
+		rte->relid = RelationGetRelid(rels[t]);
+		rte->relkind = rels[t]->rd_rel->relkind;
+		rte->rellockmode = RowExclusiveLock;
+		rtable = lappend(rtable, rte);
+	}
+	ExecInitRangeTable(estate, rtable);
 	AfterTriggerBeginQuery();
-	tables->estate = estate;
-	tables->op_slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-	tables->op_defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	return estate;
+}
+
+/*
+ * The inserter of a table, opened on first use; speculative: its unique
+ * indexes can arbitrate an INSERT ... ON CONFLICT.
+ */
+static TableInserter *
+inserter(QueueTables *tables, QueueTable table, Relation rel, bool speculative)
+{
+	TableInserter *ins = &tables->inserters[table];
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (ins->info != NULL)
+		return ins;
+	ins->info = makeNode(ResultRelInfo);
+	InitResultRelInfo(ins->info, rel, table + 1, NULL, 0);
+	tables->estate->es_opened_result_relations =
+		lappend(tables->estate->es_opened_result_relations, ins->info);
+	ExecOpenIndices(ins->info, speculative);
+	ins->slot = ExecInitExtraTupleSlot(tables->estate, desc, &TTSOpsVirtual);
+	ins->defaults = palloc0(sizeof(ExprState *) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
-		if (shape.op_defaults[i] != NULL)
-			tables->op_defaults[i] = ExecInitExpr(shape.op_defaults[i], NULL);
+		if (shape.defaults[table][i] != NULL)
+			ins->defaults[i] = ExecInitExpr(shape.defaults[table][i], NULL);
+	return ins;
+}
+
+/* A new row in the inserter's slot: every column its default or NULL. */
+static TupleTableSlot *
+begin_row(QueueTables *tables, TableInserter *ins)
+{
+	TupleTableSlot *slot = ins->slot;
+	ExprContext *econtext = GetPerTupleExprContext(tables->estate);
+
+	ExecClearTuple(slot);
+	for (int i = 0; i < slot->tts_tupleDescriptor->natts; i++)
+	{
+		slot->tts_values[i] = (Datum) 0;
+		slot->tts_isnull[i] = true;
+		if (ins->defaults[i] != NULL)
+			slot->tts_values[i] = ExecEvalExprSwitchContext(ins->defaults[i], econtext,
+															&slot->tts_isnull[i]);
+	}
+	return slot;
+}
+
+static void
+set_column(TupleTableSlot *slot, AttrNumber attnum, Datum value, bool isnull)
+{
+	slot->tts_values[attnum - 1] = value;
+	slot->tts_isnull[attnum - 1] = isnull;
 }
 
 void
@@ -245,12 +308,14 @@ queue_tables_open(QueueTables *tables)
 		CacheRegisterRelcacheCallback(shape_invalidate, (Datum) 0);
 		invalidation_registered = true;
 	}
-	tables->subject = table_open(queue_relation(namespace, "subject"), AccessShareLock);
-	tables->lane = table_open(queue_relation(namespace, "lane"), RowShareLock);
+	tables->subject = table_open(queue_relation(namespace, "subject"), RowExclusiveLock);
+	tables->lane = table_open(queue_relation(namespace, "lane"), RowExclusiveLock);
 	op = table_open(queue_relation(namespace, "op"), RowExclusiveLock);
 	if (!shape.valid || shape.subject != RelationGetRelid(tables->subject) ||
 		shape.lane != RelationGetRelid(tables->lane) || shape.op != RelationGetRelid(op) ||
-		shape.op_seq != op_seq || shape.op_natts != RelationGetDescr(op)->natts)
+		shape.op_seq != op_seq || shape.natts[QUEUE_OP] != RelationGetDescr(op)->natts ||
+		shape.natts[QUEUE_SUBJECT] != RelationGetDescr(tables->subject)->natts ||
+		shape.natts[QUEUE_LANE] != RelationGetDescr(tables->lane)->natts)
 		learn_shape(tables->subject, tables->lane, op, op_seq);
 
 	tables->subject_key = index_open(shape.subject_key, AccessShareLock);
@@ -261,7 +326,10 @@ queue_tables_open(QueueTables *tables)
 	tables->lane_key = index_open(shape.lane_key, AccessShareLock);
 	tables->lane_slot = table_slot_create(tables->lane, NULL);
 	tables->op_seq = op_seq;
-	open_op_table(tables, op);
+	tables->op = op;
+	tables->estate = insert_state((Relation[]) {op, tables->subject, tables->lane});
+	memset(tables->inserters, 0, sizeof(tables->inserters));
+	inserter(tables, QUEUE_OP, op, false);
 }
 
 /*
@@ -301,10 +369,12 @@ queue_tables_close(QueueTables *tables)
 	end_scan(&tables->subject_scan);
 	end_scan(&tables->lane_scan);
 	AfterTriggerEndQuery(tables->estate);
-	ExecCloseIndices(tables->op_info);
+	for (int t = 0; t < QUEUE_TABLES; t++)
+		if (tables->inserters[t].info != NULL)
+			ExecCloseIndices(tables->inserters[t].info);
 	ExecResetTupleTable(tables->estate->es_tupleTable, false);
-	table_close(tables->op_info->ri_RelationDesc, NoLock);
 	FreeExecutorState(tables->estate);
+	table_close(tables->op, NoLock);
 
 	ExecDropSingleTupleTableSlot(tables->lane_slot);
 	index_close(tables->lane_key, NoLock);
@@ -431,42 +501,122 @@ void
 queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq)
 {
 	EState	   *estate = tables->estate;
-	TupleTableSlot *slot = tables->op_slot;
-	ExprContext *econtext = GetPerTupleExprContext(estate);
-	int			natts = slot->tts_tupleDescriptor->natts;
-	Datum	   *values = slot->tts_values;
-	bool	   *nulls = slot->tts_isnull;
+	TableInserter *ins = &tables->inserters[QUEUE_OP];
+	TupleTableSlot *slot = begin_row(tables, ins);
 	const AttrNumber *col = tables->columns.op;
 
-	ExecClearTuple(slot);
-	for (int i = 0; i < natts; i++)
-	{
-		values[i] = (Datum) 0;
-		nulls[i] = true;
-		if (tables->op_defaults[i] != NULL)
-			values[i] = ExecEvalExprSwitchContext(tables->op_defaults[i], econtext, &nulls[i]);
-	}
-#define SET_COLUMN(c, value, isnull) \
-	(values[col[c] - 1] = (value), nulls[col[c] - 1] = (isnull))
-	SET_COLUMN(0, UUIDPGetDatum(&op->id), false);
-	SET_COLUMN(1, Int64GetDatum(seq), false);
-	SET_COLUMN(2, Int64GetDatum(lane_id), false);
-	SET_COLUMN(3, UUIDPGetDatum(&op->tenant_id), false);
-	SET_COLUMN(4, UUIDPGetDatum(&op->connector_id), false);
-	SET_COLUMN(5, UUIDPGetDatum(&op->identity_id), !op->has_identity);
-	SET_COLUMN(6, op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0,
+	set_column(slot, col[0], UUIDPGetDatum(&op->id), false);
+	set_column(slot, col[1], Int64GetDatum(seq), false);
+	set_column(slot, col[2], Int64GetDatum(lane_id), false);
+	set_column(slot, col[3], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[4], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[5], UUIDPGetDatum(&op->identity_id), !op->has_identity);
+	set_column(slot, col[6], op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0,
 			   op->target_uid == NULL);
-	SET_COLUMN(7, CStringGetTextDatum(op->operation_type), false);
-	SET_COLUMN(8, CStringGetTextDatum(op->object_class), false);
-	SET_COLUMN(9, JsonbPGetDatum(op->attributes), false);
-	SET_COLUMN(10, Int32GetDatum(op->priority), false);
-	SET_COLUMN(11, TimestampTzGetDatum(op->not_before), !op->has_not_before);
-	SET_COLUMN(12, op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0,
+	set_column(slot, col[7], CStringGetTextDatum(op->operation_type), false);
+	set_column(slot, col[8], CStringGetTextDatum(op->object_class), false);
+	set_column(slot, col[9], JsonbPGetDatum(op->attributes), false);
+	set_column(slot, col[10], Int32GetDatum(op->priority), false);
+	set_column(slot, col[11], TimestampTzGetDatum(op->not_before), !op->has_not_before);
+	set_column(slot, col[12], op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0,
 			   op->idempotency_key == NULL);
-#undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 
 	estate->es_output_cid = GetCurrentCommandId(true);
-	ExecSimpleRelationInsert(tables->op_info, estate, slot);
+	ExecSimpleRelationInsert(ins->info, estate, slot);
 	ResetPerTupleExprContext(estate);
+}
+
+/*
+ * The speculative insertion of INSERT ... ON CONFLICT DO NOTHING
+ * (ExecInsert in nodeModifyTable.c): check the arbiter index, insert the
+ * row and its index entries under a speculative token, and if a
+ * concurrent insert of the same key won meanwhile, kill ours and check
+ * again (which waits for that one to end).  False if the key exists.
+ */
+static bool
+insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter)
+{
+	EState	   *estate = tables->estate;
+	Relation	rel = ins->info->ri_RelationDesc;
+	List	   *arbiters = list_make1_oid(arbiter);
+	ItemPointerData conflict;
+
+	if (rel->rd_att->constr)
+		ExecConstraints(ins->info, ins->slot, estate);
+	for (;;)
+	{
+		uint32		token;
+		bool		lost = false;
+
+		if (!ExecCheckIndexConstraints(ins->info, ins->slot, estate, &conflict, arbiters))
+			return false;
+		token = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
+		table_tuple_insert_speculative(rel, ins->slot, estate->es_output_cid, 0, NULL, token);
+		list_free(ExecInsertIndexTuples(ins->info, ins->slot, estate, false, true, &lost, arbiters));
+		table_tuple_complete_speculative(rel, ins->slot, token, !lost);
+		SpeculativeInsertionLockRelease(GetCurrentTransactionId());
+		if (!lost)
+			return true;
+	}
+}
+
+bool
+queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLane *lane)
+{
+	EState	   *estate = tables->estate;
+	TableInserter *subject = inserter(tables, QUEUE_SUBJECT, tables->subject, true);
+	TableInserter *new_lane;
+	TupleTableSlot *slot;
+	const AttrNumber *col = tables->columns.subject;
+	bool		isnull;
+
+	/* triggers on xprov.subject (not xprov's own): the caller goes through SQL */
+	Assert(subject->info->ri_TrigDesc == NULL);
+
+	slot = begin_row(tables, subject);
+	set_column(slot, col[0], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[1], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[2], CStringGetTextDatum(op->object_class), false);
+	set_column(slot, col[3], CStringGetTextDatum(op->subject), false);
+	set_column(slot, col[4], CharGetDatum(op->claimant), false);
+	ExecStoreVirtualTuple(slot);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	if (!insert_unless_exists(tables, subject, RelationGetRelid(tables->subject_key)))
+	{
+		ResetPerTupleExprContext(estate);
+		return false;
+	}
+
+	lane->lane_id = DatumGetInt64(slot_getattr(slot, tables->columns.subject_lane_id, &isnull));
+	lane->state = 'r';
+	lane->claimant = op->claimant;
+	lane->priority = op->priority;
+	lane->run_at = GetCurrentTransactionStartTimestamp();
+	if (op->has_not_before && op->not_before > lane->run_at)
+		lane->run_at = op->not_before;
+
+	new_lane = inserter(tables, QUEUE_LANE, tables->lane, false);
+	col = tables->columns.lane;
+	slot = begin_row(tables, new_lane);
+	set_column(slot, col[0], Int64GetDatum(lane->lane_id), false);
+	set_column(slot, col[1], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[2], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[3], CharGetDatum(op->claimant), false);
+	set_column(slot, col[4], CharGetDatum('r'), false);
+	set_column(slot, col[5], Int64GetDatum(seq), false);
+	set_column(slot, col[6], Int32GetDatum(op->priority), false);
+	set_column(slot, col[7], TimestampTzGetDatum(lane->run_at), false);
+	ExecStoreVirtualTuple(slot);
+	ExecSimpleRelationInsert(new_lane->info, estate, slot);
+	lane->tid = slot->tts_tid;
+	ResetPerTupleExprContext(estate);
+	return true;
+}
+
+/* Whether queue_create_subject() may be used: no triggers on xprov.subject. */
+bool
+queue_can_create_subjects(QueueTables *tables)
+{
+	return tables->subject->trigdesc == NULL;
 }

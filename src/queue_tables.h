@@ -28,6 +28,17 @@
 #include "op_input.h"
 
 #define QUEUE_OP_COLUMNS 13
+#define QUEUE_SUBJECT_COLUMNS 5
+#define QUEUE_LANE_COLUMNS 8
+
+/* The tables an enqueue inserts into. */
+typedef enum QueueTable
+{
+	QUEUE_OP,
+	QUEUE_SUBJECT,
+	QUEUE_LANE,
+	QUEUE_TABLES
+} QueueTable;
 
 /* Where the columns read and written are, by attribute number. */
 typedef struct QueueColumns
@@ -39,7 +50,17 @@ typedef struct QueueColumns
 	AttrNumber	lane_run_at;
 	AttrNumber	lane_connector_id;
 	AttrNumber	op[QUEUE_OP_COLUMNS];
+	AttrNumber	subject[QUEUE_SUBJECT_COLUMNS];
+	AttrNumber	lane[QUEUE_LANE_COLUMNS];
 } QueueColumns;
+
+/* Rows going into one table: opened on first use. */
+typedef struct TableInserter
+{
+	ResultRelInfo *info;
+	TupleTableSlot *slot;
+	ExprState **defaults;		/* per column that the enqueue does not write */
+} TableInserter;
 
 typedef struct QueueTables
 {
@@ -47,14 +68,13 @@ typedef struct QueueTables
 	Relation	subject_key;	/* unique (connector_id, object_class, subject) */
 	Relation	lane;
 	Relation	lane_key;		/* (lane_id), without a predicate */
+	Relation	op;
 	TupleTableSlot *subject_slot;
 	TupleTableSlot *lane_slot;
 	IndexScanDesc subject_scan;	/* kept within one snapshot */
 	IndexScanDesc lane_scan;
-	EState	   *estate;			/* inserts into xprov.op */
-	ResultRelInfo *op_info;
-	TupleTableSlot *op_slot;
-	ExprState **op_defaults;	/* per column of op that we do not write */
+	EState	   *estate;			/* for the inserts */
+	TableInserter inserters[QUEUE_TABLES];
 	Oid			op_seq;
 	QueueColumns columns;
 } QueueTables;
@@ -105,5 +125,20 @@ extern bool queue_lock_lane(QueueTables *tables, int64 lane_id, const pg_uuid_t 
 extern int64 queue_next_seq(QueueTables *tables);
 
 extern void queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq);
+
+/*
+ * Creates op's subject with a ready lane whose head is operation seq, as
+ * INSERT ... ON CONFLICT DO NOTHING would (waiting for a concurrent
+ * creator); false, writing nothing, if the subject exists.  The new lane
+ * is returned as locked: no other transaction sees it before we commit.
+ */
+extern bool queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq,
+								 LockedLane *lane);
+
+/*
+ * Whether queue_create_subject() may be used: not when xprov.subject has
+ * triggers (not xprov's own; the caller then goes through SQL).
+ */
+extern bool queue_can_create_subjects(QueueTables *tables);
 
 #endif							/* QUEUE_TABLES_H */

@@ -1,5 +1,5 @@
 -- An enqueue keeps the lanes of committed subjects per backend (src/subject_cache.c), and locks
--- lanes and inserts operations without SQL (src/queue_tables.c).  A kept lane must never outlive
+-- lanes, creates subjects and inserts operations without SQL (src/queue_tables.c).  A kept lane must never outlive
 -- its subject: after TRUNCATE, lane ids are handed out again, and the same lane id may then
 -- belong to another subject of the same connector.  Subjects made by another session (dblink
 -- 'admin') are committed; this session's TRUNCATE is rolled back with the file.
@@ -8,7 +8,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(12);
+SELECT plan(16);
 \set committed_isolation 1
 \ir common.psql
 
@@ -81,6 +81,28 @@ SELECT is(pg_temp.op_lane('b4'), pg_temp.lane_of('sc-b'), 'a batch after TRUNCAT
 SELECT FROM dblink_exec('admin', format('DO $c$ BEGIN PERFORM xprov.set_connector_enabled(%L, false); END $c$',
                                         pg_temp.id('C')));
 SELECT FROM dblink_disconnect('admin');
+
+-- Triggers on the tables (not xprov's own, but a DBA's): the log's fire as for an INSERT; with a
+-- trigger on xprov.subject, a new subject is made through SQL (INSERT ... ON CONFLICT DO NOTHING)
+CREATE TEMP TABLE fired (tbl text, subject text);
+CREATE FUNCTION pg_temp.note_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fired VALUES (TG_TABLE_NAME, to_jsonb(NEW) ->> CASE TG_TABLE_NAME WHEN 'subject' THEN 'subject'
+                                                                                 ELSE 'target_uid' END);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER note_insert AFTER INSERT ON xprov.op FOR EACH ROW EXECUTE FUNCTION pg_temp.note_insert();
+SELECT FROM pg_temp.enq('t1', 'C', 'sc-trig-1');
+SELECT is((SELECT array_agg(tbl || ':' || subject) FROM fired), ARRAY['op:sc-trig-1'],
+          'a trigger on xprov.op fires for the enqueued operation');
+CREATE TRIGGER note_insert AFTER INSERT ON xprov.subject FOR EACH ROW EXECUTE FUNCTION pg_temp.note_insert();
+SELECT FROM pg_temp.enq('t2', 'C', 'sc-trig-2');
+SELECT is((SELECT array_agg(tbl || ':' || subject ORDER BY tbl DESC) FROM fired WHERE subject LIKE '%sc-trig-2'),
+          ARRAY['subject:t:sc-trig-2', 'op:sc-trig-2'], 'with a trigger on xprov.subject, both fire');
+SELECT is(pg_temp.op_lane('t2'), pg_temp.lane_of('sc-trig-2'), '... and the operation is in its subject''s lane');
+SELECT is((SELECT state::text || ':' || (next_seq = (SELECT seq FROM xprov.op WHERE id = pg_temp.id('t2')))::text
+             FROM xprov.lane WHERE lane_id = pg_temp.lane_of('sc-trig-2')),
+          'r:true', '... which is ready, with the operation as its head');
 
 SELECT * FROM finish();
 ROLLBACK;
