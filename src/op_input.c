@@ -49,16 +49,33 @@ op_raise_error(int element, int sqlstate, const char *message,
  * Operation ids are UUIDv7 (RFC 9562): a millisecond timestamp, then random
  * bits.  Ids made close in time sort close together, so the log's and the
  * results' primary keys grow at their right edge instead of touching a
- * random leaf page per insert.
+ * random leaf page per insert.  Within a backend they also increase
+ * strictly (RFC 9562 method 1): the 12 bits after the timestamp count the
+ * ids of the same millisecond, from a random start below 2048, and a
+ * full count or a clock that went back borrows the next millisecond.  So a
+ * session's operations sort by id in the order it enqueued them, and a
+ * batch appends to one leaf page of the primary key.
  */
 void
 op_generate_id(pg_uuid_t *id)
 {
+	static uint64 last_ms = 0;
+	static uint32 count = 0;
 	uint64		unix_ms = (uint64) ((GetCurrentTimestamp() / 1000) +
 									(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
-
 	uint64		random_high = pg_prng_uint64(&pg_global_prng_state);
 	uint64		random_low = pg_prng_uint64(&pg_global_prng_state);
+
+	if (unix_ms > last_ms)
+	{
+		last_ms = unix_ms;
+		count = (uint32) (random_low >> 53);	/* 11 random bits */
+	}
+	else if (++count > 0xfff)
+	{
+		last_ms++;
+		count = 0;
+	}
 
 	/*
 	 * The process's PRNG, which PostgreSQL seeds from a strong source when
@@ -66,11 +83,11 @@ op_generate_id(pg_uuid_t *id)
 	 * pg_strong_random() costs a getpid() system call per id (OpenSSL's fork
 	 * check), a few percent of a batched enqueue.
 	 */
-	memcpy(id->data + 6, &random_high, 8);
-	memcpy(id->data + 14, &random_low, 2);
 	for (int i = 0; i < 6; i++)
-		id->data[i] = (unix_ms >> (8 * (5 - i))) & 0xff;
-	id->data[6] = (id->data[6] & 0x0f) | 0x70;
+		id->data[i] = (last_ms >> (8 * (5 - i))) & 0xff;
+	id->data[6] = 0x70 | ((count >> 8) & 0x0f);
+	id->data[7] = count & 0xff;
+	memcpy(id->data + 8, &random_high, 8);
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;
 }
 

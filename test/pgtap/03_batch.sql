@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(36);
+SELECT plan(39);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -29,6 +29,16 @@ CREATE TEMP TABLE b1 AS
            WITH ORDINALITY AS b(id, ord);
 SELECT is((SELECT array_agg(o.attributes->>'n' ORDER BY b1.ord) FROM b1 JOIN xprov.operations o ON o.id = b1.id),
           ARRAY['0', '1', '2', '3'], 'enqueue_batch returns one id per element, in input order');
+SELECT is((SELECT count(*) FROM (SELECT id > lag(id) OVER (ORDER BY ord) AS up FROM b1) x WHERE up),
+          3::bigint, 'a session''s ids increase in the order of its operations');
+SELECT is((SELECT count(*) FROM (SELECT id, get_byte(uuid_send(id), 6) >> 4 AS version,
+                                        get_byte(uuid_send(id), 8) >> 6 AS variant,
+                                        id > lag(id) OVER (ORDER BY n) AS up
+                                   FROM (SELECT n, xprov._new_id() AS id FROM generate_series(1, 20000) n) g) x
+            WHERE version = 7 AND variant = 2 AND up IS NOT FALSE),
+          20000::bigint, '... 20,000 in a row too (more than a millisecond''s count): each a UUIDv7');
+SELECT is((SELECT count(DISTINCT left(id::text, 13)) > 1 FROM (SELECT xprov._new_id() AS id FROM generate_series(1, 5000)) g),
+          true, '... whose first 48 bits move on when the count is full');
 
 SELECT lives_ok($q$SELECT pg_temp.put('full', id) FROM xprov.enqueue_batch(jsonb_build_array(jsonb_build_object(
         'tenant_id', pg_temp.id('t1'), 'connector_id', pg_temp.id('c1'), 'identity_id', pg_temp.id('i1'),
