@@ -26,6 +26,7 @@
 #include "commands/trigger.h"
 #include "storage/lmgr.h"
 #include "executor/executor.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_relation.h"
@@ -303,6 +304,9 @@ queue_tables_open(QueueTables *tables)
 	Oid			op_seq = queue_relation(namespace, "op_seq");
 	Relation	op;
 
+	/* what an INSERT would refuse, refused before any lane is locked */
+	PreventCommandIfReadOnly("xprov.enqueue()");
+	PreventCommandIfParallelMode("xprov.enqueue()");
 	if (!invalidation_registered)
 	{
 		CacheRegisterRelcacheCallback(shape_invalidate, (Datum) 0);

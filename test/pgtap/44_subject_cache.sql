@@ -8,7 +8,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(16);
+SELECT plan(18);
 \set committed_isolation 1
 \ir common.psql
 
@@ -103,6 +103,17 @@ SELECT is(pg_temp.op_lane('t2'), pg_temp.lane_of('sc-trig-2'), '... and the oper
 SELECT is((SELECT state::text || ':' || (next_seq = (SELECT seq FROM xprov.op WHERE id = pg_temp.id('t2')))::text
              FROM xprov.lane WHERE lane_id = pg_temp.lane_of('sc-trig-2')),
           'r:true', '... which is ready, with the operation as its head');
+
+-- a read-only transaction is refused before anything is locked (the rest of the file is read-only)
+SET LOCAL transaction_read_only = on;
+SELECT matches(pg_temp.err(format($$SELECT xprov.enqueue(%L, %L, NULL, 'update', 'user', '{}', 'sc-a')$$,
+                                  pg_temp.id('A'), pg_temp.id('C'))),
+               '^25006: cannot execute xprov.enqueue\(\) in a read-only transaction',
+               'an enqueue in a read-only transaction -> 25006');
+SELECT matches(pg_temp.err(format($$SELECT xprov.enqueue_batch(%L)$$, jsonb_build_array(jsonb_build_object(
+                   'tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'), 'operation_type', 'update',
+                   'object_class', 'user', 'target_uid', 'sc-new-ro')))),
+               '^25006: cannot execute xprov.enqueue\(\) in a read-only transaction', '... and a batch');
 
 SELECT * FROM finish();
 ROLLBACK;
