@@ -618,9 +618,14 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	return true;
 }
 
-/* Whether queue_create_subject() may be used: no triggers on xprov.subject. */
+/*
+ * Whether queue_create_subject() may be used: nothing on xprov.subject that
+ * its insert does not do (triggers, stored generated columns).
+ */
 bool
 queue_can_create_subjects(QueueTables *tables)
 {
-	return tables->subject->trigdesc == NULL;
+	TupleConstr *constr = RelationGetDescr(tables->subject)->constr;
+
+	return tables->subject->trigdesc == NULL && !(constr && constr->has_generated_stored);
 }

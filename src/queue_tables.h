@@ -136,8 +136,9 @@ extern bool queue_create_subject(QueueTables *tables, const OpInput *op, int64 s
 								 LockedLane *lane);
 
 /*
- * Whether queue_create_subject() may be used: not when xprov.subject has
- * triggers (not xprov's own; the caller then goes through SQL).
+ * Whether queue_create_subject() may be used: not when a DBA has given
+ * xprov.subject triggers or stored generated columns (the caller then goes
+ * through SQL).
  */
 extern bool queue_can_create_subjects(QueueTables *tables);
 
