@@ -85,6 +85,13 @@ static SavedPlan reclaim_expired = {
  * (id NULL): the transaction reports them ready, so that the cursor comes
  * back for them once it ends.
  *
+ * "lane_id = l.lane_id" names the column as written.  Otherwise the
+ * executor tells the lane_id index that this version's key is unchanged,
+ * and a full leaf page then first tries a bottom-up deletion of the lane's
+ * older versions, which a pinned snapshot keeps alive: 11 % of a pinned
+ * drain's backend (perf), for nothing.  The value is the same, so nothing
+ * else changes; dead entries still go by simple deletion and vacuum.
+ *
  * The rows are put in claim order by their rank among the leased lanes
  * (ord), computed over the narrow lane rows: sorting the wide result by
  * the claim key itself took a fifth of the statement, every comparison
@@ -104,7 +111,7 @@ static SavedPlan claim = {
 	"), leased AS ("
 	"  UPDATE xprov.lane l "
 	"     SET state = 'l', attempts = l.attempts + 1, leased_at = $2, lease_expires = $2 + $7, "
-	"         leased_by = $8 "
+	"         leased_by = $8, lane_id = l.lane_id "
 	"   WHERE l.ctid = ANY (ARRAY(SELECT p.ctid FROM picked p)) "
 	"  RETURNING l.lane_id, l.next_seq, l.attempt_base + l.attempts - 1 AS retry_count, "
 	"            l.lease_expires, -(l.priority::bigint) AS rank, l.run_at, l.ctid AS lane_ctid"

@@ -191,6 +191,7 @@ static SavedPlan finish_ops_per_row = {
  * no join with the input, which matched rows to lanes in n * n comparisons
  * and copied every input row whole for the executor's recheck.  The input's
  * columns are those of FINISH_INPUT; only the ones used are read.
+ * "lane_id = l.lane_id": see the claim statement in dequeue.c.
  */
 static SavedPlan finish_heads = {
 	.sql =
@@ -224,7 +225,7 @@ static SavedPlan finish_heads = {
 	"                   AND o.seq <> ALL (l.finished_ahead) "
 	"                 ORDER BY o.seq LIMIT 1) n ON true), "
 	"       attempts = 0, attempt_base = 0, leased_at = NULL, lease_expires = NULL, "
-	"       leased_by = NULL, last_error = NULL "
+	"       leased_by = NULL, last_error = NULL, lane_id = l.lane_id "
 	" WHERE l.ctid = ANY ($7) "
 	FINISH_RETURNING,
 	.nargs = 18,
