@@ -262,8 +262,9 @@ wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, i
 
 /*
  * create_subject for op, whose operation is numbered seq; false if a
- * concurrent transaction created the subject.  Only when xprov.subject has
- * triggers: queue_create_subject() does the same without SQL otherwise.
+ * concurrent transaction created the subject.  Only when
+ * queue_can_create_subjects() says no: queue_create_subject() does the same
+ * without SQL otherwise.
  */
 static bool
 create_subject_lane(const OpInput *op, int64 seq, int64 *lane_id)

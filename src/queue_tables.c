@@ -41,16 +41,43 @@
 #include "queue_tables.h"
 #include "subject_cache.h"
 
-/* The columns an enqueue writes, in QueueColumns order. */
+/* The columns an enqueue writes: their places in QueueColumns, and names. */
+enum
+{
+	OP_ID, OP_SEQ, OP_LANE_ID, OP_TENANT_ID, OP_CONNECTOR_ID, OP_IDENTITY_ID, OP_TARGET_UID,
+	OP_OPERATION_TYPE, OP_OBJECT_CLASS, OP_ATTRIBUTES, OP_PRIORITY, OP_NOT_BEFORE,
+	OP_IDEMPOTENCY_KEY
+};
 static const char *const op_column_names[QUEUE_OP_COLUMNS] = {
-	"id", "seq", "lane_id", "tenant_id", "connector_id", "identity_id", "target_uid",
-	"operation_type", "object_class", "attributes", "priority", "not_before", "idempotency_key"
+	[OP_ID] = "id", [OP_SEQ] = "seq", [OP_LANE_ID] = "lane_id", [OP_TENANT_ID] = "tenant_id",
+	[OP_CONNECTOR_ID] = "connector_id", [OP_IDENTITY_ID] = "identity_id",
+	[OP_TARGET_UID] = "target_uid", [OP_OPERATION_TYPE] = "operation_type",
+	[OP_OBJECT_CLASS] = "object_class", [OP_ATTRIBUTES] = "attributes",
+	[OP_PRIORITY] = "priority", [OP_NOT_BEFORE] = "not_before",
+	[OP_IDEMPOTENCY_KEY] = "idempotency_key"
+};
+
+enum
+{
+	SUBJECT_TENANT_ID, SUBJECT_CONNECTOR_ID, SUBJECT_OBJECT_CLASS, SUBJECT_SUBJECT,
+	SUBJECT_CLAIMANT
 };
 static const char *const subject_column_names[QUEUE_SUBJECT_COLUMNS] = {
-	"tenant_id", "connector_id", "object_class", "subject", "claimant"
+	[SUBJECT_TENANT_ID] = "tenant_id", [SUBJECT_CONNECTOR_ID] = "connector_id",
+	[SUBJECT_OBJECT_CLASS] = "object_class", [SUBJECT_SUBJECT] = "subject",
+	[SUBJECT_CLAIMANT] = "claimant"
+};
+
+/* a lock reads state, claimant, priority, run_at and connector_id too */
+enum
+{
+	LANE_LANE_ID, LANE_TENANT_ID, LANE_CONNECTOR_ID, LANE_CLAIMANT, LANE_STATE, LANE_NEXT_SEQ,
+	LANE_PRIORITY, LANE_RUN_AT
 };
 static const char *const lane_column_names[QUEUE_LANE_COLUMNS] = {
-	"lane_id", "tenant_id", "connector_id", "claimant", "state", "next_seq", "priority", "run_at"
+	[LANE_LANE_ID] = "lane_id", [LANE_TENANT_ID] = "tenant_id",
+	[LANE_CONNECTOR_ID] = "connector_id", [LANE_CLAIMANT] = "claimant", [LANE_STATE] = "state",
+	[LANE_NEXT_SEQ] = "next_seq", [LANE_PRIORITY] = "priority", [LANE_RUN_AT] = "run_at"
 };
 
 /*
@@ -203,11 +230,6 @@ learn_shape(Relation subject, Relation lane, Relation op, Oid op_seq)
 	shape.subject_key = index_on_columns(subject, subject_key, 3, true);
 	shape.columns.subject_lane_id = column_number(subject, "lane_id");
 	shape.lane_key = index_on_columns(lane, lane_key, 1, false);
-	shape.columns.lane_state = column_number(lane, "state");
-	shape.columns.lane_claimant = column_number(lane, "claimant");
-	shape.columns.lane_priority = column_number(lane, "priority");
-	shape.columns.lane_run_at = column_number(lane, "run_at");
-	shape.columns.lane_connector_id = column_number(lane, "connector_id");
 	for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
 		shape.columns.op[c] = column_number(op, op_column_names[c]);
 	for (int c = 0; c < QUEUE_SUBJECT_COLUMNS; c++)
@@ -484,11 +506,11 @@ queue_lock_lane(QueueTables *tables, int64 lane_id, const pg_uuid_t *connector_i
 	}
 	lane->tid = slot->tts_tid;
 	lane->lane_id = lane_id;
-	lane->state = DatumGetChar(slot_getattr(slot, tables->columns.lane_state, &isnull));
-	lane->claimant = DatumGetChar(slot_getattr(slot, tables->columns.lane_claimant, &isnull));
-	lane->priority = DatumGetInt32(slot_getattr(slot, tables->columns.lane_priority, &isnull));
-	lane->run_at = DatumGetTimestampTz(slot_getattr(slot, tables->columns.lane_run_at, &isnull));
-	if (memcmp(DatumGetUUIDP(slot_getattr(slot, tables->columns.lane_connector_id, &isnull)),
+	lane->state = DatumGetChar(slot_getattr(slot, tables->columns.lane[LANE_STATE], &isnull));
+	lane->claimant = DatumGetChar(slot_getattr(slot, tables->columns.lane[LANE_CLAIMANT], &isnull));
+	lane->priority = DatumGetInt32(slot_getattr(slot, tables->columns.lane[LANE_PRIORITY], &isnull));
+	lane->run_at = DatumGetTimestampTz(slot_getattr(slot, tables->columns.lane[LANE_RUN_AT], &isnull));
+	if (memcmp(DatumGetUUIDP(slot_getattr(slot, tables->columns.lane[LANE_CONNECTOR_ID], &isnull)),
 			   connector_id, UUID_LEN) != 0)
 		elog(ERROR, "xprov: lane " INT64_FORMAT " belongs to another connector", lane_id);
 	ExecClearTuple(slot);
@@ -509,20 +531,20 @@ queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq
 	TupleTableSlot *slot = begin_row(tables, ins);
 	const AttrNumber *col = tables->columns.op;
 
-	set_column(slot, col[0], UUIDPGetDatum(&op->id), false);
-	set_column(slot, col[1], Int64GetDatum(seq), false);
-	set_column(slot, col[2], Int64GetDatum(lane_id), false);
-	set_column(slot, col[3], UUIDPGetDatum(&op->tenant_id), false);
-	set_column(slot, col[4], UUIDPGetDatum(&op->connector_id), false);
-	set_column(slot, col[5], UUIDPGetDatum(&op->identity_id), !op->has_identity);
-	set_column(slot, col[6], op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0,
+	set_column(slot, col[OP_ID], UUIDPGetDatum(&op->id), false);
+	set_column(slot, col[OP_SEQ], Int64GetDatum(seq), false);
+	set_column(slot, col[OP_LANE_ID], Int64GetDatum(lane_id), false);
+	set_column(slot, col[OP_TENANT_ID], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[OP_CONNECTOR_ID], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[OP_IDENTITY_ID], UUIDPGetDatum(&op->identity_id), !op->has_identity);
+	set_column(slot, col[OP_TARGET_UID], op->target_uid ? CStringGetTextDatum(op->target_uid) : (Datum) 0,
 			   op->target_uid == NULL);
-	set_column(slot, col[7], CStringGetTextDatum(op->operation_type), false);
-	set_column(slot, col[8], CStringGetTextDatum(op->object_class), false);
-	set_column(slot, col[9], JsonbPGetDatum(op->attributes), false);
-	set_column(slot, col[10], Int32GetDatum(op->priority), false);
-	set_column(slot, col[11], TimestampTzGetDatum(op->not_before), !op->has_not_before);
-	set_column(slot, col[12], op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0,
+	set_column(slot, col[OP_OPERATION_TYPE], CStringGetTextDatum(op->operation_type), false);
+	set_column(slot, col[OP_OBJECT_CLASS], CStringGetTextDatum(op->object_class), false);
+	set_column(slot, col[OP_ATTRIBUTES], JsonbPGetDatum(op->attributes), false);
+	set_column(slot, col[OP_PRIORITY], Int32GetDatum(op->priority), false);
+	set_column(slot, col[OP_NOT_BEFORE], TimestampTzGetDatum(op->not_before), !op->has_not_before);
+	set_column(slot, col[OP_IDEMPOTENCY_KEY], op->idempotency_key ? CStringGetTextDatum(op->idempotency_key) : (Datum) 0,
 			   op->idempotency_key == NULL);
 	ExecStoreVirtualTuple(slot);
 
@@ -579,11 +601,11 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	Assert(subject->info->ri_TrigDesc == NULL);
 
 	slot = begin_row(tables, subject);
-	set_column(slot, col[0], UUIDPGetDatum(&op->tenant_id), false);
-	set_column(slot, col[1], UUIDPGetDatum(&op->connector_id), false);
-	set_column(slot, col[2], CStringGetTextDatum(op->object_class), false);
-	set_column(slot, col[3], CStringGetTextDatum(op->subject), false);
-	set_column(slot, col[4], CharGetDatum(op->claimant), false);
+	set_column(slot, col[SUBJECT_TENANT_ID], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[SUBJECT_CONNECTOR_ID], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[SUBJECT_OBJECT_CLASS], CStringGetTextDatum(op->object_class), false);
+	set_column(slot, col[SUBJECT_SUBJECT], CStringGetTextDatum(op->subject), false);
+	set_column(slot, col[SUBJECT_CLAIMANT], CharGetDatum(op->claimant), false);
 	ExecStoreVirtualTuple(slot);
 	estate->es_output_cid = GetCurrentCommandId(true);
 	if (!insert_unless_exists(tables, subject, RelationGetRelid(tables->subject_key)))
@@ -603,14 +625,14 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	new_lane = inserter(tables, QUEUE_LANE, tables->lane, false);
 	col = tables->columns.lane;
 	slot = begin_row(tables, new_lane);
-	set_column(slot, col[0], Int64GetDatum(lane->lane_id), false);
-	set_column(slot, col[1], UUIDPGetDatum(&op->tenant_id), false);
-	set_column(slot, col[2], UUIDPGetDatum(&op->connector_id), false);
-	set_column(slot, col[3], CharGetDatum(op->claimant), false);
-	set_column(slot, col[4], CharGetDatum('r'), false);
-	set_column(slot, col[5], Int64GetDatum(seq), false);
-	set_column(slot, col[6], Int32GetDatum(op->priority), false);
-	set_column(slot, col[7], TimestampTzGetDatum(lane->run_at), false);
+	set_column(slot, col[LANE_LANE_ID], Int64GetDatum(lane->lane_id), false);
+	set_column(slot, col[LANE_TENANT_ID], UUIDPGetDatum(&op->tenant_id), false);
+	set_column(slot, col[LANE_CONNECTOR_ID], UUIDPGetDatum(&op->connector_id), false);
+	set_column(slot, col[LANE_CLAIMANT], CharGetDatum(op->claimant), false);
+	set_column(slot, col[LANE_STATE], CharGetDatum('r'), false);
+	set_column(slot, col[LANE_NEXT_SEQ], Int64GetDatum(seq), false);
+	set_column(slot, col[LANE_PRIORITY], Int32GetDatum(op->priority), false);
+	set_column(slot, col[LANE_RUN_AT], TimestampTzGetDatum(lane->run_at), false);
 	ExecStoreVirtualTuple(slot);
 	ExecSimpleRelationInsert(new_lane->info, estate, slot);
 	lane->tid = slot->tts_tid;

@@ -40,15 +40,13 @@ typedef enum QueueTable
 	QUEUE_TABLES
 } QueueTable;
 
-/* Where the columns read and written are, by attribute number. */
+/*
+ * Where the columns read and written are, by attribute number (the places
+ * in the arrays are queue_tables.c's).
+ */
 typedef struct QueueColumns
 {
 	AttrNumber	subject_lane_id;
-	AttrNumber	lane_state;
-	AttrNumber	lane_claimant;
-	AttrNumber	lane_priority;
-	AttrNumber	lane_run_at;
-	AttrNumber	lane_connector_id;
 	AttrNumber	op[QUEUE_OP_COLUMNS];
 	AttrNumber	subject[QUEUE_SUBJECT_COLUMNS];
 	AttrNumber	lane[QUEUE_LANE_COLUMNS];
