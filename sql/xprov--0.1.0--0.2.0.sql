@@ -1421,6 +1421,15 @@ CREATE OR REPLACE VIEW xprov.operation_attempts WITH (security_invoker = true) A
 	  FROM xprov.op_result r
 	 WHERE (r.status = 'c' AND r.attempts > 0) OR r.hooks IS NOT NULL;
 
+-- An enqueue looks its subject up by this key whenever its backend has not
+-- met the subject yet.  With the subject first, the probe decides on one
+-- column at almost every entry it passes instead of comparing all three
+-- (the connector and class are mostly equal).  The library finds the key
+-- by its columns in either order.
+ALTER TABLE xprov.subject
+	DROP CONSTRAINT subject_connector_id_object_class_subject_key,
+	ADD UNIQUE (subject, connector_id, object_class);
+
 -- An enqueue keeps the tenant and kind of each connector it has seen
 -- (src/connector_cache.h).  A committed change of connectors voids what
 -- every backend kept, and so does a new or updated extension (a connector

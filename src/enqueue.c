@@ -436,15 +436,16 @@ typedef struct BatchSubjects
 	bool	   *new_lane;		/* registered here: the lane is to be created */
 } BatchSubjects;
 
+/* The order of the subject's key in 0.2.0: subject, connector, class. */
 static int
 compare_subjects(const OpInput *a, const OpInput *b)
 {
-	int			c = memcmp(&a->connector_id, &b->connector_id, UUID_LEN);
+	int			c = strcmp(a->subject, b->subject);
 
 	if (c == 0)
-		c = strcmp(a->object_class, b->object_class);
+		c = memcmp(&a->connector_id, &b->connector_id, UUID_LEN);
 	if (c == 0)
-		c = strcmp(a->subject, b->subject);
+		c = strcmp(a->object_class, b->object_class);
 	return c;
 }
 

@@ -80,6 +80,12 @@ static const char *const lane_column_names[QUEUE_LANE_COLUMNS] = {
 	[LANE_NEXT_SEQ] = "next_seq", [LANE_PRIORITY] = "priority", [LANE_RUN_AT] = "run_at"
 };
 
+/* the subject's unique key, whatever the order of its index's columns */
+enum
+{
+	SUBJECT_KEY_CONNECTOR_ID, SUBJECT_KEY_OBJECT_CLASS, SUBJECT_KEY_SUBJECT
+};
+
 /*
  * What queue_tables_open() finds by name and shape: kept per backend until
  * a relcache invalidation of one of the tables (DDL, TRUNCATE, ANALYZE, or
@@ -93,6 +99,7 @@ typedef struct QueueTablesShape
 	Oid			op;
 	Oid			op_seq;
 	Oid			subject_key;
+	int			subject_key_order[QUEUE_SUBJECT_KEY_COLUMNS];
 	Oid			lane_key;
 	QueueColumns columns;
 	int			natts[QUEUE_TABLES];
@@ -107,7 +114,8 @@ static uint64 invalidations = 0;
 static void
 shape_invalidate(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == shape.subject || relid == shape.lane || relid == shape.op)
+	if (!OidIsValid(relid) || relid == shape.subject || relid == shape.lane || relid == shape.op ||
+		relid == shape.op_seq)
 	{
 		shape.valid = false;
 		invalidations++;
@@ -138,11 +146,13 @@ column_number(Relation rel, const char *name)
 }
 
 /*
- * The index of rel whose keys are exactly the columns named, in order,
- * without a predicate or expressions (unique if asked for).
+ * The index of rel whose keys are exactly the columns named, in any order,
+ * without a predicate or expressions (unique if asked for).  order[k] is
+ * the place in names of the index's key column k + 1, since scan keys go
+ * in index column order.
  */
 static Oid
-index_on_columns(Relation rel, const char *const *names, int ncolumns, bool unique)
+index_on_columns(Relation rel, const char *const *names, int ncolumns, bool unique, int *order)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -155,8 +165,16 @@ index_on_columns(Relation rel, const char *const *names, int ncolumns, bool uniq
 			form->indisvalid &&
 			heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
 
-		for (int c = 0; match && c < ncolumns; c++)
-			match = form->indkey.values[c] == column_number(rel, names[c]);
+		for (int k = 0; match && k < ncolumns; k++)
+		{
+			match = false;
+			for (int c = 0; !match && c < ncolumns; c++)
+				if (form->indkey.values[k] == column_number(rel, names[c]))
+				{
+					order[k] = c;
+					match = true;
+				}
+		}
 		index_close(index, AccessShareLock);
 		if (match)
 		{
@@ -218,8 +236,12 @@ forget_shape(void)
 static void
 learn_shape(Relation subject, Relation lane, Relation op, Oid op_seq)
 {
-	static const char *const subject_key[] = {"connector_id", "object_class", "subject"};
+	static const char *const subject_key[QUEUE_SUBJECT_KEY_COLUMNS] = {
+		[SUBJECT_KEY_CONNECTOR_ID] = "connector_id", [SUBJECT_KEY_OBJECT_CLASS] = "object_class",
+		[SUBJECT_KEY_SUBJECT] = "subject"
+	};
 	static const char *const lane_key[] = {"lane_id"};
+	int			lane_key_order[1];
 	uint64		invalidations_before = invalidations;
 
 	forget_shape();
@@ -227,9 +249,10 @@ learn_shape(Relation subject, Relation lane, Relation op, Oid op_seq)
 	shape.lane = RelationGetRelid(lane);
 	shape.op = RelationGetRelid(op);
 	shape.op_seq = op_seq;
-	shape.subject_key = index_on_columns(subject, subject_key, 3, true);
+	shape.subject_key = index_on_columns(subject, subject_key, QUEUE_SUBJECT_KEY_COLUMNS, true,
+										 shape.subject_key_order);
 	shape.columns.subject_lane_id = column_number(subject, "lane_id");
-	shape.lane_key = index_on_columns(lane, lane_key, 1, false);
+	shape.lane_key = index_on_columns(lane, lane_key, 1, false, lane_key_order);
 	for (int c = 0; c < QUEUE_OP_COLUMNS; c++)
 		shape.columns.op[c] = column_number(op, op_column_names[c]);
 	for (int c = 0; c < QUEUE_SUBJECT_COLUMNS; c++)
@@ -319,13 +342,55 @@ set_column(TupleTableSlot *slot, AttrNumber attnum, Datum value, bool isnull)
 	slot->tts_isnull[attnum - 1] = isnull;
 }
 
+/*
+ * The tables by the ids known from the last open, if nothing has changed
+ * them since: that spares the name lookups.  A table dropped meanwhile is
+ * not opened, and its drop's invalidation, taken in with the locks, says
+ * that the shape is stale.
+ */
+static bool
+open_known_tables(QueueTables *tables)
+{
+	if (!shape.valid)
+		return false;
+	tables->subject = try_table_open(shape.subject, RowExclusiveLock);
+	tables->lane = tables->subject ? try_table_open(shape.lane, RowExclusiveLock) : NULL;
+	tables->op = tables->lane ? try_table_open(shape.op, RowExclusiveLock) : NULL;
+	if (tables->op != NULL && shape.valid)
+	{
+		tables->op_seq = shape.op_seq;
+		return true;
+	}
+	if (tables->op)
+		table_close(tables->op, NoLock);
+	if (tables->lane)
+		table_close(tables->lane, NoLock);
+	if (tables->subject)
+		table_close(tables->subject, NoLock);
+	return false;
+}
+
+static void
+open_tables_by_name(QueueTables *tables)
+{
+	Oid			namespace = get_namespace_oid("xprov", false);
+
+	tables->op_seq = queue_relation(namespace, "op_seq");
+	tables->subject = table_open(queue_relation(namespace, "subject"), RowExclusiveLock);
+	tables->lane = table_open(queue_relation(namespace, "lane"), RowExclusiveLock);
+	tables->op = table_open(queue_relation(namespace, "op"), RowExclusiveLock);
+	if (!shape.valid || shape.subject != RelationGetRelid(tables->subject) ||
+		shape.lane != RelationGetRelid(tables->lane) || shape.op != RelationGetRelid(tables->op) ||
+		shape.op_seq != tables->op_seq ||
+		shape.natts[QUEUE_OP] != RelationGetDescr(tables->op)->natts ||
+		shape.natts[QUEUE_SUBJECT] != RelationGetDescr(tables->subject)->natts ||
+		shape.natts[QUEUE_LANE] != RelationGetDescr(tables->lane)->natts)
+		learn_shape(tables->subject, tables->lane, tables->op, tables->op_seq);
+}
+
 void
 queue_tables_open(QueueTables *tables)
 {
-	Oid			namespace = get_namespace_oid("xprov", false);
-	Oid			op_seq = queue_relation(namespace, "op_seq");
-	Relation	op;
-
 	/* what an INSERT would refuse, refused before any lane is locked */
 	PreventCommandIfReadOnly("xprov.enqueue()");
 	PreventCommandIfParallelMode("xprov.enqueue()");
@@ -334,28 +399,20 @@ queue_tables_open(QueueTables *tables)
 		CacheRegisterRelcacheCallback(shape_invalidate, (Datum) 0);
 		invalidation_registered = true;
 	}
-	tables->subject = table_open(queue_relation(namespace, "subject"), RowExclusiveLock);
-	tables->lane = table_open(queue_relation(namespace, "lane"), RowExclusiveLock);
-	op = table_open(queue_relation(namespace, "op"), RowExclusiveLock);
-	if (!shape.valid || shape.subject != RelationGetRelid(tables->subject) ||
-		shape.lane != RelationGetRelid(tables->lane) || shape.op != RelationGetRelid(op) ||
-		shape.op_seq != op_seq || shape.natts[QUEUE_OP] != RelationGetDescr(op)->natts ||
-		shape.natts[QUEUE_SUBJECT] != RelationGetDescr(tables->subject)->natts ||
-		shape.natts[QUEUE_LANE] != RelationGetDescr(tables->lane)->natts)
-		learn_shape(tables->subject, tables->lane, op, op_seq);
+	if (!open_known_tables(tables))
+		open_tables_by_name(tables);
 
 	tables->subject_key = index_open(shape.subject_key, AccessShareLock);
+	memcpy(tables->subject_key_order, shape.subject_key_order, sizeof(shape.subject_key_order));
 	tables->columns = shape.columns;
 	tables->subject_scan = NULL;
 	tables->lane_scan = NULL;
 	tables->subject_slot = table_slot_create(tables->subject, NULL);
 	tables->lane_key = index_open(shape.lane_key, AccessShareLock);
 	tables->lane_slot = table_slot_create(tables->lane, NULL);
-	tables->op_seq = op_seq;
-	tables->op = op;
-	tables->estate = insert_state((Relation[]) {op, tables->subject, tables->lane});
+	tables->estate = insert_state((Relation[]) {tables->op, tables->subject, tables->lane});
 	memset(tables->inserters, 0, sizeof(tables->inserters));
-	inserter(tables, QUEUE_OP, op, false);
+	inserter(tables, QUEUE_OP, tables->op, false);
 }
 
 /*
@@ -438,16 +495,28 @@ queue_find_lane(QueueTables *tables, const OpInput *op, int64 *lane_id)
 {
 	Oid			relid = RelationGetRelid(tables->subject);
 	TupleTableSlot *slot = tables->subject_slot;
-	ScanKeyData keys[3];
+	ScanKeyData keys[QUEUE_SUBJECT_KEY_COLUMNS];
+	Datum		values[QUEUE_SUBJECT_KEY_COLUMNS];
+	static const RegProcedure equals[QUEUE_SUBJECT_KEY_COLUMNS] = {
+		[SUBJECT_KEY_CONNECTOR_ID] = F_UUID_EQ, [SUBJECT_KEY_OBJECT_CLASS] = F_TEXTEQ,
+		[SUBJECT_KEY_SUBJECT] = F_TEXTEQ
+	};
 	bool		found;
 	bool		isnull;
 
 	if (subject_cache_find(relid, op, lane_id))
 		return true;
-	equality_key(&keys[0], tables->subject_key, 1, F_UUID_EQ, UUIDPGetDatum(&op->connector_id));
-	equality_key(&keys[1], tables->subject_key, 2, F_TEXTEQ, CStringGetTextDatum(op->object_class));
-	equality_key(&keys[2], tables->subject_key, 3, F_TEXTEQ, CStringGetTextDatum(op->subject));
-	found = fetch_by_index(&tables->subject_scan, tables->subject, tables->subject_key, keys, 3, slot);
+	values[SUBJECT_KEY_CONNECTOR_ID] = UUIDPGetDatum(&op->connector_id);
+	values[SUBJECT_KEY_OBJECT_CLASS] = CStringGetTextDatum(op->object_class);
+	values[SUBJECT_KEY_SUBJECT] = CStringGetTextDatum(op->subject);
+	for (int k = 0; k < QUEUE_SUBJECT_KEY_COLUMNS; k++)
+	{
+		int			field = tables->subject_key_order[k];
+
+		equality_key(&keys[k], tables->subject_key, k + 1, equals[field], values[field]);
+	}
+	found = fetch_by_index(&tables->subject_scan, tables->subject, tables->subject_key, keys,
+						   QUEUE_SUBJECT_KEY_COLUMNS, slot);
 	if (found)
 	{
 		TransactionId xmin;

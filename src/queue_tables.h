@@ -30,6 +30,7 @@
 #define QUEUE_OP_COLUMNS 13
 #define QUEUE_SUBJECT_COLUMNS 5
 #define QUEUE_LANE_COLUMNS 8
+#define QUEUE_SUBJECT_KEY_COLUMNS 3
 
 /* The tables an enqueue inserts into. */
 typedef enum QueueTable
@@ -63,7 +64,8 @@ typedef struct TableInserter
 typedef struct QueueTables
 {
 	Relation	subject;
-	Relation	subject_key;	/* unique (connector_id, object_class, subject) */
+	Relation	subject_key;	/* unique on connector_id, object_class, subject */
+	int			subject_key_order[QUEUE_SUBJECT_KEY_COLUMNS];	/* which is each key column */
 	Relation	lane;
 	Relation	lane_key;		/* (lane_id), without a predicate */
 	Relation	op;

@@ -8,7 +8,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(18);
+SELECT plan(23);
 \set committed_isolation 1
 \ir common.psql
 
@@ -103,6 +103,38 @@ SELECT is(pg_temp.op_lane('t2'), pg_temp.lane_of('sc-trig-2'), '... and the oper
 SELECT is((SELECT state::text || ':' || (next_seq = (SELECT seq FROM xprov.op WHERE id = pg_temp.id('t2')))::text
              FROM xprov.lane WHERE lane_id = pg_temp.lane_of('sc-trig-2')),
           'r:true', '... which is ready, with the operation as its head');
+
+-- The subject's key leads with the subject (0.2.0); the library finds the key by its columns, so
+-- a key in 0.1.0's order (connector, class, subject) serves it as well
+SELECT is((SELECT array_agg(a.attname ORDER BY k.n)
+             FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = 'xprov.subject'::regclass AND a.attnum = k.attnum
+            WHERE i.indrelid = 'xprov.subject'::regclass AND i.indisunique AND NOT i.indisprimary),
+          ARRAY['subject', 'connector_id', 'object_class']::name[], 'the subject''s key leads with the subject');
+DROP TRIGGER note_insert ON xprov.subject;
+DO $$
+DECLARE
+    c name := (SELECT conname FROM pg_constraint WHERE conrelid = 'xprov.subject'::regclass AND contype = 'u');
+BEGIN
+    EXECUTE format('ALTER TABLE xprov.subject DROP CONSTRAINT %I, ADD UNIQUE (connector_id, object_class, subject)', c);
+END $$;
+SELECT FROM pg_temp.enq('k1', 'C', 'sc-trig-1');
+SELECT is(pg_temp.op_lane('k1'), pg_temp.lane_of('sc-trig-1'),
+          'with the key in 0.1.0''s order, an enqueue finds its subject');
+SELECT FROM pg_temp.enq('k2', 'C', 'sc-key-new');
+SELECT FROM pg_temp.enq('k3', 'C', 'sc-key-new');
+SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C') AND subject = 't:sc-key-new'),
+          1::bigint, '... makes a new subject once');
+SELECT is(pg_temp.op_lane('k3'), pg_temp.lane_of('sc-key-new'), '... and finds it again');
+SELECT pg_temp.put('k' || (n + 3), id)
+  FROM xprov.enqueue_batch(jsonb_build_array(
+           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-key-new'),
+           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-trig-1')))
+       WITH ORDINALITY AS b(id, n) \g /dev/null
+SELECT is(ARRAY[pg_temp.op_lane('k4'), pg_temp.op_lane('k5')],
+          ARRAY[pg_temp.lane_of('sc-key-new'), pg_temp.lane_of('sc-trig-1')], '... and so does a batch');
 
 -- a read-only transaction is refused before anything is locked (the rest of the file is read-only)
 SET LOCAL transaction_read_only = on;
