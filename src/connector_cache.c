@@ -12,9 +12,10 @@
 #include "fmgr.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
-#include "storage/proc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "connector_cache.h"
 #include "worker_shmem.h"
@@ -41,22 +42,36 @@ forget_connectors(void)
 }
 
 /*
- * Whether the trigger that tells of changes exists (it came with 0.2.0).
- * Looked up once per transaction: ALTER EXTENSION xprov UPDATE may run
- * between two transactions of a backend, never inside one of ours.
+ * Whether the trigger function that tells of changes exists (it came with
+ * 0.2.0).  Looked up again after any change to pg_proc, which ALTER
+ * EXTENSION xprov UPDATE makes.
  */
+static bool told_known = false;
+
+static void
+forget_told(Datum arg, int cacheid, uint32 hashvalue)
+{
+	told_known = false;
+}
+
 static bool
 changes_are_told(void)
 {
-	static LocalTransactionId looked_up_in = InvalidLocalTransactionId;
+	static bool callback_registered = false;
 	static bool told = false;
 
-	if (MyProc->lxid != looked_up_in)
+	if (!callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, forget_told, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!told_known)
 	{
 		List	   *name = list_make2(makeString("xprov"), makeString("_connectors_changed"));
 
+		/* before the lookup: an invalidation taken in during it voids it */
+		told_known = true;
 		told = OidIsValid(LookupFuncName(name, 0, NULL, true));
-		looked_up_in = MyProc->lxid;
 	}
 	return told;
 }

@@ -344,29 +344,27 @@ set_column(TupleTableSlot *slot, AttrNumber attnum, Datum value, bool isnull)
 
 /*
  * The tables by the ids known from the last open, if nothing has changed
- * them since: that spares the name lookups.  A table dropped meanwhile is
- * not opened, and its drop's invalidation, taken in with the locks, says
- * that the shape is stale.
+ * them since: that spares the name lookups.  Taking the locks takes in
+ * the invalidations committed meanwhile; one of ours means the ids may be
+ * stale, and the tables are found by name again.  (A table dropped
+ * meanwhile fails to open, as it would after a lookup by name.)
  */
 static bool
 open_known_tables(QueueTables *tables)
 {
 	if (!shape.valid)
 		return false;
-	tables->subject = try_table_open(shape.subject, RowExclusiveLock);
-	tables->lane = tables->subject ? try_table_open(shape.lane, RowExclusiveLock) : NULL;
-	tables->op = tables->lane ? try_table_open(shape.op, RowExclusiveLock) : NULL;
-	if (tables->op != NULL && shape.valid)
+	tables->subject = table_open(shape.subject, RowExclusiveLock);
+	tables->lane = table_open(shape.lane, RowExclusiveLock);
+	tables->op = table_open(shape.op, RowExclusiveLock);
+	if (shape.valid)
 	{
 		tables->op_seq = shape.op_seq;
 		return true;
 	}
-	if (tables->op)
-		table_close(tables->op, NoLock);
-	if (tables->lane)
-		table_close(tables->lane, NoLock);
-	if (tables->subject)
-		table_close(tables->subject, NoLock);
+	table_close(tables->op, NoLock);
+	table_close(tables->lane, NoLock);
+	table_close(tables->subject, NoLock);
 	return false;
 }
 
