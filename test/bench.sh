@@ -53,8 +53,9 @@
 #      that missing, so that both sides hold 100k)
 #
 # Every drain runs in a fresh copy (CREATE DATABASE ... TEMPLATE) of a database loaded once,
-# so all drains start from the same physical state; the barred drains run BENCH_REPEAT times,
-# alternating xprov and baseline; the best run of each counts. The background workers serve
+# so all drains start from the same physical state; the barred drains (and the one-per-
+# transaction enqueue) run BENCH_REPEAT times, alternating xprov and baseline; the best run of
+# each counts. The background workers serve
 # one database (xprov.database_name = xprov_bench_worker, dropped and copied afresh for each
 # worker run); xprov.workers is 0 except while a worker part runs, and is changed with
 # ALTER SYSTEM + pg_reload_conf().
@@ -1184,14 +1185,22 @@ parts_=${PARTS# }; say "  parts: ${parts_% }"
 say ""
 if has_part queue; then
 # ---- 1. enqueue, one op per transaction, 4 clients
-say "1. enqueue, 1 op/transaction, 4 clients, ${ENQ_SECS}s each"
-reset_xprov; reset_raw; settle
-E1=$(pgb "$work/enq_xprov.log" -n -c 4 -j 2 -T "$ENQ_SECS" -M prepared -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_xprov.sql")
-E1=$(scale "$E1" 1)
-settle
-E1B=$(pgb "$work/enq_raw.log" -n -c 4 -j 2 -T "$ENQ_SECS" -M prepared -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_raw.sql")
-E1B=$(scale "$E1B" 1)
-say "    xprov.enqueue $(fmt_rate "$E1") ops/s, raw INSERT $(fmt_rate "$E1B") ops/s"
+# Commit-bound: the disk's flush rate moves both sides from one minute to the next, so the
+# two alternate and the best run of each counts, as for the drains. Every run starts from an
+# empty queue: its first enqueues to each subject make the subject.
+say "1. enqueue, 1 op/transaction, 4 clients, ${ENQ_SECS}s each, alternating, best of $REPEAT"
+E1=''; E1B=''
+for r_ in $(seq 1 "$REPEAT"); do
+    reset_xprov; reset_raw; settle
+    t1=$(scale "$(pgb "$work/enq_xprov.log" -n -c 4 -j 2 -T "$ENQ_SECS" -M prepared -D tenant="$TENANT" \
+                      -D conn="$CONN" -f "$work/enq_xprov.sql")" 1)
+    settle
+    t2=$(scale "$(pgb "$work/enq_raw.log" -n -c 4 -j 2 -T "$ENQ_SECS" -M prepared -D tenant="$TENANT" \
+                      -D conn="$CONN" -f "$work/enq_raw.sql")" 1)
+    say "    run $r_: xprov.enqueue $(fmt_rate "$t1") ops/s, raw INSERT $(fmt_rate "$t2") ops/s"
+    E1=$(max "$E1" "$t1"); E1B=$(max "$E1B" "$t2")
+done
+say "    best: xprov.enqueue $(fmt_rate "$E1") ops/s, raw INSERT $(fmt_rate "$E1B") ops/s"
 ge "$E1" 10000 && v=PASS || v=FAIL
 row "Enqueue, 1 op/txn, 4 clients" "$E1" "$E1B" "$(ratio "$E1" "$E1B")" ">= 10,000/s" "$v"
 
@@ -1874,7 +1883,8 @@ say "    It has NO per-subject ordering and no one-in-flight-per-subject rule; x
 say "  - Drains: one pgbench client (-M prepared) loops until a claim comes back empty; rate = completed ops / wall"
 say "    time of the pgbench run, on a fresh copy of the same loaded database; completion checked with xprov.stats()."
 say "  - Batched enqueue: both sides read the same prebuilt 1000-element jsonb from a table (building it is not timed)."
-say "  - Enqueue, 1 op/txn: commit-bound (synchronous_commit=on): the raw INSERT shows what this disk allows."
+say "  - Enqueue, 1 op/txn: commit-bound (synchronous_commit=on): the raw INSERT shows what this disk allows; each"
+say "    side's best of $REPEAT alternating runs, each from an empty queue (a run's first enqueue to a subject makes it)."
 say "  - Worker drains: the workers' database is a fresh copy of one loaded with the operations of a disabled noop"
 say "    connector; one statement enables it and enqueues an operation elsewhere (its commit wakes the workers); time"
 say "    runs from that statement to the last op_result row (server clock). Progress is polled every ${POLL_MS} ms from"
