@@ -626,9 +626,13 @@ queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq
  * row and its index entries under a speculative token, and if a
  * concurrent insert of the same key won meanwhile, kill ours and check
  * again (which waits for that one to end).  False if the key exists.
+ *
+ * The first check is only a shortcut for the case of a conflict: the
+ * insertion finds any conflicting entry, committed or not, by itself.  It
+ * is skipped when the caller has just looked the key up and not found it.
  */
 static bool
-insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter)
+insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter, bool looked_up)
 {
 	EState	   *estate = tables->estate;
 	Relation	rel = ins->info->ri_RelationDesc;
@@ -637,12 +641,12 @@ insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter)
 
 	if (rel->rd_att->constr)
 		ExecConstraints(ins->info, ins->slot, estate);
-	for (;;)
+	for (bool check = !looked_up;; check = true)
 	{
 		uint32		token;
 		bool		lost = false;
 
-		if (!ExecCheckIndexConstraints(ins->info, ins->slot, estate, &conflict, arbiters))
+		if (check && !ExecCheckIndexConstraints(ins->info, ins->slot, estate, &conflict, arbiters))
 			return false;
 		token = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
 		table_tuple_insert_speculative(rel, ins->slot, estate->es_output_cid, 0, NULL, token);
@@ -675,7 +679,8 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	set_column(slot, col[SUBJECT_CLAIMANT], CharGetDatum(op->claimant), false);
 	ExecStoreVirtualTuple(slot);
 	estate->es_output_cid = GetCurrentCommandId(true);
-	if (!insert_unless_exists(tables, subject, RelationGetRelid(tables->subject_key)))
+	/* the caller has just looked for the subject in a new snapshot */
+	if (!insert_unless_exists(tables, subject, RelationGetRelid(tables->subject_key), true))
 	{
 		ResetPerTupleExprContext(estate);
 		return false;

@@ -131,6 +131,8 @@ extern void queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_i
  * INSERT ... ON CONFLICT DO NOTHING would (waiting for a concurrent
  * creator); false, writing nothing, if the subject exists.  The new lane
  * is returned as locked: no other transaction sees it before we commit.
+ * For a caller that has just failed to find the subject with
+ * queue_find_lane() in a new snapshot.
  */
 extern bool queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq,
 								 LockedLane *lane);

@@ -6,7 +6,7 @@ CREATE EXTENSION IF NOT EXISTS xprov;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 BEGIN;
-SELECT plan(8);
+SELECT plan(9);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('T');
@@ -48,16 +48,27 @@ SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
           'an enqueue_batch racing on a brand-new subject succeeds too');
 SELECT FROM dblink_get_result('b') AS t(x text);
 
-SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 3::bigint,
+-- a rolls back instead: b, which waited on a's subject, makes the subject itself
+SELECT FROM dblink_exec('a', 'BEGIN');
+SELECT FROM dblink('a', pg_temp.enq_sql('race-3', 'create')) AS t(x text);
+SELECT dblink_send_query('b', pg_temp.enq_sql('race-3', 'update'));
+SELECT pg_sleep(0.3);
+SELECT FROM dblink_exec('a', 'ROLLBACK');
+SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+          'an enqueue that waited on a new subject whose creator rolls back makes the subject');
+SELECT FROM dblink_get_result('b') AS t(x text);
+
+SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 4::bigint,
           'one subject per target_uid, never two');
-SELECT is((SELECT count(*) FROM xprov.lane WHERE connector_id = pg_temp.id('C')), 3::bigint,
+SELECT is((SELECT count(*) FROM xprov.lane WHERE connector_id = pg_temp.id('C')), 4::bigint,
           'one lane per subject');
 SELECT results_eq(
     $$SELECT target_uid, operation_type, status FROM xprov.operations
        WHERE connector_id = pg_temp.id('C') ORDER BY target_uid, created_at, operation_type$$,
     $$VALUES ('race-1'::text, 'create'::text, 'pending'::text), ('race-1', 'update', 'pending'),
-             ('race-2', 'create', 'pending'), ('race-2', 'update', 'pending'), ('race-2-other', 'update', 'pending')$$,
-    'all five operations are queued');
+             ('race-2', 'create', 'pending'), ('race-2', 'update', 'pending'), ('race-2-other', 'update', 'pending'),
+             ('race-3', 'update', 'pending')$$,
+    'all six committed operations are queued');
 
 -- FIFO: the first transaction's create comes first in each racing subject
 SELECT FROM dblink('b', format($$SELECT xprov.set_connector_enabled(%L, true)::text$$, pg_temp.id('C'))) AS t(x text);
@@ -65,7 +76,7 @@ CREATE TEMP TABLE got AS
 SELECT * FROM dblink('b', format($$SELECT target_uid || ':' || operation_type FROM xprov.dequeue(10)
                                    WHERE connector_id = %L ORDER BY 1$$, pg_temp.id('C'))) AS t(x text);
 SELECT results_eq($$SELECT x FROM got ORDER BY 1$$,
-                  $$VALUES ('race-1:create'::text), ('race-2-other:update'), ('race-2:create')$$,
+                  $$VALUES ('race-1:create'::text), ('race-2-other:update'), ('race-2:create'), ('race-3:update')$$,
                   'each subject hands out its first-committed operation first');
 
 -- resolve everything so later files see nothing of ours
