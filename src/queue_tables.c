@@ -400,12 +400,14 @@ queue_tables_open(QueueTables *tables)
 	if (!open_known_tables(tables))
 		open_tables_by_name(tables);
 
-	tables->subject_key = index_open(shape.subject_key, AccessShareLock);
+	/* the subject's key is opened when the subject cache misses */
+	tables->subject_key_id = shape.subject_key;
+	tables->subject_key = NULL;
 	memcpy(tables->subject_key_order, shape.subject_key_order, sizeof(shape.subject_key_order));
 	tables->columns = shape.columns;
 	tables->subject_scan = NULL;
 	tables->lane_scan = NULL;
-	tables->subject_slot = table_slot_create(tables->subject, NULL);
+	tables->subject_slot = NULL;
 	tables->lane_key = index_open(shape.lane_key, AccessShareLock);
 	tables->lane_slot = table_slot_create(tables->lane, NULL);
 	tables->estate = insert_state((Relation[]) {tables->op, tables->subject, tables->lane});
@@ -460,8 +462,11 @@ queue_tables_close(QueueTables *tables)
 	ExecDropSingleTupleTableSlot(tables->lane_slot);
 	index_close(tables->lane_key, NoLock);
 	table_close(tables->lane, NoLock);
-	ExecDropSingleTupleTableSlot(tables->subject_slot);
-	index_close(tables->subject_key, NoLock);
+	if (tables->subject_key != NULL)
+	{
+		ExecDropSingleTupleTableSlot(tables->subject_slot);
+		index_close(tables->subject_key, NoLock);
+	}
 	table_close(tables->subject, NoLock);
 }
 
@@ -492,7 +497,7 @@ bool
 queue_find_lane(QueueTables *tables, const OpInput *op, int64 *lane_id)
 {
 	Oid			relid = RelationGetRelid(tables->subject);
-	TupleTableSlot *slot = tables->subject_slot;
+	TupleTableSlot *slot;
 	ScanKeyData keys[QUEUE_SUBJECT_KEY_COLUMNS];
 	Datum		values[QUEUE_SUBJECT_KEY_COLUMNS];
 	static const RegProcedure equals[QUEUE_SUBJECT_KEY_COLUMNS] = {
@@ -504,6 +509,12 @@ queue_find_lane(QueueTables *tables, const OpInput *op, int64 *lane_id)
 
 	if (subject_cache_find(relid, op, lane_id))
 		return true;
+	if (tables->subject_key == NULL)
+	{
+		tables->subject_key = index_open(tables->subject_key_id, AccessShareLock);
+		tables->subject_slot = table_slot_create(tables->subject, NULL);
+	}
+	slot = tables->subject_slot;
 	values[SUBJECT_KEY_CONNECTOR_ID] = UUIDPGetDatum(&op->connector_id);
 	values[SUBJECT_KEY_OBJECT_CLASS] = CStringGetTextDatum(op->object_class);
 	values[SUBJECT_KEY_SUBJECT] = CStringGetTextDatum(op->subject);
@@ -680,7 +691,7 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	ExecStoreVirtualTuple(slot);
 	estate->es_output_cid = GetCurrentCommandId(true);
 	/* the caller has just looked for the subject in a new snapshot */
-	if (!insert_unless_exists(tables, subject, RelationGetRelid(tables->subject_key), true))
+	if (!insert_unless_exists(tables, subject, tables->subject_key_id, true))
 	{
 		ResetPerTupleExprContext(estate);
 		return false;

@@ -64,7 +64,8 @@ typedef struct TableInserter
 typedef struct QueueTables
 {
 	Relation	subject;
-	Relation	subject_key;	/* unique on connector_id, object_class, subject */
+	Oid			subject_key_id; /* unique on connector_id, object_class, subject */
+	Relation	subject_key;	/* opened on first use, as subject_slot */
 	int			subject_key_order[QUEUE_SUBJECT_KEY_COLUMNS];	/* which is each key column */
 	Relation	lane;
 	Relation	lane_key;		/* (lane_id), without a predicate */
