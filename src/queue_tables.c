@@ -445,7 +445,12 @@ end_scan(IndexScanDesc *scan)
 	*scan = NULL;
 }
 
-/* Locks are kept until the transaction ends, as a statement's are. */
+/*
+ * Locks are kept until the transaction ends, as a statement's are.  The
+ * command counter moves on, as after an SQL statement: an enqueue later in
+ * the same statement (a SELECT calling xprov.enqueue() per row) must see
+ * the subject and lane this one made, or it would make them again.
+ */
 void
 queue_tables_close(QueueTables *tables)
 {
@@ -468,6 +473,7 @@ queue_tables_close(QueueTables *tables)
 		index_close(tables->subject_key, NoLock);
 	}
 	table_close(tables->subject, NoLock);
+	CommandCounterIncrement();
 }
 
 void

@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(19);
+SELECT plan(26);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -90,6 +90,45 @@ SELECT is((SELECT count(*) FROM xprov.operations WHERE tenant_id = pg_temp.id('t
           'rolling back the enqueue leaves no operation');
 SELECT is((SELECT pending FROM xprov.stats(pg_temp.id('t1'))), 12::bigint,
           'stats agree after the rollback');
+
+-- several enqueues to one new subject in one statement (a SELECT calling enqueue per row): each
+-- sees the subject and lane the one before made, as successive statements would
+CREATE FUNCTION pg_temp.lane_ops(p_uid text) RETURNS text[] LANGUAGE sql AS $$
+    SELECT array_agg(o.attributes ->> 'g' ORDER BY o.seq)
+      FROM xprov.op o JOIN xprov.subject s ON s.lane_id = o.lane_id
+     WHERE s.connector_id = pg_temp.id('c1') AND s.subject = 't:' || p_uid
+$$;
+SELECT is((SELECT count(*) FROM generate_series(1, 3) AS g
+            WHERE xprov.enqueue(pg_temp.id('t1'), pg_temp.id('c1'), NULL, 'update', 'user',
+                                jsonb_build_object('g', g), 'one-statement') IS NOT NULL),
+          3::bigint, 'three enqueues to one new subject in one statement succeed');
+SELECT is(pg_temp.lane_ops('one-statement'), ARRAY['1', '2', '3'],
+          '... into the one lane of the one subject, in their order');
+SELECT is((SELECT count(*) FROM generate_series(1, 2) AS g,
+                 xprov.enqueue_batch(jsonb_build_array(jsonb_build_object(
+                     'tenant_id', pg_temp.id('t1'), 'connector_id', pg_temp.id('c1'), 'operation_type', 'update',
+                     'object_class', 'user', 'target_uid', 'one-statement-batch', 'attributes',
+                     jsonb_build_object('g', g))))),
+          2::bigint, 'two batches to one new subject in one statement succeed');
+SELECT is(pg_temp.lane_ops('one-statement-batch'), ARRAY['1', '2'], '... into one lane, in their order');
+SELECT is((SELECT count(*) FROM generate_series(1, 4) AS g,
+                 LATERAL (SELECT xprov.enqueue(pg_temp.id('t1'), pg_temp.id('c1'), NULL, 'update', 'user',
+                                               jsonb_build_object('g', g), 'one-statement-mixed') AS id
+                           WHERE g % 2 = 1
+                          UNION ALL
+                          SELECT * FROM xprov.enqueue_batch(jsonb_build_array(jsonb_build_object(
+                              'tenant_id', pg_temp.id('t1'), 'connector_id', pg_temp.id('c1'),
+                              'operation_type', 'update', 'object_class', 'user',
+                              'target_uid', 'one-statement-mixed', 'attributes', jsonb_build_object('g', g))))
+                           WHERE g % 2 = 0) AS e),
+          4::bigint, 'single and batched enqueues to one new subject, alternating in one statement');
+SELECT is(pg_temp.lane_ops('one-statement-mixed'), ARRAY['1', '2', '3', '4'], '... into one lane, in their order');
+SELECT is((SELECT array_agg(l.state::text || ':' || (l.next_seq = (SELECT min(o.seq) FROM xprov.op o
+                                                                     WHERE o.lane_id = l.lane_id))::text
+                            ORDER BY s.subject)
+             FROM xprov.subject s JOIN xprov.lane l ON l.lane_id = s.lane_id
+            WHERE s.connector_id = pg_temp.id('c1') AND s.subject LIKE 't:one-statement%'),
+          ARRAY['r:true', 'r:true', 'r:true'], 'each lane is ready with its first operation as head');
 
 SELECT * FROM finish();
 ROLLBACK;
