@@ -164,15 +164,16 @@ index_on_columns(Relation rel, const char *const *names, int ncolumns, bool uniq
 		bool		match = form->indnkeyatts == ncolumns && (form->indisunique || !unique) &&
 			form->indisvalid &&
 			heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL);
+		bool		taken[INDEX_MAX_KEYS] = {false};
 
 		for (int k = 0; match && k < ncolumns; k++)
 		{
 			match = false;
 			for (int c = 0; !match && c < ncolumns; c++)
-				if (form->indkey.values[k] == column_number(rel, names[c]))
+				if (!taken[c] && form->indkey.values[k] == column_number(rel, names[c]))
 				{
 					order[k] = c;
-					match = true;
+					taken[c] = match = true;
 				}
 		}
 		index_close(index, AccessShareLock);
@@ -644,12 +645,13 @@ queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_id, int64 seq
  * concurrent insert of the same key won meanwhile, kill ours and check
  * again (which waits for that one to end).  False if the key exists.
  *
- * The first check is only a shortcut for the case of a conflict: the
- * insertion finds any conflicting entry, committed or not, by itself.  It
- * is skipped when the caller has just looked the key up and not found it.
+ * For a caller that has just looked the key up and not found it: the
+ * check that ON CONFLICT makes before its first insertion is only a
+ * shortcut for the case of a conflict (the insertion finds any
+ * conflicting entry, committed or not, by itself), and is left out.
  */
 static bool
-insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter, bool looked_up)
+insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter)
 {
 	EState	   *estate = tables->estate;
 	Relation	rel = ins->info->ri_RelationDesc;
@@ -658,7 +660,7 @@ insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter, bool 
 
 	if (rel->rd_att->constr)
 		ExecConstraints(ins->info, ins->slot, estate);
-	for (bool check = !looked_up;; check = true)
+	for (bool check = false;; check = true)
 	{
 		uint32		token;
 		bool		lost = false;
@@ -697,7 +699,7 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	ExecStoreVirtualTuple(slot);
 	estate->es_output_cid = GetCurrentCommandId(true);
 	/* the caller has just looked for the subject in a new snapshot */
-	if (!insert_unless_exists(tables, subject, tables->subject_key_id, true))
+	if (!insert_unless_exists(tables, subject, tables->subject_key_id))
 	{
 		ResetPerTupleExprContext(estate);
 		return false;
