@@ -3,7 +3,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(26);
+SELECT plan(27);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('t1');
@@ -123,12 +123,24 @@ SELECT is((SELECT count(*) FROM generate_series(1, 4) AS g,
                            WHERE g % 2 = 0) AS e),
           4::bigint, 'single and batched enqueues to one new subject, alternating in one statement');
 SELECT is(pg_temp.lane_ops('one-statement-mixed'), ARRAY['1', '2', '3', '4'], '... into one lane, in their order');
+-- the same through an application's row trigger: one multi-row INSERT, one subject twice
+CREATE TEMP TABLE app_account (uid text, title text);
+CREATE FUNCTION pg_temp.provision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM xprov.enqueue(pg_temp.id('t1'), pg_temp.id('c1'), NULL, 'update', 'user',
+                          jsonb_build_object('g', NEW.title), NEW.uid);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER provision AFTER INSERT ON app_account FOR EACH ROW EXECUTE FUNCTION pg_temp.provision();
+INSERT INTO app_account VALUES ('one-statement-trigger', '1'), ('one-statement-trigger', '2');
+SELECT is(pg_temp.lane_ops('one-statement-trigger'), ARRAY['1', '2'],
+          'a row trigger enqueueing for two rows of one new subject: one lane, in order');
 SELECT is((SELECT array_agg(l.state::text || ':' || (l.next_seq = (SELECT min(o.seq) FROM xprov.op o
                                                                      WHERE o.lane_id = l.lane_id))::text
                             ORDER BY s.subject)
              FROM xprov.subject s JOIN xprov.lane l ON l.lane_id = s.lane_id
             WHERE s.connector_id = pg_temp.id('c1') AND s.subject LIKE 't:one-statement%'),
-          ARRAY['r:true', 'r:true', 'r:true'], 'each lane is ready with its first operation as head');
+          ARRAY['r:true', 'r:true', 'r:true', 'r:true'], 'each lane is ready with its first operation as head');
 
 SELECT * FROM finish();
 ROLLBACK;
