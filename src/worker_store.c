@@ -166,6 +166,10 @@ static SavedPlan abort_conceived = {
  * removes one) and the account as the target answered.  An account alive on
  * another shadow, or an owner with another account here, is left out and
  * returned for _shadow_conflict().
+ *
+ * The UPDATE keeps a copy of each joined row of "free" (with the target's
+ * answer in it) for a recheck after a concurrent update; filtering out the
+ * rows without a shadow first spares that copy for every new account.
  */
 static SavedPlan record_live_shadows = {
 	.sql =
@@ -193,7 +197,7 @@ static SavedPlan record_live_shadows = {
 	"         observed = coalesce(f.observed, s.observed), "
 	"         observed_at = CASE WHEN f.observed IS NOT NULL THEN now() ELSE s.observed_at END, "
 	"         version = coalesce(f.observed #>> '{meta,version}', s.version), updated_at = now() "
-	"    FROM free f WHERE s.id = f.shadow_id "
+	"    FROM free f WHERE f.shadow_id IS NOT NULL AND s.id = f.shadow_id "
 	"  RETURNING f.id"
 	"), inserted AS ("
 	"  INSERT INTO xprov.shadow (tenant_id, connector_id, object_class, lane_id, identity_id, "
