@@ -67,6 +67,8 @@ check "... equal to its operation id" "$(server_stat request_id_mismatches)" 0
 # memory of one backend over many operations
 rss_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 coproc PSQL { psql -qAtX -v ON_ERROR_STOP=1 2>&1; }
+# bash unsets PSQL_PID once the coprocess has exited and been reaped: keep it
+psql_pid=$PSQL_PID
 echo "SELECT pg_backend_pid();" >&"${PSQL[1]}"
 read -r pid <&"${PSQL[0]}"
 run_batch()
@@ -83,7 +85,7 @@ after=$(rss_kb "$pid")
 echo "# backend RssAnon: $before kB after 300 operations, $after kB after 1,800"
 check "the backend's private memory grew by less than 1 MB" "$([ $((after - before)) -lt 1024 ] && echo yes || echo "no ($before -> $after kB)")" yes
 exec {PSQL[1]}>&-
-wait "$PSQL_PID" || true
+wait "$psql_pid" 2>/dev/null || true
 
 # --------------------------------------------------------------------------
 # cancel, statement_timeout and terminate while the target hangs
