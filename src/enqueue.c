@@ -418,8 +418,8 @@ parse_batch(Jsonb *ops, int *count)
 }
 
 /*
- * The batch's distinct subjects, in one order (connector, object class,
- * subject, bytewise), each with the first of its operations in the batch
+ * The batch's distinct subjects, in the order of the subject's key
+ * (subject, connector, object class, bytewise), each with the first of its operations in the batch
  * (the head its lane gets when the lane is new or idle), how many it has,
  * and once located, its lane.
  */

@@ -3,11 +3,11 @@
  * queue_tables.c
  *	  The enqueue's direct access to xprov.subject, xprov.lane and xprov.op.
  *
- * Relations, indexes and columns are found by name and shape on every
- * open, so that the same library serves every version of the schema that
- * has these tables, and a table made afresh (DROP and CREATE EXTENSION) is
- * never read through a stale reference.  The catalog lookups that costs
- * are served by the backend's caches.
+ * Relations, indexes and columns are found by name and shape (an index by
+ * its set of columns), so that the same library serves every version of
+ * the schema that has these tables.  What was found is kept until a
+ * relcache invalidation of one of the tables, so that a table made afresh
+ * (DROP and CREATE EXTENSION) is never read through a stale reference.
  *
  *-------------------------------------------------------------------------
  */

@@ -92,6 +92,12 @@ typedef struct LockedLane
 } LockedLane;
 
 extern void queue_tables_open(QueueTables *tables);
+
+/*
+ * Ends the inserts (their AFTER row triggers fire here) and advances the
+ * command counter, as after an SQL statement: what was written is seen by
+ * what follows, another enqueue in the same statement included.
+ */
 extern void queue_tables_close(QueueTables *tables);
 
 /*
