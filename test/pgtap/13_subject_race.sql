@@ -28,35 +28,30 @@ CREATE FUNCTION pg_temp.batch_sql(p_uid text, p_type text) RETURNS text LANGUAGE
                       'target_uid', p_uid || '-other', 'operation_type', p_type, 'object_class', 'user')))
 $$;
 
--- single enqueue: a creates the subject and holds its transaction open; b waits on it
-SELECT FROM dblink_exec('a', 'BEGIN');
-SELECT FROM dblink('a', pg_temp.enq_sql('race-1', 'create')) AS t(x text);
-SELECT dblink_send_query('b', pg_temp.enq_sql('race-1', 'update'));
-SELECT pg_sleep(0.3);
-SELECT FROM dblink_exec('a', 'COMMIT');
-SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+-- a creates the subject p_uid and holds its transaction open; b runs p_second, which waits on
+-- it; a ends with p_end (COMMIT or ROLLBACK).  Returns b's answer (NULL if it failed).
+CREATE FUNCTION pg_temp.race(p_uid text, p_second text, p_end text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    answer text;
+BEGIN
+    PERFORM dblink_exec('a', 'BEGIN');
+    PERFORM * FROM dblink('a', pg_temp.enq_sql(p_uid, 'create')) AS t(x text);
+    PERFORM dblink_send_query('b', p_second);
+    PERFORM pg_sleep(0.3);
+    PERFORM dblink_exec('a', p_end);
+    SELECT x INTO answer FROM dblink_get_result('b') AS t(x text);
+    PERFORM * FROM dblink_get_result('b') AS t(x text);
+    RETURN answer;
+END $$;
+
+SELECT ok(pg_temp.race('race-1', pg_temp.enq_sql('race-1', 'update'), 'COMMIT') IS NOT NULL,
           'the second enqueue of a brand-new subject succeeds once the first commits');
-SELECT FROM dblink_get_result('b') AS t(x text);
-
--- the same with enqueue_batch in b
-SELECT FROM dblink_exec('a', 'BEGIN');
-SELECT FROM dblink('a', pg_temp.enq_sql('race-2', 'create')) AS t(x text);
-SELECT dblink_send_query('b', pg_temp.batch_sql('race-2', 'update'));
-SELECT pg_sleep(0.3);
-SELECT FROM dblink_exec('a', 'COMMIT');
-SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+SELECT ok(pg_temp.race('race-2', pg_temp.batch_sql('race-2', 'update'), 'COMMIT') IS NOT NULL,
           'an enqueue_batch racing on a brand-new subject succeeds too');
-SELECT FROM dblink_get_result('b') AS t(x text);
-
 -- a rolls back instead: b, which waited on a's subject, makes the subject itself
-SELECT FROM dblink_exec('a', 'BEGIN');
-SELECT FROM dblink('a', pg_temp.enq_sql('race-3', 'create')) AS t(x text);
-SELECT dblink_send_query('b', pg_temp.enq_sql('race-3', 'update'));
-SELECT pg_sleep(0.3);
-SELECT FROM dblink_exec('a', 'ROLLBACK');
-SELECT ok((SELECT x IS NOT NULL FROM dblink_get_result('b') AS t(x text)),
+SELECT ok(pg_temp.race('race-3', pg_temp.enq_sql('race-3', 'update'), 'ROLLBACK') IS NOT NULL,
           'an enqueue that waited on a new subject whose creator rolls back makes the subject');
-SELECT FROM dblink_get_result('b') AS t(x text);
 
 SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 4::bigint,
           'one subject per target_uid, never two');

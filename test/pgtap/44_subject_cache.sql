@@ -23,6 +23,17 @@ $$;
 CREATE FUNCTION pg_temp.op_lane(p_name text) RETURNS bigint LANGUAGE sql AS $$
     SELECT lane_id FROM xprov.op WHERE id = pg_temp.id(p_name)
 $$;
+-- enqueue_batch to C, one operation per target uid; they are named p_prefix || p_first, ...
+CREATE FUNCTION pg_temp.batch(p_prefix text, p_first int, VARIADIC p_uids text[]) RETURNS void
+LANGUAGE sql AS $$
+    SELECT count(pg_temp.put(p_prefix || (p_first + n - 1), id))
+      FROM xprov.enqueue_batch((
+               SELECT jsonb_agg(jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
+                                                   'operation_type', 'update', 'object_class', 'user',
+                                                   'target_uid', u) ORDER BY k)
+                 FROM unnest(p_uids) WITH ORDINALITY AS t(u, k)))
+           WITH ORDINALITY AS b(id, n)
+$$;
 
 -- two subjects committed by another session
 SELECT FROM dblink('admin', format($$SELECT xprov.enqueue(%L, %L, NULL, 'update', 'user', '{}', 'sc-a')$$,
@@ -42,13 +53,7 @@ SELECT is(pg_temp.op_lane('a1'), (SELECT a FROM lanes), 'an enqueue finds the su
 SELECT is(pg_temp.op_lane('b1'), (SELECT b FROM lanes), '... and so for every subject');
 SELECT FROM pg_temp.enq('a2', 'C', 'sc-a');
 SELECT is(pg_temp.op_lane('a2'), (SELECT a FROM lanes), 'the next enqueue to it goes to the same lane');
-SELECT pg_temp.put('b' || (n + 1), id)
-  FROM xprov.enqueue_batch(jsonb_build_array(
-           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
-                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-b'),
-           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
-                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-a')))
-       WITH ORDINALITY AS b(id, n) \g /dev/null
+SELECT FROM pg_temp.batch('b', 2, 'sc-b', 'sc-a');
 SELECT is(pg_temp.op_lane('b2'), (SELECT b FROM lanes), 'so does a batch''s');
 SELECT is(pg_temp.op_lane('b3'), (SELECT a FROM lanes), '... for each of its subjects');
 SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C')), 2::bigint,
@@ -71,10 +76,7 @@ SELECT is(pg_temp.deqs(10), ARRAY['a3', 'o1'], 'and both operations are claimed'
 TRUNCATE xprov.subject, xprov.lane, xprov.op;
 SELECT setval(pg_get_serial_sequence('xprov.subject', 'lane_id'), (SELECT b FROM lanes) - 1) \g /dev/null
 SELECT FROM pg_temp.enq('o2', 'C', 'sc-other');
-SELECT pg_temp.put('b4', id)
-  FROM xprov.enqueue_batch(jsonb_build_array(
-           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
-                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-b'))) AS b(id) \g /dev/null
+SELECT FROM pg_temp.batch('b', 4, 'sc-b');
 SELECT is(pg_temp.op_lane('b4'), pg_temp.lane_of('sc-b'), 'a batch after TRUNCATE goes to the new subject''s lane');
 
 -- (leave the connector disabled, as the other files using dblink do)
@@ -126,13 +128,7 @@ SELECT FROM pg_temp.enq('k3', 'C', 'sc-key-new');
 SELECT is((SELECT count(*) FROM xprov.subject WHERE connector_id = pg_temp.id('C') AND subject = 't:sc-key-new'),
           1::bigint, '... makes a new subject once');
 SELECT is(pg_temp.op_lane('k3'), pg_temp.lane_of('sc-key-new'), '... and finds it again');
-SELECT pg_temp.put('k' || (n + 3), id)
-  FROM xprov.enqueue_batch(jsonb_build_array(
-           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
-                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-key-new'),
-           jsonb_build_object('tenant_id', pg_temp.id('A'), 'connector_id', pg_temp.id('C'),
-                              'operation_type', 'update', 'object_class', 'user', 'target_uid', 'sc-trig-1')))
-       WITH ORDINALITY AS b(id, n) \g /dev/null
+SELECT FROM pg_temp.batch('k', 4, 'sc-key-new', 'sc-trig-1');
 SELECT is(ARRAY[pg_temp.op_lane('k4'), pg_temp.op_lane('k5')],
           ARRAY[pg_temp.lane_of('sc-key-new'), pg_temp.lane_of('sc-trig-1')], '... and so does a batch');
 
