@@ -6,7 +6,9 @@
  * An enqueue appends to the operation log and makes sure the subject and
  * its lane exist, and that the lane is ready when it was idle, in the
  * caller's transaction.  The common steps go straight to the tables
- * (queue_tables.h); SQL is left for creating subjects and waking lanes.
+ * (queue_tables.h); SQL is left for what a DBA's changes to the tables
+ * (triggers on xprov.subject, stored generated columns) would make differ
+ * from an INSERT or UPDATE, and for the batch's new subjects and lanes.
  *
  *-------------------------------------------------------------------------
  */
@@ -230,7 +232,9 @@ note_if_ready(const LockedLane *lane)
 
 /*
  * wake_idle_lanes for n lanes locked here: each gets its subject's first
- * new operation, numbered seqs[i], as its head.
+ * new operation, numbered seqs[i], as its head.  Only when
+ * queue_can_wake_lanes() says no: queue_wake_lane() does the same without
+ * SQL otherwise.
  */
 static void
 wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, int n)
@@ -256,7 +260,12 @@ wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, i
 	args[3] = spi_array_arg(not_befores, not_before_nulls, n, TIMESTAMPTZOID);
 	saved_plan_execute(&wake_idle_lanes, args, NULL, false, 0);
 	if (SPI_processed != (uint64) n)
-		elog(ERROR, "xprov: %d idle lanes to wake, " UINT64_FORMAT " found", n, SPI_processed);
+		ereport(ERROR,
+				errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				errmsg("a trigger on xprov.lane skipped the update that readies %d of %d idle lanes",
+					   n - (int) SPI_processed, n),
+				errdetail("An idle lane becomes ready when an operation is enqueued for its subject; left idle, it would never run the operation."),
+				errhint("Make the BEFORE UPDATE row triggers on xprov.lane return NEW."));
 	spi_note_ready_lanes(1);
 }
 
@@ -317,10 +326,14 @@ enqueue_single(OpInput *op)
 		if (lock_subject_lane(&tables, op, &lane))
 		{
 			seq = queue_next_seq(&tables);
-			if (lane.state == 'i')
+			if (lane.state == 'i' && !queue_can_wake_lanes(&tables))
 				wake_lanes(&lane, &seq, &op, 1);
 			else
+			{
+				if (lane.state == 'i')
+					queue_wake_lane(&tables, &lane, op, seq);
 				note_if_ready(&lane);
+			}
 			break;
 		}
 		seq = queue_next_seq(&tables);
@@ -702,17 +715,22 @@ create_new_lanes(const BatchSubjects *subjects)
 
 /* Idle lanes among the n locked ones get their subject's first operation. */
 static void
-wake_locked_lanes(const BatchSubjects *subjects, const int *which, const LockedLane *locked, int n)
+wake_locked_lanes(QueueTables *tables, const BatchSubjects *subjects, const int *which,
+				  LockedLane *locked, int n)
 {
 	LockedLane *idle = palloc(sizeof(LockedLane) * Max(n, 1));
 	int64	   *heads = palloc(sizeof(int64) * Max(n, 1));
 	OpInput   **firsts = palloc(sizeof(OpInput *) * Max(n, 1));
 	int			nidle = 0;
+	bool		direct = queue_can_wake_lanes(tables);
 
 	for (int i = 0; i < n; i++)
 	{
-		if (locked[i].state != 'i')
+		if (locked[i].state != 'i' || direct)
 		{
+			if (locked[i].state == 'i')
+				queue_wake_lane(tables, &locked[i], subjects->first[which[i]],
+								subjects->head_seq[which[i]]);
 			note_if_ready(&locked[i]);
 			continue;
 		}
@@ -799,7 +817,7 @@ insert_batch(OpInput *inputs, int count, const bool *insert)
 			subjects.head_seq[subjects.ordinal[i] - 1] = seqs[i];
 	}
 	create_new_lanes(&subjects);
-	wake_locked_lanes(&subjects, which, locked, nlocked);
+	wake_locked_lanes(&tables, &subjects, which, locked, nlocked);
 	insert_operations(&tables, ops, n, &subjects, seqs);
 	queue_tables_close(&tables);
 }

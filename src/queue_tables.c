@@ -310,11 +310,24 @@ inserter(QueueTables *tables, QueueTable table, Relation rel, bool speculative)
 		lappend(tables->estate->es_opened_result_relations, ins->info);
 	ExecOpenIndices(ins->info, speculative);
 	ins->slot = ExecInitExtraTupleSlot(tables->estate, desc, &TTSOpsVirtual);
-	ins->defaults = palloc0(sizeof(ExprState *) * desc->natts);
-	for (int i = 0; i < desc->natts; i++)
-		if (shape.defaults[table][i] != NULL)
-			ins->defaults[i] = ExecInitExpr(shape.defaults[table][i], NULL);
+	ins->table = table;
+	ins->defaults = NULL;
 	return ins;
+}
+
+/* The defaults of the columns a new row does not set (an update needs none). */
+static ExprState **
+column_defaults(TableInserter *ins)
+{
+	int			natts = ins->slot->tts_tupleDescriptor->natts;
+
+	if (ins->defaults != NULL)
+		return ins->defaults;
+	ins->defaults = palloc0(sizeof(ExprState *) * natts);
+	for (int i = 0; i < natts; i++)
+		if (shape.defaults[ins->table][i] != NULL)
+			ins->defaults[i] = ExecInitExpr(shape.defaults[ins->table][i], NULL);
+	return ins->defaults;
 }
 
 /* A new row in the inserter's slot: every column its default or NULL. */
@@ -323,14 +336,15 @@ begin_row(QueueTables *tables, TableInserter *ins)
 {
 	TupleTableSlot *slot = ins->slot;
 	ExprContext *econtext = GetPerTupleExprContext(tables->estate);
+	ExprState **defaults = column_defaults(ins);
 
 	ExecClearTuple(slot);
 	for (int i = 0; i < slot->tts_tupleDescriptor->natts; i++)
 	{
 		slot->tts_values[i] = (Datum) 0;
 		slot->tts_isnull[i] = true;
-		if (ins->defaults[i] != NULL)
-			slot->tts_values[i] = ExecEvalExprSwitchContext(ins->defaults[i], econtext,
+		if (defaults[i] != NULL)
+			slot->tts_values[i] = ExecEvalExprSwitchContext(defaults[i], econtext,
 															&slot->tts_isnull[i]);
 	}
 	return slot;
@@ -677,6 +691,15 @@ insert_unless_exists(QueueTables *tables, TableInserter *ins, Oid arbiter)
 	}
 }
 
+/* The start of a head operation: not before now (the transaction's start) */
+static TimestampTz
+head_run_at(const OpInput *op)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	return op->has_not_before && op->not_before > now ? op->not_before : now;
+}
+
 bool
 queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLane *lane)
 {
@@ -709,9 +732,7 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	lane->state = 'r';
 	lane->claimant = op->claimant;
 	lane->priority = op->priority;
-	lane->run_at = GetCurrentTransactionStartTimestamp();
-	if (op->has_not_before && op->not_before > lane->run_at)
-		lane->run_at = op->not_before;
+	lane->run_at = head_run_at(op);
 
 	new_lane = inserter(tables, QUEUE_LANE, tables->lane, false);
 	col = tables->columns.lane;
@@ -729,6 +750,89 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	lane->tid = slot->tts_tid;
 	ResetPerTupleExprContext(estate);
 	return true;
+}
+
+/* A lane left idle would never reach the operation just enqueued. */
+static void
+raise_wake_skipped(int64 lane_id)
+{
+	ereport(ERROR,
+			errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+			errmsg("a trigger on xprov.lane skipped the update that readies lane " INT64_FORMAT,
+				   lane_id),
+			errdetail("An idle lane becomes ready when an operation is enqueued for its subject; left idle, it would never run the operation."),
+			errhint("Make the BEFORE UPDATE row triggers on xprov.lane return NEW."));
+}
+
+/* For triggers on UPDATE OF a column: what a wake sets */
+static void
+note_updated_columns(RangeTblEntry *rte, const AttrNumber *col)
+{
+	static const int set[] = {LANE_STATE, LANE_NEXT_SEQ, LANE_PRIORITY, LANE_RUN_AT};
+
+	if (rte->updatedCols != NULL)
+		return;
+	for (int i = 0; i < lengthof(set); i++)
+		rte->updatedCols = bms_add_member(rte->updatedCols,
+										  col[set[i]] - FirstLowInvalidHeapAttributeNumber);
+}
+
+void
+queue_wake_lane(QueueTables *tables, LockedLane *lane, const OpInput *op, int64 seq)
+{
+	EState	   *estate = tables->estate;
+	TableInserter *updater = inserter(tables, QUEUE_LANE, tables->lane, false);
+	TupleTableSlot *current = tables->lane_slot;
+	TupleTableSlot *slot = updater->slot;
+	const AttrNumber *col = tables->columns.lane;
+	int			natts = slot->tts_tupleDescriptor->natts;
+	EPQState	epq;
+	bool		isnull;
+
+	Assert(lane->state == 'i');
+	/* the version we have locked is the latest: nobody else can update it */
+	if (!table_tuple_fetch_row_version(tables->lane, &lane->tid, SnapshotAny, current))
+		elog(ERROR, "xprov: locked lane " INT64_FORMAT " not found", lane->lane_id);
+	slot_getallattrs(current);
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, current->tts_values, sizeof(Datum) * natts);
+	memcpy(slot->tts_isnull, current->tts_isnull, sizeof(bool) * natts);
+	set_column(slot, col[LANE_STATE], CharGetDatum('r'), false);
+	set_column(slot, col[LANE_NEXT_SEQ], Int64GetDatum(seq), false);
+	set_column(slot, col[LANE_PRIORITY], Int32GetDatum(op->priority), false);
+	set_column(slot, col[LANE_RUN_AT], TimestampTzGetDatum(head_run_at(op)), false);
+	ExecStoreVirtualTuple(slot);
+	/* copied out of the buffer, whose page the update writes */
+	ExecMaterializeSlot(slot);
+	ItemPointerSetInvalid(&slot->tts_tid);
+
+	note_updated_columns(exec_rt_fetch(updater->info->ri_RangeTableIndex, estate), col);
+	EvalPlanQualInit(&epq, estate, NULL, NIL, -1);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	ExecSimpleRelationUpdate(updater->info, estate, &epq, current, slot);
+	EvalPlanQualEnd(&epq);
+	if (!ItemPointerIsValid(&slot->tts_tid))
+		raise_wake_skipped(lane->lane_id);
+
+	/* as written: a BEFORE UPDATE trigger may have had its say */
+	lane->tid = slot->tts_tid;
+	lane->state = DatumGetChar(slot_getattr(slot, col[LANE_STATE], &isnull));
+	lane->priority = DatumGetInt32(slot_getattr(slot, col[LANE_PRIORITY], &isnull));
+	lane->run_at = DatumGetTimestampTz(slot_getattr(slot, col[LANE_RUN_AT], &isnull));
+	ExecClearTuple(current);
+	ResetPerTupleExprContext(estate);
+}
+
+/*
+ * Whether queue_wake_lane() may be used: no stored generated columns on
+ * xprov.lane (whose recomputation on UPDATE follows the columns set).
+ */
+bool
+queue_can_wake_lanes(QueueTables *tables)
+{
+	TupleConstr *constr = RelationGetDescr(tables->lane)->constr;
+
+	return !(constr && constr->has_generated_stored);
 }
 
 /*

@@ -3,13 +3,14 @@
  * queue_tables.h
  *	  The enqueue's direct access to xprov.subject, xprov.lane and xprov.op.
  *
- * An enqueue finds its subject's lane, locks it, numbers its operations and
- * appends them to the log.  Each of those is a few microseconds of work;
- * as SQL statements, each cost several times that in executor start-up and
- * shutdown.  Here they are an index probe, a tuple lock, a sequence value
- * and a heap insert with its index entries (made by the executor's helper
- * for logical replication, which checks constraints and fires triggers as
- * an INSERT does).
+ * An enqueue finds its subject's lane, locks it, numbers its operations,
+ * appends them to the log and wakes the lane if it was idle.  Each of those
+ * is a few microseconds of work; as SQL statements, each cost several times
+ * that in executor start-up and shutdown.  Here they are an index probe, a
+ * tuple lock, a sequence value, a heap insert with its index entries and a
+ * heap update (made by the executor's helpers for logical replication,
+ * which check constraints and fire row triggers as an INSERT or UPDATE
+ * does).
  *
  * Open the tables inside SPI (after SPI_connect), close them before
  * SPI_finish.  Statements run through SPI in between are fine.
@@ -53,12 +54,14 @@ typedef struct QueueColumns
 	AttrNumber	lane[QUEUE_LANE_COLUMNS];
 } QueueColumns;
 
-/* Rows going into one table: opened on first use. */
+/* Rows going into one table, or a lane's new version: opened on first use. */
 typedef struct TableInserter
 {
 	ResultRelInfo *info;
 	TupleTableSlot *slot;
-	ExprState **defaults;		/* per column that the enqueue does not write */
+	QueueTable	table;
+	ExprState **defaults;		/* per column that the enqueue does not write;
+								 * made for the first new row */
 } TableInserter;
 
 typedef struct QueueTables
@@ -143,6 +146,19 @@ extern void queue_insert_op(QueueTables *tables, const OpInput *op, int64 lane_i
  */
 extern bool queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq,
 								 LockedLane *lane);
+
+/*
+ * Makes an idle lane that queue_lock_lane() has locked ready, with
+ * operation seq (op's) as its head, as an UPDATE would (row triggers fire;
+ * lane is updated to the new version).  Only where queue_can_wake_lanes().
+ */
+extern void queue_wake_lane(QueueTables *tables, LockedLane *lane, const OpInput *op, int64 seq);
+
+/*
+ * Whether queue_wake_lane() may be used: not when a DBA has given
+ * xprov.lane stored generated columns (the caller then goes through SQL).
+ */
+extern bool queue_can_wake_lanes(QueueTables *tables);
 
 /*
  * Whether queue_create_subject() may be used: not when a DBA has given
