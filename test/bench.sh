@@ -1225,6 +1225,42 @@ say "    xprov_app role $(fmt_rate "$E1A") ops/s, superuser $(fmt_rate "$E1S") o
 row "  as an application role (no flush)" "$E1A" "$E1S" "$(ratio "$E1A" "$E1S")" "info (vs superuser)" ""
 q "DROP ROLE xprov_bench_app" >/dev/null
 
+# ---- 1c. the steady state: every enqueue finds its subject's lane idle (drained) and wakes it.
+# Each client walks its own subjects (client_id + 4 i), so no two enqueues share one; the xprov
+# run uses each idle subject once, and the subjects are drained again before the next run.
+IDLE_SUBJECTS=${BENCH_IDLE_SUBJECTS:-60000}
+say "1c. enqueue to idle subjects, 1 op/transaction, 4 clients, $IDLE_SUBJECTS enqueues, alternating, best of $REPEAT"
+cat >"$work/enq_idle.sql" <<EOF_
+\\set s :client_id + 4 * :i
+\\set i :i + 1
+SELECT xprov.enqueue(:tenant::uuid, :conn::uuid, $(subject_sql ':s::int'), 'update', 'User', $(attrs_sql ':s::int'));
+EOF_
+drain_all() {
+    q "DO \$\$ DECLARE ids uuid[]; BEGIN
+         LOOP SELECT array_agg(id) INTO ids FROM xprov.dequeue(5000); EXIT WHEN ids IS NULL;
+              PERFORM xprov.complete_batch(ids); END LOOP; END \$\$" >/dev/null || die "draining failed"
+    [ "$(q "SELECT count(*) FROM xprov.lane WHERE state <> 'i'")" = 0 ] || die "lanes left not idle"
+}
+reset_xprov; reset_raw
+q "SELECT count(*) FROM xprov.enqueue_batch((SELECT jsonb_agg(jsonb_build_object('tenant_id', '$TENANT',
+       'connector_id', '$CONN', 'identity_id', bench_subject(s), 'operation_type', 'update',
+       'object_class', 'User', 'attributes', '{}'::jsonb)) FROM generate_series(0, $IDLE_SUBJECTS - 1) s))" >/dev/null \
+    || die "making the idle subjects failed"
+E1I=''; E1IB=''
+for r_ in $(seq 1 "$REPEAT"); do
+    drain_all; q "VACUUM xprov.lane" >/dev/null; settle
+    t1=$(scale "$(pgb "$work/enq_idle.log" -n -c 4 -j 2 -t $(( IDLE_SUBJECTS / 4 )) -M prepared -D i=0 \
+                      -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_idle.sql")" 1)
+    woken=$(q "SELECT count(*) FROM xprov.lane WHERE state = 'r'")
+    [ "$woken" = "$IDLE_SUBJECTS" ] || say "    ERROR: $woken of $IDLE_SUBJECTS lanes woken" >&2
+    reset_raw; settle
+    t2=$(scale "$(pgb "$work/enq_idle_raw.log" -n -c 4 -j 2 -t $(( IDLE_SUBJECTS / 4 )) -M prepared \
+                      -D tenant="$TENANT" -D conn="$CONN" -f "$work/enq_raw.sql")" 1)
+    say "    run $r_: xprov.enqueue (each waking a lane) $(fmt_rate "$t1") ops/s, raw INSERT $(fmt_rate "$t2") ops/s"
+    E1I=$(max "$E1I" "$t1"); E1IB=$(max "$E1IB" "$t2")
+done
+row "  to idle subjects (each wakes its lane)" "$E1I" "$E1IB" "$(ratio "$E1I" "$E1IB")" "info" ""
+
 # ---- 2. enqueue, batched
 say "2. enqueue_batch, $BATCH ops/call, $DRAIN_OPS ops"
 for clients in 1 2; do
@@ -1885,6 +1921,7 @@ say "    time of the pgbench run, on a fresh copy of the same loaded database; c
 say "  - Batched enqueue: both sides read the same prebuilt 1000-element jsonb from a table (building it is not timed)."
 say "  - Enqueue, 1 op/txn: commit-bound (synchronous_commit=on): the raw INSERT shows what this disk allows; each"
 say "    side's best of $REPEAT alternating runs, each from an empty queue (a run's first enqueue to a subject makes it)."
+say "    The idle-subject row: $IDLE_SUBJECTS subjects made and drained first; every enqueue wakes a different idle lane."
 say "  - Worker drains: the workers' database is a fresh copy of one loaded with the operations of a disabled noop"
 say "    connector; one statement enables it and enqueues an operation elsewhere (its commit wakes the workers); time"
 say "    runs from that statement to the last op_result row (server clock). Progress is polled every ${POLL_MS} ms from"
