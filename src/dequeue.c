@@ -12,16 +12,19 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "claim_cursor.h"
 #include "dequeue.h"
+#include "lease_cache.h"
 #include "spi_util.h"
 #include "xprov.h"
 
@@ -212,6 +215,46 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
 	return leased;
 }
 
+/* Where a claimed row's lease is; the key is copied into CurrentMemoryContext. */
+void
+dequeue_read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
+{
+	HeapTuple	tuple = rows->vals[row];
+	TupleDesc	desc = rows->tupdesc;
+	bool		isnull;
+
+	memcpy(&lease->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
+	memcpy(&lease->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
+		   UUID_LEN);
+	memcpy(&lease->connector_id,
+		   DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)), UUID_LEN);
+	lease->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
+	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, QOP_LANE_CTID, &isnull)),
+					&lease->lane_ctid);
+	lease->seq = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_SEQ, &isnull));
+	lease->idempotency_key = SPI_getvalue(tuple, desc, QOP_IDEMPOTENCY_KEY);
+}
+
+/*
+ * Keep the leases of the claim's rows, for their completion in this backend
+ * (lease_cache.h).
+ */
+static void
+remember_leases(uint64 count)
+{
+	Oid			namespace = get_namespace_oid("xprov", false);
+	Oid			lane_relid = get_relname_relid("lane", namespace);
+	Oid			op_relid = get_relname_relid("op", namespace);
+
+	for (uint64 row = 0; row < count; row++)
+	{
+		LeaseRef	lease;
+
+		dequeue_read_lease(SPI_tuptable, row, &lease);
+		lease_cache_remember(lane_relid, op_relid, &lease);
+	}
+}
+
 static void
 check_dequeue_args(FunctionCallInfo fcinfo)
 {
@@ -254,6 +297,7 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 			nulls[col] = !spi_get_datum(row, col + 1, &values[col]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	remember_leases(count);
 	SPI_finish();
 	return (Datum) 0;
 }

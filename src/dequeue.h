@@ -9,6 +9,9 @@
 #define DEQUEUE_H
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
+
+#include "work_op.h"
 
 extern void dequeue_reclaim_expired(char claimant, TimestampTz now);
 extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
@@ -30,5 +33,8 @@ extern uint64 dequeue_claim(char claimant, int batch, Interval *lease, Timestamp
 #define QOP_LANE_ID			(QUEUED_OPERATION_NATTS + 3)
 #define QOP_LANE_CTID		(QUEUED_OPERATION_NATTS + 4)
 #define QOP_SEQ				(QUEUED_OPERATION_NATTS + 5)
+
+/* Where a claimed row's lease is; the key is copied into CurrentMemoryContext. */
+extern void dequeue_read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease);
 
 #endif							/* DEQUEUE_H */

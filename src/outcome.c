@@ -24,6 +24,7 @@
 #include "utils/uuid.h"
 #include "storage/itemptr.h"
 
+#include "lease_cache.h"
 #include "outcome.h"
 #include "tenant_guard.h"
 #include "spi_util.h"
@@ -408,6 +409,8 @@ lock_operations(Datum *ids, int count, int *found)
 	return ops;
 }
 
+static LockedOp *lock_dequeued(Datum *ids, int count, int *found);
+
 /*
  * tenant_scoped: the operator's functions (retry, skip, cancel), which a
  * role other than xprov_admin may use only on the tenant in context; an
@@ -427,7 +430,7 @@ lock_one(FunctionCallInfo fcinfo, bool tenant_scoped)
 				errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				errmsg("operation_id must not be null"));
 	id = PG_GETARG_DATUM(0);
-	op = *lock_operations(&id, 1, &found);
+	op = tenant_scoped ? *lock_operations(&id, 1, &found) : *lock_dequeued(&id, 1, &found);
 	if (tenant_scoped && !tenant_guard_allows(tenant_guard_caller_is_admin(), &op.tenant_id))
 		ereport(ERROR,
 				errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -573,6 +576,25 @@ xprov_complete(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static int
+compare_ids(const void *a, const void *b)
+{
+	return memcmp(DatumGetUUIDP(*(const Datum *) a), DatumGetUUIDP(*(const Datum *) b), UUID_LEN);
+}
+
+/* Sorts ids and leaves each once; returns how many are left. */
+static int
+distinct_ids(Datum *ids, int count)
+{
+	int			n = 0;
+
+	qsort(ids, count, sizeof(Datum), compare_ids);
+	for (int i = 0; i < count; i++)
+		if (n == 0 || compare_ids(&ids[n - 1], &ids[i]) != 0)
+			ids[n++] = ids[i];
+	return n;
+}
+
 Datum
 xprov_complete_batch(PG_FUNCTION_ARGS)
 {
@@ -595,9 +617,10 @@ xprov_complete_batch(PG_FUNCTION_ARGS)
 					errmsg("operation_ids must not contain nulls"));
 	if (count == 0)
 		PG_RETURN_INT64(0);
+	count = distinct_ids(ids, count);
 
 	SPI_connect();
-	ops = lock_operations(ids, count, &found);
+	ops = lock_dequeued(ids, count, &found);
 	for (int i = 0; i < found; i++)
 		if (!is_leased(&ops[i]))
 			raise_wrong_status(&ops[i], "complete", "in_progress");
@@ -772,7 +795,7 @@ locked_lease(const LeaseRef *lease, uint64 row, LockedOp *op)
 	op->tenant_id = lease->tenant_id;
 	op->connector_id = lease->connector_id;
 	op->idempotency_key = lease->idempotency_key;
-	op->leased_by = spi_get_int64(row, 6);
+	op->leased_by = spi_get_datum(row, 6, &value) ? DatumGetInt64(value) : 0;
 	op->next_seq = lease->seq;
 	op->finished_ahead = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 7);
 	op->attempt_base = spi_get_int32(row, 8);
@@ -783,7 +806,9 @@ locked_lease(const LeaseRef *lease, uint64 row, LockedOp *op)
 /*
  * Lock the lanes of leases the worker `leased_by` holds.  Returns a LockedOp
  * per lease still held, in no particular order; *kept_index maps each to its
- * position in leases.  The others are logged and left out.
+ * position in leases.  The others are logged and left out.  leased_by 0:
+ * leases of xprov.dequeue(), whose callers check every operation returned
+ * (an operation no longer leased is locked and returned as it is).
  */
 static LockedOp *
 lock_leases(const LeaseRef *leases, int count, int64 leased_by, int *kept, int **kept_index)
@@ -808,7 +833,7 @@ lock_leases(const LeaseRef *leases, int count, int64 leased_by, int *kept, int *
 		char		state = spi_get_char(row, 3);
 		int64		next_seq = spi_get_int64(row, 4);
 		Datum		by;
-		bool		ours = spi_get_datum(row, 6, &by) && DatumGetInt64(by) == leased_by;
+		bool		ours = spi_get_datum(row, 6, &by) ? DatumGetInt64(by) == leased_by : leased_by == 0;
 
 		for (int i = 0; i < count; i++)
 		{
@@ -834,7 +859,7 @@ lock_leases(const LeaseRef *leases, int count, int64 leased_by, int *kept, int *
 
 		for (int j = 0; j < nlocked; j++)
 		{
-			if (!is_leased_by(&locked[j], leased_by))
+			if (leased_by != 0 && !is_leased_by(&locked[j], leased_by))
 				continue;
 			for (int i = 0; i < count; i++)
 				if (!found[i] && memcmp(&leases[i].id, &locked[j].id, UUID_LEN) == 0)
@@ -848,6 +873,46 @@ lock_leases(const LeaseRef *leases, int count, int64 leased_by, int *kept, int *
 	}
 	*kept = n;
 	*kept_index = index;
+	return ops;
+}
+
+/*
+ * Operations an external processor reports on (distinct ids), as
+ * lock_operations() returns them: those dequeued in this backend by the
+ * lane versions their claim wrote (lease_cache.h), the others by id.
+ */
+static LockedOp *
+lock_dequeued(Datum *ids, int count, int *found)
+{
+	LeaseRef   *leases = palloc(sizeof(LeaseRef) * count);
+	Datum	   *others = palloc(sizeof(Datum) * count);
+	int			nleases = 0;
+	int			nothers = 0;
+	int			nkept;
+	int		   *index;
+	LockedOp   *ops;
+
+	for (int i = 0; i < count; i++)
+	{
+		if (lease_cache_take(DatumGetUUIDP(ids[i]), &leases[nleases]))
+			nleases++;
+		else
+			others[nothers++] = ids[i];
+	}
+	if (nleases == 0)
+		return lock_operations(ids, count, found);
+
+	ops = lock_leases(leases, nleases, 0, &nkept, &index);
+	if (nothers > 0)
+	{
+		int			nlocked;
+		LockedOp   *locked = lock_operations(others, nothers, &nlocked);
+
+		ops = repalloc(ops, sizeof(LockedOp) * (nkept + nlocked));
+		memcpy(ops + nkept, locked, sizeof(LockedOp) * nlocked);
+		nkept += nlocked;
+	}
+	*found = nkept;
 	return ops;
 }
 

@@ -389,26 +389,6 @@ op_type_from_text(const char *type)
 	return OP_DISABLE;
 }
 
-/* Where a claimed row's lease is; the key is copied into CurrentMemoryContext. */
-static void
-read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
-{
-	HeapTuple	tuple = rows->vals[row];
-	TupleDesc	desc = rows->tupdesc;
-	bool		isnull;
-
-	memcpy(&lease->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
-	memcpy(&lease->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
-		   UUID_LEN);
-	memcpy(&lease->connector_id,
-		   DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)), UUID_LEN);
-	lease->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
-	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, QOP_LANE_CTID, &isnull)),
-					&lease->lane_ctid);
-	lease->seq = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_SEQ, &isnull));
-	lease->idempotency_key = SPI_getvalue(tuple, desc, QOP_IDEMPOTENCY_KEY);
-}
-
 /*
  * A column's text, NULL for NULL.  The types a claim returns are converted
  * directly: SPI_getvalue() looks the type's output function up in the
@@ -461,7 +441,7 @@ make_work_op(SPITupleTable *rows, uint64 row, MemoryContext ops_cxt, bool has_ho
 
 	/* the columns' texts are allocated here, in the op's context */
 	op->cxt = cxt;
-	read_lease(rows, row, &op->lease);
+	dequeue_read_lease(rows, row, &op->lease);
 	op->id = op->lease.id;
 	uuid_to_text(op->id_text, &op->id);
 	op->connector_id = op->lease.connector_id;
@@ -635,7 +615,7 @@ store_claim(int max, int64 tag, Datum paused_connectors, MemoryContext batch_cxt
 		{
 			MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 
-			read_lease(rows, row, &result->noop_leases[result->nnoop++]);
+			dequeue_read_lease(rows, row, &result->noop_leases[result->nnoop++]);
 			MemoryContextSwitchTo(old);
 		}
 		else
