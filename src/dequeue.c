@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -215,44 +216,47 @@ dequeue_claim(char claimant, int batch, Interval *lease, TimestampTz now,
 	return leased;
 }
 
-/* Where a claimed row's lease is; the key is copied into CurrentMemoryContext. */
-void
-dequeue_read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
+/* A claimed row's lease, from its columns (values[0] is column 1). */
+static void
+lease_from_columns(const Datum *values, const bool *nulls, LeaseRef *lease)
 {
-	HeapTuple	tuple = rows->vals[row];
-	TupleDesc	desc = rows->tupdesc;
-	bool		isnull;
-
-	memcpy(&lease->id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_ID, &isnull)), UUID_LEN);
-	memcpy(&lease->tenant_id, DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_TENANT_ID, &isnull)),
-		   UUID_LEN);
-	memcpy(&lease->connector_id,
-		   DatumGetUUIDP(SPI_getbinval(tuple, desc, QOP_CONNECTOR_ID, &isnull)), UUID_LEN);
-	lease->lane_id = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_LANE_ID, &isnull));
-	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, QOP_LANE_CTID, &isnull)),
-					&lease->lane_ctid);
-	lease->seq = DatumGetInt64(SPI_getbinval(tuple, desc, QOP_SEQ, &isnull));
-	lease->idempotency_key = SPI_getvalue(tuple, desc, QOP_IDEMPOTENCY_KEY);
+	memcpy(&lease->id, DatumGetUUIDP(values[QOP_ID - 1]), UUID_LEN);
+	memcpy(&lease->tenant_id, DatumGetUUIDP(values[QOP_TENANT_ID - 1]), UUID_LEN);
+	memcpy(&lease->connector_id, DatumGetUUIDP(values[QOP_CONNECTOR_ID - 1]), UUID_LEN);
+	lease->lane_id = DatumGetInt64(values[QOP_LANE_ID - 1]);
+	ItemPointerCopy((ItemPointer) DatumGetPointer(values[QOP_LANE_CTID - 1]), &lease->lane_ctid);
+	lease->seq = DatumGetInt64(values[QOP_SEQ - 1]);
+	lease->idempotency_key = nulls[QOP_IDEMPOTENCY_KEY - 1] ? NULL :
+		TextDatumGetCString(values[QOP_IDEMPOTENCY_KEY - 1]);
 }
 
 /*
- * Keep the leases of the claim's rows, for their completion in this backend
- * (lease_cache.h).
+ * A claimed row's columns, read in one pass: fetched one by one, each
+ * column after the attributes walks the row from its start again.
  */
 static void
-remember_leases(uint64 count)
+claimed_columns(SPITupleTable *rows, uint64 row, Datum **values, bool **nulls)
 {
-	Oid			namespace = get_namespace_oid("xprov", false);
-	Oid			lane_relid = get_relname_relid("lane", namespace);
-	Oid			op_relid = get_relname_relid("op", namespace);
+	int			natts = rows->tupdesc->natts;
 
-	for (uint64 row = 0; row < count; row++)
+	if (*values == NULL)
 	{
-		LeaseRef	lease;
-
-		dequeue_read_lease(SPI_tuptable, row, &lease);
-		lease_cache_remember(lane_relid, op_relid, &lease);
+		*values = palloc(sizeof(Datum) * natts);
+		*nulls = palloc(sizeof(bool) * natts);
 	}
+	heap_deform_tuple(rows->vals[row], rows->tupdesc, *values, *nulls);
+}
+
+void
+dequeue_read_lease(SPITupleTable *rows, uint64 row, LeaseRef *lease)
+{
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+
+	claimed_columns(rows, row, &values, &nulls);
+	lease_from_columns(values, nulls, lease);
+	pfree(values);
+	pfree(nulls);
 }
 
 static void
@@ -280,6 +284,10 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		count;
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+	Oid			lane_relid = InvalidOid;
+	Oid			op_relid = InvalidOid;
 
 	check_dequeue_args(fcinfo);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -288,16 +296,24 @@ xprov_dequeue(PG_FUNCTION_ARGS)
 	dequeue_reclaim_expired(CLAIMANT_EXTERNAL, now);
 	count = dequeue_claim(CLAIMANT_EXTERNAL, PG_GETARG_INT32(0), PG_GETARG_INTERVAL_P(1), now,
 						  0, (Datum) 0);
+	if (count > 0)
+	{
+		Oid			namespace = get_namespace_oid("xprov", false);
+
+		lane_relid = get_relname_relid("lane", namespace);
+		op_relid = get_relname_relid("op", namespace);
+	}
 	for (uint64 row = 0; row < count; row++)
 	{
-		Datum		values[QUEUED_OPERATION_NATTS];
-		bool		nulls[QUEUED_OPERATION_NATTS];
+		LeaseRef	lease;
 
-		for (int col = 0; col < QUEUED_OPERATION_NATTS; col++)
-			nulls[col] = !spi_get_datum(row, col + 1, &values[col]);
+		/* the queued_operation columns come first */
+		claimed_columns(SPI_tuptable, row, &values, &nulls);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		/* kept for completions in this backend (lease_cache.h) */
+		lease_from_columns(values, nulls, &lease);
+		lease_cache_remember(lane_relid, op_relid, &lease);
 	}
-	remember_leases(count);
 	SPI_finish();
 	return (Datum) 0;
 }
