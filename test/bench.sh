@@ -67,7 +67,7 @@
 #   BENCH_CORR_EXACT (5000)  BENCH_CORR_FUZZY (500)
 #   BENCH_RECON_ACCOUNTS (100000: target accounts, and shadows)  BENCH_RECON_PERCENT (2: planted per type,
 #   at most 14)  BENCH_RECON_CAP (300 s per run)  BENCH_SCIM_PORT (18436: the SCIM server, 127.0.0.1)
-#   BENCH_ENQ_SECS (8)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
+#   BENCH_ENQ_SECS (8)  BENCH_IDLE_SUBJECTS (60000: enqueues to idle subjects per run)  BENCH_SUBJECTS (20000)  BENCH_PER_SUBJECT (10)
 #   BENCH_CLAIM (100)  BENCH_REPEAT (2)  BENCH_DRAIN_CAP (120 s per drain)
 #   BENCH_PINNED_CAP (150 s)  BENCH_VARIANTS (1: also time the one-commit drain, and sample
 #   the per-op complete() drain for BENCH_SAMPLE_SECS (6) on the operations left by step 2)
@@ -93,6 +93,7 @@ export XPROV_PORT=${XPROV_PORT:-55434}
 . "$here/lib/cluster.sh"
 
 ENQ_SECS=${BENCH_ENQ_SECS:-8}
+IDLE_SUBJECTS=${BENCH_IDLE_SUBJECTS:-60000}   # enqueues to idle subjects per run (step 1c)
 SUBJECTS=${BENCH_SUBJECTS:-20000}
 PER_SUBJECT=${BENCH_PER_SUBJECT:-10}
 CLAIM=${BENCH_CLAIM:-100}
@@ -1228,7 +1229,6 @@ q "DROP ROLE xprov_bench_app" >/dev/null
 # ---- 1c. the steady state: every enqueue finds its subject's lane idle (drained) and wakes it.
 # Each client walks its own subjects (client_id + 4 i), so no two enqueues share one; the xprov
 # run uses each idle subject once, and the subjects are drained again before the next run.
-IDLE_SUBJECTS=${BENCH_IDLE_SUBJECTS:-60000}
 say "1c. enqueue to idle subjects, 1 op/transaction, 4 clients, $IDLE_SUBJECTS enqueues, alternating, best of $REPEAT"
 cat >"$work/enq_idle.sql" <<EOF_
 \\set s :client_id + 4 * :i
