@@ -191,17 +191,20 @@ static SavedPlan finish_ops_per_row = {
  * a lane does next depends only on the lane row itself, so the UPDATE needs
  * no join with the input, which matched rows to lanes in n * n comparisons
  * and copied every input row whole for the executor's recheck.  The input's
- * columns are those of FINISH_INPUT; only the ones used are read.
+ * columns are those of FINISH_INPUT; only the ones used are read, by
+ * unnest() calls in the select list, which stream in step (in FROM, each
+ * would first copy its array into a tuplestore of its own).
  * "lane_id = l.lane_id": see the claim statement in dequeue.c.
  */
 static SavedPlan finish_heads = {
 	.sql =
 	"WITH r AS ("
-	"  SELECT * FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[], $8::uuid[], "
-	"                       $9::uuid[], $10::uuid[], $11::text[], $12::text[], $16::int[], "
-	"                       $17::int[], $18::timestamptz[]) "
-	"    AS r(status, target_uid, result, reason, id, tenant_id, connector_id, idempotency_key, "
-	"         hooks, l_attempt_base, l_attempts, l_leased_at)"
+	"  SELECT unnest($3::text[]) AS status, unnest($4::text[]) AS target_uid, "
+	"         unnest($5::jsonb[]) AS result, unnest($6::text[]) AS reason, "
+	"         unnest($8::uuid[]) AS id, unnest($9::uuid[]) AS tenant_id, "
+	"         unnest($10::uuid[]) AS connector_id, unnest($11::text[]) AS idempotency_key, "
+	"         unnest($12::text[]) AS hooks, unnest($16::int[]) AS l_attempt_base, "
+	"         unnest($17::int[]) AS l_attempts, unnest($18::timestamptz[]) AS l_leased_at"
 	"), res AS ("
 	"  INSERT INTO xprov.op_result (op_id, tenant_id, connector_id, status, attempts, started_at, "
 	"                               target_uid, result, reason, hooks) "
