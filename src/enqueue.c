@@ -230,6 +230,22 @@ note_if_ready(const LockedLane *lane)
 	claim_cursor_note_ready(lane->claimant, &key);
 }
 
+/* The first of n lanes that wake_idle_lanes did not return (column 5: lane_id). */
+static int64
+first_not_woken(const LockedLane *lanes, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		bool		woken = false;
+
+		for (uint64 row = 0; row < SPI_processed && !woken; row++)
+			woken = spi_get_int64(row, 5) == lanes[i].lane_id;
+		if (!woken)
+			return lanes[i].lane_id;
+	}
+	elog(ERROR, "xprov: every idle lane was woken, yet fewer rows came back");
+}
+
 /*
  * wake_idle_lanes for n lanes locked here: each gets its subject's first
  * new operation, numbered seqs[i], as its head.  Only when
@@ -260,12 +276,7 @@ wake_lanes(const LockedLane *lanes, const int64 *seqs, OpInput *const *firsts, i
 	args[3] = spi_array_arg(not_befores, not_before_nulls, n, TIMESTAMPTZOID);
 	saved_plan_execute(&wake_idle_lanes, args, NULL, false, 0);
 	if (SPI_processed != (uint64) n)
-		ereport(ERROR,
-				errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
-				errmsg("a trigger on xprov.lane skipped the update that readies %d of %d idle lanes",
-					   n - (int) SPI_processed, n),
-				errdetail("An idle lane becomes ready when an operation is enqueued for its subject; left idle, it would never run the operation."),
-				errhint("Make the BEFORE UPDATE row triggers on xprov.lane return NEW."));
+		queue_raise_wake_skipped(first_not_woken(lanes, n));
 	spi_note_ready_lanes(1);
 }
 
@@ -326,14 +337,15 @@ enqueue_single(OpInput *op)
 		if (lock_subject_lane(&tables, op, &lane))
 		{
 			seq = queue_next_seq(&tables);
-			if (lane.state == 'i' && !queue_can_wake_lanes(&tables))
-				wake_lanes(&lane, &seq, &op, 1);
-			else
+			if (lane.state != 'i')
+				note_if_ready(&lane);
+			else if (queue_can_wake_lanes(&tables))
 			{
-				if (lane.state == 'i')
-					queue_wake_lane(&tables, &lane, op, seq);
+				queue_wake_lane(&tables, &lane, op, seq);
 				note_if_ready(&lane);
 			}
+			else
+				wake_lanes(&lane, &seq, &op, 1);
 			break;
 		}
 		seq = queue_next_seq(&tables);

@@ -752,9 +752,8 @@ queue_create_subject(QueueTables *tables, const OpInput *op, int64 seq, LockedLa
 	return true;
 }
 
-/* A lane left idle would never reach the operation just enqueued. */
-static void
-raise_wake_skipped(int64 lane_id)
+void
+queue_raise_wake_skipped(int64 lane_id)
 {
 	ereport(ERROR,
 			errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
@@ -812,7 +811,7 @@ queue_wake_lane(QueueTables *tables, LockedLane *lane, const OpInput *op, int64 
 	ExecSimpleRelationUpdate(updater->info, estate, &epq, current, slot);
 	EvalPlanQualEnd(&epq);
 	if (!ItemPointerIsValid(&slot->tts_tid))
-		raise_wake_skipped(lane->lane_id);
+		queue_raise_wake_skipped(lane->lane_id);
 
 	/* as written: a BEFORE UPDATE trigger may have had its say */
 	lane->tid = slot->tts_tid;

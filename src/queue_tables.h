@@ -155,6 +155,12 @@ extern bool queue_create_subject(QueueTables *tables, const OpInput *op, int64 s
 extern void queue_wake_lane(QueueTables *tables, LockedLane *lane, const OpInput *op, int64 seq);
 
 /*
+ * The error for a wake that a BEFORE UPDATE trigger on xprov.lane skipped:
+ * left idle, the lane would never reach the operation just enqueued.
+ */
+extern void queue_raise_wake_skipped(int64 lane_id) pg_attribute_noreturn();
+
+/*
  * Whether queue_wake_lane() may be used: not when a DBA has given
  * xprov.lane stored generated columns (the caller then goes through SQL).
  */

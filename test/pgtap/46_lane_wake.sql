@@ -6,7 +6,7 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS xprov;
 
 BEGIN;
-SELECT plan(29);
+SELECT plan(31);
 \ir common.psql
 
 SELECT FROM pg_temp.tenant('T');
@@ -148,6 +148,14 @@ SELECT is(pg_temp.shape('wake-c') || ' ' || (pg_temp.lane('wake-c')).twice_prior
 SELECT FROM pg_temp.enq('n2', 'c1', 'wake-new2', p_priority => 3);
 SELECT is(pg_temp.shape('wake-new2') || ' ' || (pg_temp.lane('wake-new2')).twice_priority, 'r n2 3 now 6',
           '... and a new subject''s lane gets the column too');
+CREATE TRIGGER lane_skip BEFORE UPDATE ON xprov.lane FOR EACH ROW EXECUTE FUNCTION pg_temp.skip_lane();
+SELECT is(pg_temp.err($$SELECT pg_temp.enq('x3', 'c1', 'wake-e')$$),
+          '09000: a trigger on xprov.lane skipped the update that readies lane ' || (pg_temp.lane('wake-e')).lane_id,
+          'through SQL too, a wake skipped by a trigger is refused, naming the lane');
+SELECT matches(pg_temp.err($$SELECT pg_temp.batch('x4', 'wake-d', '0')$$),
+               '^09000: a trigger on xprov.lane skipped the update that readies lane [0-9]+$',
+               '... and in a batch');
+DROP TRIGGER lane_skip ON xprov.lane;
 DELETE FROM _log;
 SELECT is(pg_temp.drain(), 3, 'the operations woken through SQL run');
 ALTER TABLE xprov.lane DROP COLUMN twice_priority;
