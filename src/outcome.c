@@ -17,6 +17,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/qunique.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -589,13 +590,8 @@ compare_ids(const void *a, const void *b)
 static int
 distinct_ids(Datum *ids, int count)
 {
-	int			n = 0;
-
 	qsort(ids, count, sizeof(Datum), compare_ids);
-	for (int i = 0; i < count; i++)
-		if (n == 0 || compare_ids(&ids[n - 1], &ids[i]) != 0)
-			ids[n++] = ids[i];
-	return n;
+	return (int) qunique(ids, count, sizeof(Datum), compare_ids);
 }
 
 Datum
@@ -883,6 +879,10 @@ lock_leases(const LeaseRef *leases, int count, int64 leased_by, int *kept, int *
  * Operations an external processor reports on (distinct ids), as
  * lock_operations() returns them: those dequeued in this backend by the
  * lane versions their claim wrote (lease_cache.h), the others by id.
+ * When some are kept and some not, their lanes are locked in two rounds,
+ * each in lane order (as the worker's are): only a second session
+ * reporting on the same operations could then deadlock with this one, and
+ * the deadlock detector fails one of the two, which its processor retries.
  */
 static LockedOp *
 lock_dequeued(Datum *ids, int count, int *found)
